@@ -1,0 +1,1 @@
+"""Everything that runs before Kaggle: phantoms, pre-caching, training, validation, export. Imports ``kernel``."""
