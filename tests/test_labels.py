@@ -9,5 +9,9 @@ def test_flip_permutation_swaps_pairs_and_is_involution():
     assert perm[LABEL_COLS.index("Aneurysm Present")] == LABEL_COLS.index("Aneurysm Present")
 
 
-def test_segmentation_values_are_reverse_label_order():
-    assert [SEG_LABEL_VALUES[c] for c in LABEL_COLS[:13]] == list(range(13, 0, -1))
+def test_segmentation_values_match_competition_table():
+    assert sorted(SEG_LABEL_VALUES.values()) == list(range(1, 14))
+    assert SEG_LABEL_VALUES["Other Posterior Circulation"] == 1
+    assert SEG_LABEL_VALUES["Right Infraclinoid Internal Carotid Artery"] == 5
+    assert SEG_LABEL_VALUES["Left Middle Cerebral Artery"] == 10
+    assert SEG_LABEL_VALUES["Anterior Communicating Artery"] == 13
