@@ -1,0 +1,149 @@
+"""Reader geometry and decoding: pydicom's real test files, synthetic series checked analytically and by SimpleITK."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from kernel.dicom_io import SeriesReadError, read_series
+from kernel.preprocess import localizer_to_lps, voxel_to_world
+from tests.dicom_factory import smooth_field, write_series
+
+# (file, expected number of frames) from pydicom's wheel and the pydicom-data package, found offline.
+REAL_FILES = [
+    "CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+    "emri_small.dcm", "emri_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm", "JPEG2000.dcm", "JPGExtended.dcm",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm", "MR2_J2KR.dcm", "MR2_J2KI.dcm", "693_J2KR.dcm", "liver.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm", "SC_jpeg_no_color_transform_2.dcm",
+]
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_real_files_match_pydicom_decode(name: str, tmp_path: Path) -> None:
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} not available offline")
+    shutil.copy(path, tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        with pytest.raises(SeriesReadError, match="colour"):
+            read_series(tmp_path)
+        return
+    volume = read_series(tmp_path)
+    ref = ds.pixel_array.astype(np.float64)
+    ref = ref * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+    ref = ref.reshape(-1, *ref.shape[-2:])
+    if volume.modality == "CT":
+        ref = np.clip(ref, -1024, 4095)
+    assert volume.array.dtype == np.float32
+    assert volume.array.shape[1:] == ref.shape[1:] and volume.array.shape[0] == ref.shape[0]
+    # Frames may be re-ordered by position; as a set of slices they must be identical.
+    ours = sorted(volume.array.reshape(len(ref), -1).tolist())
+    theirs = sorted(ref.astype(np.float32).reshape(len(ref), -1).tolist())
+    np.testing.assert_allclose(np.array(ours), np.array(theirs), rtol=1e-6, atol=1e-3)
+
+
+def _check_analytic(volume, tol: float) -> None:
+    """Every voxel must hold the field at its own LPS centre."""
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in volume.array.shape], indexing="ij")
+    idx = np.stack([zz, yy, xx], -1).reshape(-1, 3)
+    expected = smooth_field(voxel_to_world(volume.affine, idx)).reshape(volume.array.shape)
+    assert np.abs(volume.array - expected).max() <= tol
+
+
+CASES = {
+    "axial": {},
+    "axial_reversed": {"reverse": True},
+    "coronal": {"plane": "coronal"},
+    "sagittal": {"plane": "sagittal", "reverse": True},
+    "oblique": {"plane": "axial", "tilt_deg": 17.0},
+    "multiframe": {"multiframe": True, "modality": "MR"},
+    "allowlist_only": {"allowlist_only": True},
+    "scout_blank_odd": {"scout": True, "blank": True, "odd_size": True},
+    "rle": {"transfer_syntax": RLELossless},
+    "jpegls": {"transfer_syntax": JPEGLSLossless},
+    "jpeg2000": {"transfer_syntax": JPEG2000Lossless, "rows": 64, "cols": 64},
+    "monochrome1": {"monochrome1": True},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_synthetic_series_geometry(case: str, tmp_path: Path) -> None:
+    info = write_series(tmp_path, **CASES[case])
+    volume = read_series(tmp_path)
+    assert volume.array.shape == info["shape"]
+    np.testing.assert_allclose(volume.affine, info["affine"], atol=1e-4)
+    tol = 0.51 if CASES[case].get("modality", "CT") == "CT" else 0.26  # storage rounding (1 HU / 0.5 units)
+    _check_analytic(volume, tol)
+    reasons = " ".join(r for _, r in volume.dropped)
+    for kind, _ in info["extras"]:
+        assert {"scout": "orientation", "blank": "blank", "odd_size": "size"}[kind] in reasons
+    # Every SOP (and frame) maps back to its slice along the normal.
+    for k, (sop, frame) in enumerate(zip(info["sop_uids"], info["frame_of_slice"], strict=True)):
+        assert volume.slice_lookup[(sop, frame)] == k
+
+
+def test_localizer_maps_to_pixel_centre(tmp_path: Path) -> None:
+    info = write_series(tmp_path, plane="coronal", tilt_deg=9.0, reverse=True)
+    volume = read_series(tmp_path)
+    sop = info["sop_uids"][5]
+    point = localizer_to_lps(volume, sop, x=7.0, y=3.0)
+    expected = info["positions"][5] + 7.0 * info["pixel_spacing"][1] * info["row_dir"]
+    expected = expected + 3.0 * info["pixel_spacing"][0] * info["col_dir"]
+    np.testing.assert_allclose(point, expected, atol=1e-6)
+    assert volume.slice_lookup[(sop, 0)] == 5
+    with pytest.raises(KeyError, match="not an image"):
+        localizer_to_lps(volume, "1.2.3.unknown", 1, 1)
+
+
+def test_non_uniform_gaps_are_resampled(tmp_path: Path) -> None:
+    gaps = [2.0] * 5 + [3.0] + [2.0] * 6
+    write_series(tmp_path, gaps=gaps)
+    volume = read_series(tmp_path)
+    assert volume.spacing[0] == pytest.approx(2.0)
+    assert volume.array.shape[0] == round(sum(gaps) / 2.0) + 1
+    assert any("non-uniform" in n for n in volume.notes)
+    _check_analytic(volume, tol=2.0)  # linear interpolation of a smooth field across the wide gap
+
+
+def test_unreadable_folder_raises_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "x.dcm").write_bytes(b"\0" * 100)
+    with pytest.raises(SeriesReadError, match=str(tmp_path)):
+        read_series(tmp_path)
+    with pytest.raises(SeriesReadError, match="not a folder"):
+        read_series(tmp_path / "missing")
+
+
+def test_voxel_budget_subsamples_in_plane(tmp_path: Path) -> None:
+    write_series(tmp_path, n_slices=8, rows=40, cols=40)
+    volume = read_series(tmp_path, max_voxels=8 * 20 * 20)
+    assert volume.array.shape == (8, 20, 20)
+    _check_analytic(volume, tol=0.51)
+
+
+@pytest.mark.parametrize("case", ["axial_reversed", "sagittal", "oblique", "multiframe"])
+def test_agrees_with_simpleitk(case: str, tmp_path: Path) -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    write_series(tmp_path, **CASES[case])
+    volume = read_series(tmp_path)
+    files = sorted(str(p) for p in tmp_path.glob("*.dcm"))
+    if len(files) == 1:
+        image = sitk.ReadImage(files[0])
+    else:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path)))
+        image = reader.Execute()
+    ref = sitk.GetArrayFromImage(image).astype(np.float64)  # (z, y, x) in SimpleITK's own slice order
+    rng = np.random.default_rng(0)
+    idx = np.stack([rng.integers(0, n, 200) for n in volume.array.shape], -1)
+    for z, y, x in idx:
+        lps = voxel_to_world(volume.affine, [[z, y, x]])[0]
+        i, j, k = image.TransformPhysicalPointToIndex(tuple(float(v) for v in lps))  # (x, y, z) order
+        assert abs(ref[k, j, i] - volume.array[z, y, x]) < 1e-3

@@ -1,0 +1,114 @@
+"""On-disk cache of canonical volumes: ``<uid>.npy`` (float32) + ``<uid>.json`` (geometry and provenance).
+
+Writes are atomic (temporary file in the same folder, fsync, rename) and the JSON is written last, so a series
+counts as cached only when both files are complete: a killed run never leaves a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kernel.dicom_io import FrameGeometry, Volume
+
+__all__ = ["atomic_write_bytes", "is_cached", "load_cached", "save_cached", "volume_metadata"]
+
+CACHE_FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def volume_metadata(volume: Volume, **extra: object) -> dict:
+    """JSON-serialisable geometry and provenance of a volume (everything but the voxels)."""
+    return {
+        "format": CACHE_FORMAT,
+        "series_uid": volume.series_uid,
+        "modality": volume.modality,
+        "shape": list(volume.array.shape),
+        "spacing": list(volume.spacing),
+        "affine": np.asarray(volume.affine).tolist(),
+        "source_affine": np.asarray(volume.source_affine).tolist(),
+        "source_shape": list(volume.source_shape),
+        "source_spacing": np.linalg.norm(np.asarray(volume.source_affine)[:3, :3], axis=0).tolist(),
+        "slice_lookup": [[sop, frame, idx] for (sop, frame), idx in sorted(volume.slice_lookup.items())],
+        "frame_geometry": [
+            [sop, frame, list(g.position), list(g.row_dir), list(g.col_dir), list(g.pixel_spacing)]
+            for (sop, frame), g in sorted(volume.frame_geometry.items())
+        ],
+        "dropped": [list(d) for d in volume.dropped],
+        "notes": list(volume.notes),
+        **extra,
+    }
+
+
+def save_cached(volume: Volume, out_dir: str | os.PathLike[str], uid: str | None = None, **extra: object) -> Path:
+    """Store a volume as ``<uid>.npy`` + ``<uid>.json`` (atomic; the JSON marks completion). Returns the JSON path."""
+    out = Path(out_dir)
+    uid = uid or volume.series_uid
+    assert uid and "/" not in uid, f"invalid series uid {uid!r}"
+    _atomic_save_npy(out / f"{uid}.npy", volume.array)
+    meta = volume_metadata(volume, **extra)
+    json_path = out / f"{uid}.json"
+    atomic_write_bytes(json_path, json.dumps(meta, indent=1).encode())
+    return json_path
+
+
+def is_cached(out_dir: str | os.PathLike[str], uid: str) -> bool:
+    """True when both files of a complete cache entry exist."""
+    out = Path(out_dir)
+    return (out / f"{uid}.json").is_file() and (out / f"{uid}.npy").is_file()
+
+
+def load_cached(out_dir: str | os.PathLike[str], uid: str, *, mmap: bool = False) -> Volume:
+    """Read a cached volume back (no pickle). ``mmap=True`` maps the voxels instead of reading them."""
+    out = Path(out_dir)
+    meta = json.loads((out / f"{uid}.json").read_text())
+    array = np.load(out / f"{uid}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    if list(array.shape) != meta["shape"]:
+        raise ValueError(f"cache entry {uid}: array shape {array.shape} != recorded {meta['shape']}")
+    return Volume(
+        array=array,
+        affine=np.asarray(meta["affine"], dtype=np.float64),
+        modality=meta["modality"],
+        series_uid=meta["series_uid"],
+        slice_lookup={(sop, int(frame)): int(idx) for sop, frame, idx in meta["slice_lookup"]},
+        source_affine=np.asarray(meta["source_affine"], dtype=np.float64),
+        source_shape=tuple(meta["source_shape"]),
+        dropped=[tuple(d) for d in meta["dropped"]],
+        frame_geometry={
+            (sop, int(frame)): FrameGeometry(tuple(pos), tuple(row), tuple(col), tuple(sp))
+            for sop, frame, pos, row, col, sp in meta["frame_geometry"]
+        },
+        notes=list(meta.get("notes", [])),
+    )
