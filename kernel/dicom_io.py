@@ -171,7 +171,7 @@ def _frame_count(ds: Dataset, rows: int, cols: int, bits: int, samples: int) -> 
             return int(n)
     except (TypeError, ValueError):
         pass
-    elem = ds.get_item("PixelData")
+    elem = ds.get_item("PixelData", keep_deferred=True)
     if elem is None:
         return 0
     tsyntax = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
@@ -244,7 +244,7 @@ def _header_frames(path: str, ds: Dataset) -> tuple[list[_Frame], str, str]:
 
     fast_offset, fast_dtype = None, None
     tsyntax = UID(ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian))
-    elem = ds.get_item("PixelData")
+    elem = ds.get_item("PixelData", keep_deferred=True)
     tell = getattr(elem, "value_tell", None)
     if (
         tsyntax in (pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian)
@@ -428,17 +428,19 @@ def _read_fast(fr: _Frame) -> np.ndarray:
     return raw.reshape(fr.rows, fr.cols)
 
 
-def _to_values(raw: np.ndarray, fr: _Frame) -> np.ndarray:
-    """Stored values -> modality values (rescale, MONOCHROME1 inversion) as float32."""
-    out = raw.astype(np.float32)
+def _to_values(raw: np.ndarray, fr: _Frame, out: np.ndarray, clip: tuple[float, float] | None) -> None:
+    """Stored values -> modality values (MONOCHROME1 inversion, rescale, optional clip), written into ``out``."""
     if fr.monochrome1:
         # Invert within the stored range: lo + hi - value (lo + hi = -1 for signed, 2**bits - 1 for unsigned).
-        out = np.float32(-1 if fr.signed else 2**fr.bits_stored - 1) - out
-    if fr.slope != 1.0:
-        out *= np.float32(fr.slope)
+        np.subtract(np.float32(-1 if fr.signed else 2**fr.bits_stored - 1), raw, out=out, dtype=np.float32)
+        if fr.slope != 1.0:
+            out *= np.float32(fr.slope)
+    else:
+        np.multiply(raw, np.float32(fr.slope), out=out, dtype=np.float32)
     if fr.intercept != 0.0:
         out += np.float32(fr.intercept)
-    return out
+    if clip is not None:
+        np.clip(out, clip[0], clip[1], out=out)
 
 
 def _decode_many(paths: list[str], workers: int) -> dict[str, np.ndarray | Exception]:
@@ -502,8 +504,11 @@ def read_series(
     if max_voxels is not None and len(stack) * rows * cols > max_voxels:
         step_yx = math.ceil(math.sqrt(len(stack) * rows * cols / max_voxels))
         notes.append(f"over the voxel budget ({len(stack) * rows * cols:,} > {max_voxels:,}): in-plane step {step_yx}")
-    images: list[np.ndarray] = []
+    out_rows, out_cols = len(range(0, rows, step_yx)), len(range(0, cols, step_yx))
+    array = np.empty((len(stack), out_rows, out_cols), dtype=np.float32)  # filled slice by slice: no stack copy
+    clip = _CT_HU_RANGE if modality == "CT" else None
     good: list[_Frame] = []
+    blank: list[int] = []
     for fr in stack:
         try:
             if fr.fast_offset is not None:
@@ -515,29 +520,28 @@ def read_series(
                 if fr.frame >= result.shape[0] or result.shape[1:] != (fr.rows, fr.cols):
                     raise ValueError(f"decoded shape {result.shape} does not match Rows/Columns/frames")
                 raw = result[fr.frame]
-            values = _to_values(raw[::step_yx, ::step_yx], fr)
+            raw = raw[::step_yx, ::step_yx]
+            if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+                raise ValueError("non-finite pixel values")
+            _to_values(raw, fr, array[len(good)], clip)
         except Exception as exc:  # noqa: BLE001
             _drop(dropped, fr, f"pixel data unreadable ({str(exc)[:100]})")
             continue
-        if not np.isfinite(values).all():
-            _drop(dropped, fr, "non-finite pixel values")
-            continue
-        images.append(values)
+        if raw.max() == raw.min():
+            blank.append(len(good))
         good.append(fr)
-    if not images:
+    if not good:
         raise SeriesReadError(f"{series_dir}: {len(stack)} image(s) found but none could be decoded")
+    array = array[: len(good)]
 
     # Blank images (constant) are dropped unless that would leave too little.
-    blank = [i for i, im in enumerate(images) if float(im.max()) == float(im.min())]
-    if blank and len(blank) < len(images) / 2:
+    if blank and len(blank) < len(good) / 2:
         for i in blank:
             _drop(dropped, good[i], "blank image (constant value)")
-        images = [im for i, im in enumerate(images) if i not in set(blank)]
-        good = [f for i, f in enumerate(good) if i not in set(blank)]
+        keep = np.setdiff1d(np.arange(len(good)), blank)
+        array = array[keep]
+        good = [good[i] for i in keep]
 
-    array = np.stack(images)
-    if modality == "CT":
-        np.clip(array, *_CT_HU_RANGE, out=array)
     affine, slice_index, array = _stack_affine(good, array, step_yx, notes)
     slice_lookup = {(f.sop_uid, f.frame): int(slice_index[i]) for i, f in enumerate(good)}
     uid = Counter(u for u in series_uids if u).most_common(1)
