@@ -18,12 +18,15 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
+
+from kernel.fast_header import scan_header
 
 __all__ = ["SeriesReadError", "Volume", "FrameGeometry", "read_series", "DEFAULT_MAX_VOXELS"]
 
@@ -315,6 +318,25 @@ def _list_files(series_dir: Path, dropped: list[tuple[str, str]]) -> list[str]:
     return files
 
 
+class _FastDataset:
+    """The slice of pydicom's Dataset interface that ``_header_frames`` uses, over a ``scan_header`` result."""
+
+    def __init__(self, header: dict) -> None:
+        self._header = header
+        self.file_meta = {"TransferSyntaxUID": header["transfer_syntax"]}
+
+    def get(self, key: str, default: object = None) -> object:
+        return self._header.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key == "PixelData" or key in self._header
+
+    def get_item(self, key: str, keep_deferred: bool = False) -> SimpleNamespace | None:
+        if key != "PixelData":
+            return None
+        return SimpleNamespace(value_tell=self._header["pixel_offset"], length=self._header["pixel_length"])
+
+
 def _parse_headers(
     files: list[str], dropped: list[tuple[str, str]]
 ) -> tuple[list[_Frame], list[str], list[str]]:
@@ -324,7 +346,8 @@ def _parse_headers(
     for path in files:
         name = os.path.basename(path)
         try:
-            ds = pydicom.dcmread(path, defer_size=1024)
+            fast = scan_header(path)
+            ds = _FastDataset(fast) if fast is not None else pydicom.dcmread(path, defer_size=1024)
         except (InvalidDicomError, EOFError) as exc:
             dropped.append((name, f"not DICOM ({str(exc)[:80]})"))
             continue
@@ -435,10 +458,14 @@ def _to_values(raw: np.ndarray, fr: _Frame, out: np.ndarray, clip: tuple[float, 
         np.subtract(np.float32(-1 if fr.signed else 2**fr.bits_stored - 1), raw, out=out, dtype=np.float32)
         if fr.slope != 1.0:
             out *= np.float32(fr.slope)
+        if fr.intercept != 0.0:
+            out += np.float32(fr.intercept)
+    elif fr.slope == 1.0:  # the common case: one pass
+        np.add(raw, np.float32(fr.intercept), out=out, dtype=np.float32)
     else:
         np.multiply(raw, np.float32(fr.slope), out=out, dtype=np.float32)
-    if fr.intercept != 0.0:
-        out += np.float32(fr.intercept)
+        if fr.intercept != 0.0:
+            out += np.float32(fr.intercept)
     if clip is not None:
         np.clip(out, clip[0], clip[1], out=out)
 
