@@ -170,7 +170,11 @@ def resample_to_spacing(
     if backend == "cuda":
         device = "cuda"
     if device is not None:
-        out = _resample_torch(array, old / new, device)
+        scale = old / new
+        n_out = np.array([len(g) for g in grids])
+        # torch sizes the output as floor(n * scale): nudge the scale where float rounding would lose a voxel.
+        scale = np.where(np.floor(np.asarray(array.shape) * scale) < n_out, scale * (1 + 1e-7), scale)
+        out = _resample_torch(array, scale, device)
         assert out.shape == tuple(len(g) for g in grids), "torch grid size differs from the half-pixel grid"
         return out, new_affine
     return _resample_numpy(array, grids), new_affine
@@ -296,7 +300,7 @@ def crop_around(
     centre = world_to_voxel(affine, np.asarray(centre_lps, dtype=np.float64)[None])[0]
     starts = centre - (shape - 1) / 2.0 * ratio
     same = np.isclose(ratio, 1.0, rtol=1e-6)
-    starts = np.where(same, np.round(starts), starts)
+    starts = np.where(same, np.floor(starts + 0.5), starts)  # round half up: the same rule for every parity
     out = np.asarray(array, dtype=np.float32)
     for ax in range(3):
         src = starts[ax] + np.arange(shape[ax]) * ratio[ax]
