@@ -15,15 +15,42 @@ import numpy as np
 
 from kernel.dicom_io import FrameGeometry, Volume
 
-__all__ = ["atomic_write_bytes", "is_cached", "load_cached", "save_cached", "volume_metadata"]
+__all__ = [
+    "atomic_write_bytes", "clean_stale_temp", "is_cached", "load_cached", "save_cached", "volume_metadata",
+]
 
 CACHE_FORMAT = 1
+
+
+def _temp_prefix(path: Path) -> str:
+    # The writer's PID is in the name, so a later run can tell a dead writer's leftovers from a live one's file.
+    return f".{path.name}.pid{os.getpid()}."
+
+
+def clean_stale_temp(out_dir: str | os.PathLike[str]) -> int:
+    """Delete temporary files left by writers that no longer run (e.g. after SIGKILL). Returns how many."""
+    removed = 0
+    for tmp in Path(out_dir).glob(".*.pid*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".pid", 1)[1].split(".", 1)[0])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # writer still alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -37,7 +64,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from kernel.dicom_io import DEFAULT_MAX_VOXELS
 from kernel.preprocess import prepare_volume
-from train_offline.cache import atomic_write_bytes, is_cached, save_cached
+from train_offline.cache import atomic_write_bytes, clean_stale_temp, is_cached, save_cached
 
 __all__ = ["list_series", "precache_all", "precache_one", "parse_shard", "main"]
 
@@ -115,6 +115,7 @@ def precache_all(
     """Cache this shard's series that are not cached yet. Returns counts: total, skipped, cached, failed."""
     data, out = Path(data_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(out)
     uids = list_series(data, shard)
     todo = [
         u for u in uids
