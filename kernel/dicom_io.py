@@ -32,8 +32,13 @@ __all__ = ["SeriesReadError", "Volume", "FrameGeometry", "read_series", "DEFAULT
 
 # Largest number of voxels decoded at full resolution; beyond it the stack is subsampled in-plane before decoding.
 DEFAULT_MAX_VOXELS = 400_000_000
-# Compressed series with at least this many files are decoded in a process pool (JPEG 2000 is ~15-19 ms a slice).
+# Series in a slow codec (JPEG 2000: ~15-19 ms a 512^2 slice) with at least this many files are decoded in a process
+# pool. Fast codecs (RLE, JPEG-LS, JPEG) lose more to the pool's start-up and transfers than they gain.
 _PARALLEL_MIN_FILES = 24
+_SLOW_CODECS = {
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
+}
 _UNCOMPRESSED = {
     pydicom.uid.ExplicitVRLittleEndian,
     pydicom.uid.ImplicitVRLittleEndian,
@@ -112,6 +117,7 @@ class _Frame:
     instance_number: int
     spacing_between: float | None
     fast_offset: int | None = None  # byte offset of uncompressed pixel data, when the fast path applies
+    transfer_syntax: str = ""
     fast_dtype: str | None = None
 
 
@@ -294,6 +300,7 @@ def _header_frames(path: str, ds: Dataset) -> tuple[list[_Frame], str, str]:
                 slope=f_slope, intercept=f_intercept, monochrome1=photometric == "MONOCHROME1",
                 bits_stored=bits_stored, signed=signed, instance_number=instance,
                 spacing_between=spacing_between, fast_offset=fast_offset, fast_dtype=fast_dtype,
+                transfer_syntax=str(tsyntax),
             )
         )
     return frames, modality, str(ds.get("SeriesInstanceUID", ""))
@@ -525,6 +532,8 @@ def read_series(
     slow_paths = sorted({f.path for f in stack if f.fast_offset is None})
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
+    if not any(f.transfer_syntax in _SLOW_CODECS for f in stack):
+        workers = 1
     decoded = _decode_many(slow_paths, workers) if slow_paths else {}
     rows, cols = stack[0].rows, stack[0].cols
     step_yx = 1
