@@ -432,8 +432,8 @@ def _select_stack(frames: list[_Frame], dropped: list[tuple[str, str]], notes: l
     return out
 
 
-def _decode_file(path: str) -> np.ndarray:
-    """All frames of one file as a raw (N, rows, cols) array through pydicom's decoders."""
+def _decode_file(path: str, step: int = 1) -> np.ndarray:
+    """All frames of one file as a raw (N, rows, cols) array through pydicom's decoders, every ``step``-th pixel."""
     ds = pydicom.dcmread(path)
     if "NumberOfFrames" not in ds:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -445,7 +445,7 @@ def _decode_file(path: str) -> np.ndarray:
         arr = arr[None]
     if arr.ndim != 3:
         raise ValueError(f"unexpected pixel array shape {arr.shape}")
-    return arr
+    return np.ascontiguousarray(arr[:, ::step, ::step]) if step > 1 else arr
 
 
 def _read_fast(fr: _Frame) -> np.ndarray:
@@ -477,17 +477,18 @@ def _to_values(raw: np.ndarray, fr: _Frame, out: np.ndarray, clip: tuple[float, 
         np.clip(out, clip[0], clip[1], out=out)
 
 
-def _decode_many(paths: list[str], workers: int) -> dict[str, np.ndarray | Exception]:
+def _decode_many(paths: list[str], workers: int, step: int) -> dict[str, np.ndarray | Exception]:
     """Decode files through pydicom, in a process pool when there are enough of them to pay for it."""
     if workers <= 1 or len(paths) < _PARALLEL_MIN_FILES:
-        return {p: _decode_file_safe(p) for p in paths}
+        return {p: _decode_file_safe(p, step) for p in paths}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(_decode_file_safe, paths, chunksize=8), strict=True))
+        results = pool.map(_decode_file_safe, paths, [step] * len(paths), chunksize=8)
+        return dict(zip(paths, results, strict=True))
 
 
-def _decode_file_safe(path: str) -> np.ndarray | Exception:
+def _decode_file_safe(path: str, step: int = 1) -> np.ndarray | Exception:
     try:
-        return _decode_file(path)
+        return _decode_file(path, step)
     except Exception as exc:  # noqa: BLE001
         return ValueError(f"{type(exc).__name__}: {str(exc)[:100]}")
 
@@ -534,12 +535,12 @@ def read_series(
         workers = min(2, os.cpu_count() or 1)
     if not any(f.transfer_syntax in _SLOW_CODECS for f in stack):
         workers = 1
-    decoded = _decode_many(slow_paths, workers) if slow_paths else {}
     rows, cols = stack[0].rows, stack[0].cols
     step_yx = 1
     if max_voxels is not None and len(stack) * rows * cols > max_voxels:
         step_yx = math.ceil(math.sqrt(len(stack) * rows * cols / max_voxels))
         notes.append(f"over the voxel budget ({len(stack) * rows * cols:,} > {max_voxels:,}): in-plane step {step_yx}")
+    decoded = _decode_many(slow_paths, workers, step_yx) if slow_paths else {}
     out_rows, out_cols = len(range(0, rows, step_yx)), len(range(0, cols, step_yx))
     array = np.empty((len(stack), out_rows, out_cols), dtype=np.float32)  # filled slice by slice: no stack copy
     clip = _CT_HU_RANGE if modality == "CT" else None
@@ -548,15 +549,14 @@ def read_series(
     for fr in stack:
         try:
             if fr.fast_offset is not None:
-                raw = _read_fast(fr)
+                raw = _read_fast(fr)[::step_yx, ::step_yx]
             else:
                 result = decoded[fr.path]
                 if isinstance(result, Exception):
                     raise result
-                if fr.frame >= result.shape[0] or result.shape[1:] != (fr.rows, fr.cols):
+                if fr.frame >= result.shape[0] or result.shape[1:] != (out_rows, out_cols):
                     raise ValueError(f"decoded shape {result.shape} does not match Rows/Columns/frames")
                 raw = result[fr.frame]
-            raw = raw[::step_yx, ::step_yx]
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
                 raise ValueError("non-finite pixel values")
             _to_values(raw, fr, array[len(good)], clip)
