@@ -1,0 +1,228 @@
+"""Read and validate ``weights/manifest.json``: the settings that travel with the ONNX weights.
+
+The kernel hard-codes none of them: label order, priors (the fallback row), spacing, normalisation schemes, the voxel
+budget and every model's input contract come from here. Schema: docs/ARCHITECTURE.md, "Model contract and manifest".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernel.labels import LABEL_COLS, MODALITY_NAMES
+
+__all__ = [
+    "KAGGLE_INPUT", "MANIFEST_NAME", "WEIGHTS_ENV", "Manifest", "ManifestError", "find_weights_dir", "load_manifest",
+    "sha256_file", "validate_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_ENV = "RSNA_WEIGHTS_DIR"
+KAGGLE_INPUT = Path("/kaggle/input")
+FORMAT_VERSION = 1
+_ROLES = ("locator", "classifier")
+_REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, malformed, or does not match the weight files. The message lists every problem."""
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (weights can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_list(value: Any, n: int, integer: bool) -> bool:
+    kind = int if integer else int | float
+    return (
+        isinstance(value, list) and len(value) == n
+        and all(isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in value)
+    )
+
+
+def _model_problems(i: int, model: Any) -> list[str]:
+    where = f"models[{i}]"
+    if not isinstance(model, dict):
+        return [f"{where} must be an object"]
+    problems = []
+    for key in ("name", "file", "role"):
+        if not isinstance(model.get(key), str) or not model.get(key):
+            problems.append(f"{where}.{key} must be a non-empty string")
+    role = model.get("role")
+    where = f"{where} ({model.get('name', '?')})"
+    if role not in _ROLES:
+        problems.append(f"{where}.role must be one of {_ROLES}, got {role!r}")
+    if isinstance(model.get("file"), str) and (os.path.isabs(model["file"]) or ".." in Path(model["file"]).parts):
+        problems.append(f"{where}.file must be a plain name inside the weights folder, got {model['file']!r}")
+    sha = model.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        problems.append(f"{where}.sha256 must be 64 lower-case hex digits")
+    if not isinstance(model.get("fold"), int) or isinstance(model.get("fold"), bool):
+        problems.append(f"{where}.fold must be an integer")
+    if not isinstance(model.get("input_name"), str):
+        problems.append(f"{where}.input_name must be a string")
+    if not _positive_list(model.get("input_shape"), 3, integer=True):
+        problems.append(f"{where}.input_shape must be 3 positive integers (z, y, x), got {model.get('input_shape')!r}")
+    if not _positive_list(model.get("spacing_mm"), 3, integer=False):
+        problems.append(f"{where}.spacing_mm must be 3 positive numbers (z, y, x), got {model.get('spacing_mm')!r}")
+    if role == "locator":
+        if not isinstance(model.get("output_name"), str):
+            problems.append(f"{where}.output_name must be a string")
+        stride = model.get("output_stride")
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+            problems.append(f"{where}.output_stride must be a positive integer")
+        elif _positive_list(model.get("input_shape"), 3, integer=True) and any(
+            s % stride for s in model["input_shape"]
+        ):
+            problems.append(f"{where}.input_shape {model['input_shape']} is not divisible by output_stride {stride}")
+    if role == "classifier":
+        names = model.get("output_names")
+        if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) for n in names)):
+            problems.append(f"{where}.output_names must be [logits, modality_logits] names")
+        if not isinstance(model.get("flip_tta", False), bool):
+            problems.append(f"{where}.flip_tta must be true or false")
+    return problems
+
+
+def validate_manifest(manifest: dict[str, Any]) -> None:
+    """Raise ManifestError listing every schema problem of a manifest dict (the export code calls this too)."""
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"manifest must be a JSON object, got {type(manifest).__name__}")
+    problems = []
+    if manifest.get("format_version") != FORMAT_VERSION:
+        problems.append(f"format_version must be {FORMAT_VERSION}, got {manifest.get('format_version')!r}")
+    if manifest.get("label_cols") != LABEL_COLS:
+        problems.append("label_cols must equal kernel.labels.LABEL_COLS (same 14 names, same order)")
+    if manifest.get("modality_names") != MODALITY_NAMES:
+        problems.append(f"modality_names must equal {MODALITY_NAMES}")
+    priors = manifest.get("label_priors")
+    if not (isinstance(priors, list) and len(priors) == len(LABEL_COLS)
+            and all(_is_number(p) and 0.0 <= p <= 1.0 for p in priors)):
+        problems.append(f"label_priors must be {len(LABEL_COLS)} numbers in [0, 1]")
+    if not _positive_list(manifest.get("volume_spacing_mm"), 3, integer=False):
+        problems.append("volume_spacing_mm must be 3 positive numbers (z, y, x)")
+    norm = manifest.get("normalisation")
+    if not (isinstance(norm, dict) and all(isinstance(norm.get(m), str) for m in ("CT", "MR"))):
+        problems.append("normalisation must map 'CT' and 'MR' to scheme names")
+    max_voxels = manifest.get("max_voxels")
+    if max_voxels is not None and (not isinstance(max_voxels, int) or isinstance(max_voxels, bool) or max_voxels < 1):
+        problems.append("max_voxels must be a positive integer or absent")
+    models = manifest.get("models")
+    if not isinstance(models, list):
+        problems.append("models must be a list")
+        models = []
+    for i, model in enumerate(models):
+        problems.extend(_model_problems(i, model))
+    names = [m.get("name") for m in models if isinstance(m, dict)]
+    duplicates = sorted({n for n in names if names.count(n) > 1 and isinstance(n, str)})
+    if duplicates:
+        problems.append(f"model names must be unique; repeated: {duplicates}")
+    roles = [m.get("role") for m in models if isinstance(m, dict)]
+    for role in _ROLES:
+        if role not in roles:
+            problems.append(f"models must include at least one {role}")
+    if problems:
+        raise ManifestError("invalid manifest:\n  - " + "\n  - ".join(problems))
+
+
+def _kaggle_candidates(root: Path) -> list[Path]:
+    """Folders under /kaggle/input that hold a manifest (datasets mount one or a few levels deep)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for pattern in (MANIFEST_NAME, f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}", f"*/*/*/{MANIFEST_NAME}",
+                    f"*/*/*/*/{MANIFEST_NAME}"):
+        found.extend(p.parent for p in root.glob(pattern))
+    return sorted(set(found))
+
+
+def find_weights_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where the weights live: ``explicit``, else $RSNA_WEIGHTS_DIR, else a /kaggle/input dataset with a manifest,
+    else ``<repo>/weights``. Raises ManifestError when the chosen folder has no manifest."""
+    if explicit is not None:
+        chosen, why = Path(explicit), "the given weights folder"
+    elif os.environ.get(WEIGHTS_ENV):
+        chosen, why = Path(os.environ[WEIGHTS_ENV]), f"${WEIGHTS_ENV}"
+    else:
+        candidates = _kaggle_candidates(KAGGLE_INPUT)
+        if len(candidates) > 1:
+            raise ManifestError(
+                f"several weights datasets under {KAGGLE_INPUT}: {[str(c) for c in candidates]}; "
+                f"set ${WEIGHTS_ENV} to choose one"
+            )
+        chosen, why = (candidates[0], "the Kaggle dataset") if candidates else (_REPO_WEIGHTS, "the repository default")
+    if not (chosen / MANIFEST_NAME).is_file():
+        raise ManifestError(f"no {MANIFEST_NAME} in {chosen} ({why}); set ${WEIGHTS_ENV} or pass --weights")
+    return chosen
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest and the folder its model files live in."""
+
+    data: dict[str, Any]
+    weights_dir: Path
+
+    @property
+    def label_priors(self) -> list[float]:
+        return [float(p) for p in self.data["label_priors"]]
+
+    @property
+    def volume_spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.data["volume_spacing_mm"])  # type: ignore[return-value]
+
+    @property
+    def max_voxels(self) -> int | None:
+        return self.data.get("max_voxels")
+
+    def scheme(self, dicom_modality: str) -> str:
+        """Normalisation scheme for a DICOM Modality ("CT"/"MR"); anything else is treated as MR (no HU scale)."""
+        return self.data["normalisation"]["CT" if dicom_modality == "CT" else "MR"]
+
+    def models(self, role: str) -> list[dict[str, Any]]:
+        """Model entries of one role, in fold order."""
+        return sorted((m for m in self.data["models"] if m["role"] == role), key=lambda m: (m["fold"], m["name"]))
+
+    def model_path(self, model: dict[str, Any]) -> Path:
+        return self.weights_dir / model["file"]
+
+    def validation_score(self) -> float | None:
+        """Mean classifier validation score recorded at export (None when absent): tells trained from random weights."""
+        scores = [m.get("validation", {}).get("score") for m in self.models("classifier")]
+        scores = [float(s) for s in scores if _is_number(s)]
+        return sum(scores) / len(scores) if scores else None
+
+
+def load_manifest(weights_dir: str | os.PathLike[str] | None = None, *, check_hashes: bool = True) -> Manifest:
+    """Find, parse and validate the manifest; with ``check_hashes`` also check every model file's sha256."""
+    folder = find_weights_dir(weights_dir)
+    path = folder / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot parse {path}: {exc}") from exc
+    validate_manifest(data)
+    problems = []
+    for model in data["models"]:
+        file = folder / model["file"]
+        if not file.is_file():
+            problems.append(f"{model['name']}: file {file} is missing")
+        elif check_hashes and sha256_file(file) != model["sha256"]:
+            problems.append(f"{model['name']}: sha256 of {file} does not match the manifest (stale or corrupt file)")
+    if problems:
+        raise ManifestError(f"weights in {folder} do not match {MANIFEST_NAME}:\n  - " + "\n  - ".join(problems))
+    return Manifest(data=data, weights_dir=folder)
