@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,6 +35,8 @@ DEFAULT_MAX_VOXELS = 400_000_000
 # Series in a slow codec (JPEG 2000: ~15-19 ms a 512^2 slice) with at least this many files are decoded in a process
 # pool. Fast codecs (RLE, JPEG-LS, JPEG) lose more to the pool's start-up and transfers than they gain.
 _PARALLEL_MIN_FILES = 24
+# Stacks with at least this many frames are converted to float32 in threads.
+_THREADED_MIN_FRAMES = 64
 _SLOW_CODECS = {
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
@@ -533,20 +535,21 @@ def read_series(
     slow_paths = sorted({f.path for f in stack if f.fast_offset is None})
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
-    if not any(f.transfer_syntax in _SLOW_CODECS for f in stack):
-        workers = 1
+    pool_workers = workers if any(f.transfer_syntax in _SLOW_CODECS for f in stack) else 1
     rows, cols = stack[0].rows, stack[0].cols
     step_yx = 1
     if max_voxels is not None and len(stack) * rows * cols > max_voxels:
         step_yx = math.ceil(math.sqrt(len(stack) * rows * cols / max_voxels))
         notes.append(f"over the voxel budget ({len(stack) * rows * cols:,} > {max_voxels:,}): in-plane step {step_yx}")
-    decoded = _decode_many(slow_paths, workers, step_yx) if slow_paths else {}
+    decoded = _decode_many(slow_paths, pool_workers, step_yx) if slow_paths else {}
     out_rows, out_cols = len(range(0, rows, step_yx)), len(range(0, cols, step_yx))
     array = np.empty((len(stack), out_rows, out_cols), dtype=np.float32)  # filled slice by slice: no stack copy
     clip = _CT_HU_RANGE if modality == "CT" else None
-    good: list[_Frame] = []
-    blank: list[int] = []
-    for fr in stack:
+
+    def decode_into(i: int) -> str | None:
+        """Decode frame i into array[i]; returns "blank", an error message, or None. Runs in threads: file reads
+        and numpy arithmetic release the GIL."""
+        fr = stack[i]
         try:
             if fr.fast_offset is not None:
                 raw = _read_fast(fr)[::step_yx, ::step_yx]
@@ -559,24 +562,32 @@ def read_series(
                 raw = result[fr.frame]
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
                 raise ValueError("non-finite pixel values")
-            _to_values(raw, fr, array[len(good)], clip)
+            _to_values(raw, fr, array[i], clip)
         except Exception as exc:  # noqa: BLE001
-            _drop(dropped, fr, f"pixel data unreadable ({str(exc)[:100]})")
-            continue
-        if raw.max() == raw.min():
-            blank.append(len(good))
-        good.append(fr)
-    if not good:
-        raise SeriesReadError(f"{series_dir}: {len(stack)} image(s) found but none could be decoded")
-    array = array[: len(good)]
+            return f"pixel data unreadable ({str(exc)[:100]})"
+        return "blank" if raw.max() == raw.min() else None
 
+    if len(stack) >= _THREADED_MIN_FRAMES and workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            status = list(pool.map(decode_into, range(len(stack))))
+    else:
+        status = [decode_into(i) for i in range(len(stack))]
+    for fr, st in zip(stack, status, strict=True):
+        if st not in (None, "blank"):
+            _drop(dropped, fr, st)
+    decoded_ok = [i for i, st in enumerate(status) if st in (None, "blank")]
+    if not decoded_ok:
+        raise SeriesReadError(f"{series_dir}: {len(stack)} image(s) found but none could be decoded")
+    blank = [i for i in decoded_ok if status[i] == "blank"]
+    keep = decoded_ok
     # Blank images (constant) are dropped unless that would leave too little.
-    if blank and len(blank) < len(good) / 2:
+    if blank and len(blank) < len(decoded_ok) / 2:
         for i in blank:
-            _drop(dropped, good[i], "blank image (constant value)")
-        keep = np.setdiff1d(np.arange(len(good)), blank)
+            _drop(dropped, stack[i], "blank image (constant value)")
+        keep = [i for i in decoded_ok if status[i] != "blank"]
+    if len(keep) < len(stack):
         array = array[keep]
-        good = [good[i] for i in keep]
+    good = [stack[i] for i in keep]
 
     affine, slice_index, array = _stack_affine(good, array, step_yx, notes)
     slice_lookup = {(f.sop_uid, f.frame): int(slice_index[i]) for i, f in enumerate(good)}
