@@ -1,0 +1,317 @@
+"""Local evaluation gateway: runs ``predict`` over a test folder the way Kaggle's gateway does, and checks more.
+
+Faithful to ``kaggle_evaluation`` (docs: ../shared/docs/competition.md, "The evaluation gateway protocol"): reads
+``test.csv``, shuffles the unique SeriesInstanceUIDs, exposes each series' ``*.dcm`` files (non-recursive) through
+symlinks in a fresh share directory at ``<share>/<absolute series path>``, calls ``predict(dir)`` once per series,
+requires a DataFrame with one row, and writes ``submission.parquet`` with SeriesInstanceUID first. It also checks
+what the real gateway does not: the 14 column names and their order, finite values in [0, 1].
+With ``--kaggle-evaluation DIR`` the real package runs instead. With ``--solution`` it prints the metric, the
+per-series time (p50/p95/max) and the fallback count.
+
+    python -m kernel.gateway --data DIR [--weights DIR] [--solution CSV] [--kaggle-evaluation DIR] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from kernel.labels import ID_COL, LABEL_COLS
+
+__all__ = [
+    "GatewayError", "GatewayResult", "check_prediction", "find_kaggle_evaluation", "kernel_main", "main",
+    "run_kaggle_evaluation", "run_local_gateway", "score_submission", "share_series", "timing_table",
+]
+
+COMPETITION = "rsna-intracranial-aneurysm-detection"
+KAGGLE_INPUT = Path("/kaggle/input")
+
+
+class GatewayError(RuntimeError):
+    """A prediction the real gateway would reject (or score wrongly without saying so)."""
+
+
+@dataclass
+class GatewayResult:
+    submission: pl.DataFrame
+    seconds: dict[str, float]  # per series UID
+    fallbacks: int | None = None  # None when predict is not the kernel's (no records)
+    fallback_reasons: dict[str, str] = field(default_factory=dict)
+    modalities: dict[str, str | None] = field(default_factory=dict)
+
+
+def share_series(series_dir: Path, share_root: Path) -> Path:
+    """Expose a series' ``*.dcm`` files (non-recursive) as symlinks at ``share_root/<absolute series path>``."""
+    series_dir = Path(series_dir).absolute()
+    target = share_root / series_dir.relative_to(series_dir.anchor)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(series_dir.glob("*.dcm")):
+        os.symlink(path.absolute(), target / path.name)
+    return target
+
+
+def check_prediction(prediction: Any, uid: str) -> pl.DataFrame:
+    """The real gateway's checks (not None, a DataFrame, one row) plus column names/order and value checks."""
+    if prediction is None:
+        raise GatewayError(f"{uid}: predict returned None")
+    if not isinstance(prediction, pl.DataFrame):
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - pandas ships with the kernel's requirements
+            pd = None
+        if pd is None or not isinstance(prediction, pd.DataFrame):
+            raise GatewayError(f"{uid}: predict must return a polars or pandas DataFrame, got {type(prediction)}")
+        prediction = pl.from_pandas(prediction)
+    if prediction.height != 1:
+        raise GatewayError(f"{uid}: predict must return exactly one row, got {prediction.height}")
+    cols = [c for c in prediction.columns if c != ID_COL]
+    if cols != LABEL_COLS:
+        missing = [c for c in LABEL_COLS if c not in cols]
+        extra = [c for c in cols if c not in LABEL_COLS]
+        raise GatewayError(
+            f"{uid}: columns must be the 14 LABEL_COLS in order (the scorer compares by position); "
+            f"missing {missing}, unexpected {extra}, got order {cols}"
+        )
+    try:
+        values = prediction.select(LABEL_COLS).cast(pl.Float64).row(0)
+    except Exception as exc:
+        raise GatewayError(f"{uid}: prediction values are not numbers: {exc}") from exc
+    bad = [c for c, v in zip(LABEL_COLS, values, strict=True) if v is None or not (0.0 <= v <= 1.0)]
+    if bad:
+        raise GatewayError(f"{uid}: values must be finite probabilities in [0, 1]; bad columns {bad}")
+    return pl.DataFrame({ID_COL: [uid], **{c: [float(v)] for c, v in zip(LABEL_COLS, values, strict=True)}})
+
+
+def _test_paths(data_dir: Path) -> tuple[Path, Path]:
+    test_csv, series_dir = data_dir / "test.csv", data_dir / "series"
+    if not test_csv.is_file() or not series_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir} must hold test.csv and series/<SeriesInstanceUID>/*.dcm")
+    return test_csv, series_dir
+
+
+def _iter_progress(items: list[str], progress: bool):
+    if not progress:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc="series", unit="series")
+
+
+def run_local_gateway(
+    data_dir: str | os.PathLike[str],
+    predict_fn: Callable[[str], Any],
+    *,
+    out: str | os.PathLike[str] | None = "submission.parquet",
+    share_dir: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> GatewayResult:
+    """Simulate the gateway over ``data_dir`` (test.csv + series/); write the submission to ``out`` (None: don't)."""
+    test_csv, series_root = _test_paths(Path(data_dir))
+    uids = list(pl.read_csv(test_csv)[ID_COL].cast(pl.Utf8).unique(maintain_order=True))
+    rng = random.Random(seed if seed is not None else time.time())
+    uids = rng.sample(uids, len(uids))
+    own_share = share_dir is None
+    share_root = Path(tempfile.mkdtemp(prefix="rsna_share_")) if own_share else Path(share_dir)
+    if not own_share and share_root.exists() and any(share_root.iterdir()):
+        raise GatewayError(f"share directory {share_root} must be empty or absent")
+    from kernel import predict as kernel_predict
+
+    records_before = len(kernel_predict.call_records())
+    rows, seconds = [], {}
+    try:
+        for uid in _iter_progress(uids, progress):
+            shared = share_series(series_root / uid, share_root)
+            start = time.perf_counter()
+            prediction = predict_fn(str(shared))
+            seconds[uid] = time.perf_counter() - start
+            rows.append(check_prediction(prediction, uid))
+            shutil.rmtree(share_root, ignore_errors=True)  # a fresh share directory for every series
+            share_root.mkdir(parents=True, exist_ok=True)
+    finally:
+        if own_share:
+            shutil.rmtree(share_root, ignore_errors=True)
+    columns = [ID_COL, *LABEL_COLS]
+    submission = pl.concat(rows) if rows else pl.DataFrame(schema={c: pl.Utf8 if c == ID_COL else pl.Float64
+                                                                   for c in columns})
+    if out is not None:
+        submission.write_parquet(out)
+    result = GatewayResult(submission=submission, seconds=seconds)
+    if predict_fn is kernel_predict.predict:
+        records = kernel_predict.call_records()[records_before:]
+        result.fallbacks = sum(r.level == "fallback" for r in records)
+        result.fallback_reasons = {r.uid: r.reason or "" for r in records if r.level == "fallback"}
+        result.modalities = {r.uid: r.modality for r in records}
+    return result
+
+
+def score_submission(solution_csv: str | os.PathLike[str], submission: pl.DataFrame) -> float | None:
+    """Competition metric via ``train_offline.metric.score`` (imported lazily); None, with a message, if missing."""
+    try:
+        from train_offline.metric import score
+    except Exception as exc:  # the metric is not part of a kernel build
+        print(f"no score: cannot import train_offline.metric ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    solution = pl.read_csv(solution_csv, infer_schema_length=None).with_columns(pl.col(ID_COL).cast(pl.Utf8))
+    missing = set(solution[ID_COL]) - set(submission[ID_COL])
+    if missing:
+        raise GatewayError(f"{len(missing)} solution series have no prediction, e.g. {sorted(missing)[:3]}")
+    ordered = solution.select(ID_COL).join(submission, on=ID_COL, how="left", maintain_order="left")
+    return float(score(solution.to_pandas(), ordered.to_pandas()))
+
+
+def timing_table(seconds: dict[str, float], groups: dict[str, str | None] | None = None) -> str:
+    """Markdown table of per-series seconds (p50/p95/max), overall and per group (e.g. modality)."""
+    rows = [("all", list(seconds.values()))]
+    if len(seconds) > 1:  # the first call also loads the models (the gateway gives it no deadline)
+        rows.append(("all but the first call", list(seconds.values())[1:]))
+    if groups:
+        for name in sorted({g for g in groups.values() if g}):
+            rows.append((name, [s for uid, s in seconds.items() if groups.get(uid) == name]))
+    lines = ["| series | n | p50 s | p95 s | max s |", "|---|---|---|---|---|"]
+    for name, values in rows:
+        if values:
+            v = np.asarray(values)
+            lines.append(f"| {name} | {len(v)} | {np.percentile(v, 50):.3f} | {np.percentile(v, 95):.3f} "
+                         f"| {v.max():.3f} |")
+    return "\n".join(lines)
+
+
+def find_kaggle_evaluation(path: str | os.PathLike[str] | None = None) -> Path:
+    """Folder to put on sys.path so ``import kaggle_evaluation.rsna_inference_server`` works.
+
+    ``path`` may be the package folder itself or the folder holding it; without it, the competition mount under
+    /kaggle/input is searched.
+    """
+    candidates = [Path(path)] if path is not None else [
+        KAGGLE_INPUT / COMPETITION, KAGGLE_INPUT / "competitions" / COMPETITION, *sorted(KAGGLE_INPUT.glob("*")),
+    ]
+    for cand in candidates:
+        if (cand / "rsna_inference_server.py").is_file():
+            return cand.parent
+        if (cand / "kaggle_evaluation" / "rsna_inference_server.py").is_file():
+            return cand
+    raise FileNotFoundError(f"no kaggle_evaluation/rsna_inference_server.py in {[str(c) for c in candidates]}")
+
+
+def _inference_server(predict_fn: Callable[[str], Any], kaggle_evaluation: str | os.PathLike[str] | None):
+    root = find_kaggle_evaluation(kaggle_evaluation)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import kaggle_evaluation.rsna_inference_server as rsna
+
+    return rsna.RSNAInferenceServer(predict_fn)
+
+
+def run_kaggle_evaluation(
+    predict_fn: Callable[[str], Any],
+    kaggle_evaluation: str | os.PathLike[str] | None,
+    data_dir: str | os.PathLike[str] | None = None,
+    share_dir: str | os.PathLike[str] | None = None,
+) -> pl.DataFrame:
+    """Run the real package's local gateway (it writes submission.parquet in the working directory); check it."""
+    server = _inference_server(predict_fn, kaggle_evaluation)
+    if data_dir is None:  # the package's own defaults: its test.csv and series/ (Kaggle notebook)
+        server.run_local_gateway()
+    else:
+        test_csv, series_dir = _test_paths(Path(data_dir))
+        share = share_dir or tempfile.mkdtemp(prefix="rsna_share_")
+        shutil.rmtree(share, ignore_errors=True)  # must be empty or absent
+        server.run_local_gateway(data_paths=(str(test_csv), str(series_dir)), file_share_dir=str(share))
+    submission = pl.read_parquet("submission.parquet")
+    if submission.columns != [ID_COL, *LABEL_COLS]:
+        raise GatewayError(f"submission.parquet columns are {submission.columns}; expected ID then LABEL_COLS")
+    return submission
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="folder with test.csv and series/<uid>/*.dcm")
+    parser.add_argument("--weights", type=Path, help="weights folder with manifest.json (default: $RSNA_WEIGHTS_DIR, "
+                        "a /kaggle/input dataset, or <repo>/weights)")
+    parser.add_argument("--solution", type=Path, help="solution CSV (SeriesInstanceUID + 14 labels): print the score")
+    parser.add_argument("--kaggle-evaluation", type=Path, help="run the real kaggle_evaluation package from here")
+    parser.add_argument("--out", type=Path, default=Path("submission.parquet"), help="submission path (default: "
+                        "%(default)s; the real package always writes ./submission.parquet)")
+    parser.add_argument("--seed", type=int, default=None, help="shuffle seed (default: time, like the real gateway)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _report(result: GatewayResult, solution: Path | None) -> None:
+    n = result.submission.height
+    print(f"{n} series predicted; submission columns checked (SeriesInstanceUID + 14 LABEL_COLS in order)")
+    if result.fallbacks is not None:
+        print(f"fallback rows: {result.fallbacks} of {n}")
+        for uid, reason in sorted(result.fallback_reasons.items())[:10]:
+            print(f"  {uid}: {reason}")
+    print(timing_table(result.seconds, result.modalities or None))
+    if solution is not None:
+        value = score_submission(solution, result.submission)
+        if value is not None:
+            print(f"score: {value:.4f}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gateway") -> int:
+    """CLI: simulate the gateway (or run the real one) with the kernel's ``predict``."""
+    args = _parser(prog).parse_args(argv)
+    if args.data is None and args.kaggle_evaluation is None:
+        _parser(prog).error("--data is required (or --kaggle-evaluation to use the package's own test set)")
+    if args.weights is not None:
+        os.environ["RSNA_WEIGHTS_DIR"] = str(args.weights.absolute())
+    from kernel import predict as kernel_predict
+
+    kernel_predict.reset_predictor()
+    if args.kaggle_evaluation is not None:
+        records_before = len(kernel_predict.call_records())
+        submission = run_kaggle_evaluation(kernel_predict.predict, args.kaggle_evaluation, args.data)
+        if args.out.absolute() != Path("submission.parquet").absolute():
+            shutil.copyfile("submission.parquet", args.out)
+        records = kernel_predict.call_records()[records_before:]
+        result = GatewayResult(
+            submission=submission, seconds={r.uid: r.seconds for r in records},
+            fallbacks=sum(r.level == "fallback" for r in records),
+            fallback_reasons={r.uid: r.reason or "" for r in records if r.level == "fallback"},
+            modalities={r.uid: r.modality for r in records},
+        )
+    else:
+        result = run_local_gateway(args.data, kernel_predict.predict, out=args.out, seed=args.seed,
+                                   progress=not args.no_progress)
+    print(f"wrote {args.out}")
+    _report(result, args.solution)
+    return 0
+
+
+def kernel_main(argv: Sequence[str] | None = None, prog: str = "kernel") -> int:
+    """Entry point of the built kernel: ``serve()`` on a Kaggle rerun, the real local gateway in a Kaggle notebook
+    without arguments, else the local simulator on ``--data``."""
+    from kernel import predict as kernel_predict
+
+    argv = list(argv or [])
+    if os.environ.get("KAGGLE_IS_COMPETITION_RERUN"):
+        _inference_server(kernel_predict.predict, None).serve()
+        return 0
+    if not argv and kernel_predict.on_kaggle():
+        submission = run_kaggle_evaluation(kernel_predict.predict, None)
+        print(submission.head())
+        return 0
+    return main(argv, prog=prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
