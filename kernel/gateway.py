@@ -260,7 +260,12 @@ def _report(result: GatewayResult, solution: Path | None) -> None:
         print(f"fallback rows: {result.fallbacks} of {n}")
         for uid, reason in sorted(result.fallback_reasons.items())[:10]:
             print(f"  {uid}: {reason}")
-    print(timing_table(result.seconds, result.modalities or None))
+    groups = result.modalities or None
+    if solution is not None:  # time per true modality when the solution says it (phantom splits do)
+        truth = pl.read_csv(solution, infer_schema_length=None)
+        if "Modality" in truth.columns:
+            groups = dict(zip(truth[ID_COL].cast(pl.Utf8).to_list(), truth["Modality"].to_list(), strict=True))
+    print(timing_table(result.seconds, groups))
     if solution is not None:
         value = score_submission(solution, result.submission)
         if value is not None:
