@@ -1,0 +1,75 @@
+"""The competition metric against scikit-learn, name matching, row alignment and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from kernel.labels import ID_COL, LABEL_COLS, PRESENT_COL
+from train_offline.metric import column_aucs, present_auc, score
+
+
+def _frames(n: int = 200, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    truth = (rng.random((n, 14)) < 0.3).astype(int)
+    pred = np.clip(truth * rng.uniform(0.0, 0.6, (n, 14)) + rng.random((n, 14)) * 0.7, 0, 1)
+    ids = [f"1.2.{i}" for i in range(n)]
+    solution = pd.DataFrame(truth, columns=LABEL_COLS).assign(**{ID_COL: ids})
+    submission = pd.DataFrame(pred, columns=LABEL_COLS).assign(**{ID_COL: ids})
+    return solution, submission
+
+
+def _sklearn_score(solution: pd.DataFrame, submission: pd.DataFrame) -> float:
+    aucs = [roc_auc_score(solution[c], submission[c]) for c in LABEL_COLS]
+    return 0.5 * aucs[-1] + 0.5 * float(np.mean(aucs[:-1]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_score_matches_sklearn_weighted_mean(seed: int) -> None:
+    solution, submission = _frames(seed=seed)
+    assert score(solution, submission) == pytest.approx(_sklearn_score(solution, submission), abs=1e-12)
+    assert present_auc(solution, submission) == pytest.approx(roc_auc_score(solution[PRESENT_COL],
+                                                                            submission[PRESENT_COL]))
+    aucs = column_aucs(solution[LABEL_COLS].to_numpy(), submission[LABEL_COLS].to_numpy())
+    assert list(aucs) == LABEL_COLS
+    assert 0.5 < aucs[PRESENT_COL] < 1.0  # informative but not perfect predictions
+
+
+def test_columns_matched_by_name_and_rows_by_id_polars_too() -> None:
+    solution, submission = _frames()
+    expected = _sklearn_score(solution, submission)
+    shuffled = submission[[ID_COL, *reversed(LABEL_COLS)]].sample(frac=1.0, random_state=3)
+    assert score(solution, shuffled) == pytest.approx(expected, abs=1e-12)
+    assert score(pl.from_pandas(solution), pl.from_pandas(shuffled)) == pytest.approx(expected, abs=1e-12)
+    # Without ids rows are positional: shuffling them changes the score.
+    assert score(solution.drop(columns=ID_COL), shuffled.drop(columns=ID_COL)) != pytest.approx(expected)
+
+
+def test_perfect_and_inverted_predictions() -> None:
+    solution, _ = _frames()
+    assert score(solution, solution) == pytest.approx(1.0)
+    inverted = solution.copy()
+    inverted[LABEL_COLS] = 1 - inverted[LABEL_COLS]
+    assert score(solution, inverted) == pytest.approx(0.0)
+
+
+def test_single_class_column_is_named() -> None:
+    solution, submission = _frames()
+    solution["Left Anterior Cerebral Artery"] = 0
+    with pytest.raises(ValueError, match="single-class.*Left Anterior Cerebral Artery"):
+        score(solution, submission)
+
+
+def test_missing_column_and_missing_rows_are_named() -> None:
+    solution, submission = _frames()
+    with pytest.raises(ValueError, match="Basilar Tip"):
+        score(solution, submission.drop(columns="Basilar Tip"))
+    with pytest.raises(ValueError, match="no submission row"):
+        score(solution, submission.iloc[1:])
+    bad = solution.astype({c: float for c in LABEL_COLS})
+    bad.loc[0, PRESENT_COL] = np.nan
+    with pytest.raises(ValueError, match="Aneurysm Present"):
+        score(bad, submission)
