@@ -1,0 +1,158 @@
+"""End-to-end kernel time per full-size CTA series (reading included) and peak memory on a 1,000-slice series.
+
+Writes uncompressed 512 x 512 CT series (the phantom generator's full size when it is in the tree, else the reader
+tests' smooth synthetic field), then, in fresh processes so nothing is shared: (1) a warmed-up ``Predictor`` runs
+every series, timing read + preprocess and the ensemble separately; (2) one process predicts the long series and
+reports its peak resident memory. Files are in the page cache (just written), as in performance-notes.md.
+
+    python benchmarks/bench_kernel.py [--weights DIR] [--n 3] [--slices 400] [--long-slices 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CHILD_TIMES = """
+import json, sys, time
+import numpy as np
+from kernel.budget import TimeBudget
+from kernel.ensemble import Plan
+from kernel.predict import Predictor
+from kernel.preprocess import prepare_volume
+weights, warm, series = sys.argv[1], sys.argv[2], sys.argv[3:]
+predictor = Predictor(weights, budget=TimeBudget(limit_s=1e9, margin_s=0))
+predictor.predict(warm)
+rows = []
+for path in series:
+    t0 = time.perf_counter()
+    frame, record = predictor.predict(path)
+    total = time.perf_counter() - t0
+    assert record.level == "full", record
+    t0 = time.perf_counter()
+    m = predictor.manifest
+    volume = prepare_volume(path, m.volume_spacing_mm, max_voxels=m.max_voxels)
+    read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predictor.ensemble.predict_volume(volume.array, volume.affine, volume.modality, Plan())
+    model = time.perf_counter() - t0
+    rows.append({"total": total, "read": read, "model": model, "shape": list(volume.array.shape)})
+print(json.dumps({"rows": rows, "providers": predictor.ensemble.active_providers,
+                  "runs": predictor.ensemble.runs(Plan())}))
+"""
+
+CHILD_MEMORY = """
+import json, resource, sys, time
+from kernel.budget import TimeBudget
+from kernel.predict import Predictor
+predictor = Predictor(sys.argv[1], budget=TimeBudget(limit_s=1e9, margin_s=0))
+t0 = time.perf_counter()
+frame, record = predictor.predict(sys.argv[2])
+seconds = time.perf_counter() - t0
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds,
+                  "level": record.level, "reason": record.reason}))
+"""
+
+
+def _write_series(folder: Path, slices: int, seed: int, source: str) -> Path:
+    """One uncompressed 512 x 512 CT series of ``slices`` slices (0.45 mm pixels, 0.625 mm slices)."""
+    if source == "phantom":
+        cmd = [sys.executable, "-m", "train_offline.phantoms", "--out", str(folder), "--n", "1", "--seed", str(seed),
+               "--split", "test", "--size", "full"]
+        subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+        return next((folder / "series").iterdir())
+    from tests.dicom_factory import write_series
+
+    target = folder / "series" / f"bench{seed}"
+    write_series(target, n_slices=slices, rows=512, cols=512, slice_spacing=0.625, pixel_spacing=(0.45, 0.45),
+                 origin=(-115.0, -115.0, -125.0), modality="CT", seed=seed)
+    return target
+
+
+def _weights(arg: Path | None, work: Path) -> tuple[Path, str]:
+    from kernel.manifest import load_manifest
+
+    if arg is not None:
+        return load_manifest(arg).weights_dir, str(arg)
+    try:
+        return load_manifest(REPO / "weights").weights_dir, "weights/"
+    except Exception:
+        pass
+    out = work / "weights"
+    if (REPO / "train_offline" / "export.py").is_file():
+        cmd = [sys.executable, "-m", "train_offline.export", "--random-init", "--config", "demo", "--out", str(out)]
+        subprocess.run(cmd, check=True, cwd=REPO)
+        return out, "train_offline.export --random-init --config demo"
+    from tests.onnx_factory import write_random_weights
+
+    return write_random_weights(out), "tests/onnx_factory.py (tiny models: model time not representative)"
+
+
+def _child(code: str, args: list[str]) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=None, help="weights folder (default: weights/, else random)")
+    parser.add_argument("--n", type=int, default=3, help="full-size series to time")
+    parser.add_argument("--slices", type=int, default=400, help="slices per timed series")
+    parser.add_argument("--long-slices", type=int, default=1000, help="slices of the peak-memory series (0: skip)")
+    parser.add_argument("--source", choices=["auto", "phantom", "factory"], default="auto",
+                        help="series generator (auto: phantoms when in the tree)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir, removed)")
+    args = parser.parse_args()
+    source = args.source
+    if source == "auto":
+        source = "phantom" if (REPO / "train_offline" / "phantoms" / "__main__.py").is_file() else "factory"
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_kernel_"))
+    try:
+        from tqdm import tqdm
+
+        weights, weights_note = _weights(args.weights, work)
+        series = [_write_series(work / f"s{i}", args.slices, i, source) for i in tqdm(range(args.n), desc="write")]
+        warm = _write_series(work / "warm", 32, 99, "factory")
+        times = _child(CHILD_TIMES, [str(weights), str(warm), *map(str, series)])
+        import numpy as np
+
+        rows = times["rows"]
+        med = {k: float(np.median([r[k] for r in rows])) for k in ("total", "read", "model")}
+        print(f"weights: {weights_note}; providers {times['providers']}; {times['runs']} model runs per series")
+        print(f"series source: {source}; canonical shapes {[r['shape'] for r in rows]}")
+        print("| series | n | end-to-end median s | read + preprocess s | ensemble s | max s |")
+        print("|---|---|---|---|---|---|")
+        print(f"| CT {args.slices} x 512 x 512 | {len(rows)} | {med['total']:.3f} | {med['read']:.3f} "
+              f"| {med['model']:.3f} | {max(r['total'] for r in rows):.3f} |")
+        if args.long_slices:
+            for folder in [work / f"s{i}" for i in range(args.n)]:
+                shutil.rmtree(folder, ignore_errors=True)
+            long_series = _write_series(work / "long", args.long_slices, 1000, "factory")
+            memory = _child(CHILD_MEMORY, [str(weights), str(long_series)])
+            print(f"| CT {args.long_slices} x 512 x 512, peak RSS {memory['peak_mb']:.0f} MB | 1 "
+                  f"| {memory['seconds']:.3f} | | | ({memory['level']}) |")
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    code = main()
+    print(f"bench wall time {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    sys.exit(code)
