@@ -348,10 +348,13 @@ class _FastDataset:
 
 def _parse_headers(
     files: list[str], dropped: list[tuple[str, str]]
-) -> tuple[list[_Frame], list[str], list[str]]:
+) -> tuple[list[_Frame], list[str], list[str], dict[str, Dataset]]:
+    """Frames of every readable file, their modalities, the series UIDs seen, and the pydicom datasets parsed
+    (kept so an in-process decode does not parse those files twice)."""
     frames: list[_Frame] = []
     modalities: list[str] = []
     series_uids: list[str] = []
+    datasets: dict[str, Dataset] = {}
     for path in files:
         name = os.path.basename(path)
         try:
@@ -371,7 +374,9 @@ def _parse_headers(
         frames.extend(file_frames)
         modalities.extend([modality] * len(file_frames))
         series_uids.append(series_uid)
-    return frames, modalities, series_uids
+        if isinstance(ds, Dataset):
+            datasets[path] = ds
+    return frames, modalities, series_uids, datasets
 
 
 def _stack_key(fr: _Frame) -> tuple:
@@ -434,9 +439,13 @@ def _select_stack(frames: list[_Frame], dropped: list[tuple[str, str]], notes: l
     return out
 
 
-def _decode_file(path: str, step: int = 1) -> np.ndarray:
-    """All frames of one file as a raw (N, rows, cols) array through pydicom's decoders, every ``step``-th pixel."""
-    ds = pydicom.dcmread(path)
+def _decode_file(path: str, step: int = 1, ds: Dataset | None = None) -> np.ndarray:
+    """All frames of one file as a raw (N, rows, cols) array through pydicom's decoders, every ``step``-th pixel.
+
+    ``ds``: the file's dataset from the header pass (its deferred pixel data is read now), else the file is parsed.
+    """
+    if ds is None:
+        ds = pydicom.dcmread(path)
     if "NumberOfFrames" not in ds:
         rows, cols = int(ds.Rows), int(ds.Columns)
         n = _frame_count(ds, rows, cols, int(ds.get("BitsAllocated", 16)), 1)
@@ -479,18 +488,20 @@ def _to_values(raw: np.ndarray, fr: _Frame, out: np.ndarray, clip: tuple[float, 
         np.clip(out, clip[0], clip[1], out=out)
 
 
-def _decode_many(paths: list[str], workers: int, step: int) -> dict[str, np.ndarray | Exception]:
+def _decode_many(
+    paths: list[str], workers: int, step: int, datasets: dict[str, Dataset]
+) -> dict[str, np.ndarray | Exception]:
     """Decode files through pydicom, in a process pool when there are enough of them to pay for it."""
     if workers <= 1 or len(paths) < _PARALLEL_MIN_FILES:
-        return {p: _decode_file_safe(p, step) for p in paths}
+        return {p: _decode_file_safe(p, step, datasets.get(p)) for p in paths}
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_decode_file_safe, paths, [step] * len(paths), chunksize=8)
         return dict(zip(paths, results, strict=True))
 
 
-def _decode_file_safe(path: str, step: int = 1) -> np.ndarray | Exception:
+def _decode_file_safe(path: str, step: int = 1, ds: Dataset | None = None) -> np.ndarray | Exception:
     try:
-        return _decode_file(path, step)
+        return _decode_file(path, step, ds)
     except Exception as exc:  # noqa: BLE001
         return ValueError(f"{type(exc).__name__}: {str(exc)[:100]}")
 
@@ -522,7 +533,7 @@ def read_series(
     dropped: list[tuple[str, str]] = []
     notes: list[str] = []
     files = _list_files(series_dir, dropped)
-    frames, modalities, series_uids = _parse_headers(files, dropped)
+    frames, modalities, series_uids, datasets = _parse_headers(files, dropped)
     if not frames:
         reasons = Counter(r.split(" (")[0] for _, r in dropped).most_common(3)
         why = "; ".join(f"{r} x{c}" for r, c in reasons) or "no files"
@@ -541,7 +552,8 @@ def read_series(
     if max_voxels is not None and len(stack) * rows * cols > max_voxels:
         step_yx = math.ceil(math.sqrt(len(stack) * rows * cols / max_voxels))
         notes.append(f"over the voxel budget ({len(stack) * rows * cols:,} > {max_voxels:,}): in-plane step {step_yx}")
-    decoded = _decode_many(slow_paths, pool_workers, step_yx) if slow_paths else {}
+    decoded = _decode_many(slow_paths, pool_workers, step_yx, datasets) if slow_paths else {}
+    datasets.clear()
     out_rows, out_cols = len(range(0, rows, step_yx)), len(range(0, cols, step_yx))
     array = np.empty((len(stack), out_rows, out_cols), dtype=np.float32)  # filled slice by slice: no stack copy
     clip = _CT_HU_RANGE if modality == "CT" else None
