@@ -26,6 +26,7 @@ WEIGHTS_ENV = "RSNA_WEIGHTS_DIR"
 KAGGLE_INPUT = Path("/kaggle/input")
 FORMAT_VERSION = 1
 _ROLES = ("locator", "classifier")
+_SKIP_DIRS = {"series", "segmentations", "kaggle_evaluation", "__pycache__"}
 _REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -139,15 +140,23 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
         raise ManifestError("invalid manifest:\n  - " + "\n  - ".join(problems))
 
 
-def _kaggle_candidates(root: Path) -> list[Path]:
-    """Folders under /kaggle/input that hold a manifest (datasets mount one or a few levels deep)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for pattern in (MANIFEST_NAME, f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}", f"*/*/*/{MANIFEST_NAME}",
-                    f"*/*/*/*/{MANIFEST_NAME}"):
-        found.extend(p.parent for p in root.glob(pattern))
-    return sorted(set(found))
+def _kaggle_candidates(root: Path, max_depth: int = 4) -> list[Path]:
+    """Folders under /kaggle/input that hold a manifest (datasets mount one to a few levels deep).
+
+    A bounded walk that never enters ``series``/``segmentations`` (the competition mount: a million DICOM files).
+    """
+    found, level = [], [root] if root.is_dir() else []
+    for _ in range(max_depth + 1):
+        below = []
+        for folder in level:
+            if (folder / MANIFEST_NAME).is_file():
+                found.append(folder)
+            try:
+                below.extend(sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in _SKIP_DIRS))
+            except OSError:
+                continue
+        level = below
+    return found
 
 
 def find_weights_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

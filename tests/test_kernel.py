@@ -274,3 +274,20 @@ def test_module_level_predict_is_a_plain_function(weights: Path, ct_series: Path
         assert type(kernel_predict.predict).__name__ == "function"
     finally:
         kernel_predict.reset_predictor()
+
+
+def test_weights_found_under_kaggle_input(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernel import manifest as manifest_module
+
+    kaggle_input = tmp_path / "input"
+    dataset = kaggle_input / "datasets" / "someone" / "rsna-weights"
+    shutil.copytree(weights, dataset)
+    decoy = kaggle_input / "rsna-intracranial-aneurysm-detection" / "series" / "1.2.3"
+    decoy.mkdir(parents=True)
+    (decoy / "manifest.json").write_text("{}")  # inside the competition's series: never looked at
+    monkeypatch.delenv("RSNA_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(manifest_module, "KAGGLE_INPUT", kaggle_input)
+    assert find_weights_dir() == dataset
+    shutil.copytree(weights, kaggle_input / "other-weights")
+    with pytest.raises(ManifestError, match="several weights datasets"):
+        find_weights_dir()
