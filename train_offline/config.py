@@ -1,0 +1,164 @@
+"""Training configuration: YAML files with inheritance (``base: other.yaml``), checked against a schema of defaults.
+
+Every key must exist in ``DEFAULTS`` (a typo fails loudly with the list of known keys); values keep the defaults'
+types; paths are relative (to the repository root or the working directory), never absolute, so a config runs
+unchanged on a laptop, a GPU box or Kaggle. The resolved config is saved beside every checkpoint and exported into
+the manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["CONFIG_DIR", "DEFAULTS", "ConfigError", "load_config", "merge", "resolve_config_path", "validate"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+DEFAULTS: dict[str, Any] = {
+    "name": "base",
+    "seed": 0,
+    "data": {
+        "root": "data/phantoms/train",  # competition layout: train.csv, train_localizers.csv, series/, segmentations/
+        "cache": "data/phantoms/train_cache",  # precache_all output at volume_spacing_mm
+        "folds_csv": "data/phantoms/train_folds.csv",
+        "n_folds": 5,
+        "limit": 0,  # use only the first N series (0: all); for smoke tests
+    },
+    "volume_spacing_mm": [1.0, 1.0, 1.0],  # canonical volume spacing: what precache stores and the kernel builds
+    "normalisation": {"CT": "ct_angio", "MR": "mr_percentile"},
+    "max_voxels": 400_000_000,
+    "locator": {
+        "input_shape": [32, 32, 32],
+        "spacing_mm": [6.0, 6.0, 6.0],
+        "output_stride": 2,
+        "channels": [8, 16, 32],
+        "sigma_mm": 8.0,  # Gaussian target around the Circle-of-Willis centre
+        "epochs": 10,
+        "batch_size": 8,
+        "lr": 0.003,
+        "scale_jitter": 0.0,
+        "shift_mm": 15.0,  # random shift of the whole head inside the input (augmentation)
+    },
+    "classifier": {
+        "input_shape": [64, 64, 64],
+        "spacing_mm": [1.5, 1.5, 1.5],
+        "channels": [12, 24, 48, 96],
+        "dropout": 0.1,
+        "epochs": 10,
+        "batch_size": 4,
+        "lr": 0.002,
+        "weight_decay": 0.0001,
+        "jitter_mm": 6.0,  # random crop-centre shift during training
+        "flip_p": 0.5,  # left/right flip probability (labels swapped)
+        "intensity_jitter": 0.1,  # random gain/offset on the normalised crop
+        "heatmap_sigma_mm": 4.0,
+        "heatmap_weight": 1.0,
+        "seg_weight": 0.5,
+        "modality_weight": 0.2,
+        "pos_weight_present": 1.0,
+    },
+    "train": {
+        "out_dir": "runs",  # runs/<name>/fold<K>
+        "device": "auto",  # auto | cpu | cuda
+        "amp": False,  # bf16/fp16 autocast on CUDA
+        "num_workers": 0,
+        "threads": 2,  # torch intra-op threads on CPU
+        "log_every": 20,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config file is missing, malformed, or holds an unknown key or an absolute path."""
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``override`` replaces the base value."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check(value: Any, default: Any, where: str, problems: list[str]) -> None:
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            problems.append(f"{where} must be a mapping, got {type(value).__name__}")
+            return
+        for key in value:
+            if key not in default:
+                problems.append(f"unknown key {where}.{key}; known keys of {where}: {sorted(default)}")
+            else:
+                _check(value[key], default[key], f"{where}.{key}", problems)
+    elif isinstance(default, bool):
+        if not isinstance(value, bool):
+            problems.append(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(default, int) and not isinstance(value, int)
+        ):
+            problems.append(f"{where} must be a {type(default).__name__}, got {value!r}")
+    elif isinstance(default, list):
+        if not isinstance(value, list) or (default and len(value) != len(default) and where.endswith(
+            ("shape", "spacing_mm"))):
+            problems.append(f"{where} must be a list like {default}, got {value!r}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            problems.append(f"{where} must be a string, got {value!r}")
+        elif where.startswith(("root.data.", "root.train.out_dir")) and Path(value).is_absolute():
+            problems.append(f"{where} must be a relative path (configs hold no absolute paths), got {value!r}")
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Raise ConfigError listing every unknown key, wrong type or absolute path."""
+    problems: list[str] = []
+    _check(dict(config), DEFAULTS, "root", problems)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(p.replace("root.", "") for p in problems))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config name (``demo``), file name (``demo.yaml``) or path -> existing file."""
+    candidates = [Path(name_or_path), CONFIG_DIR / str(name_or_path), CONFIG_DIR / f"{name_or_path}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(name_or_path)!r} not found; known configs: {known}")
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config inheritance loop: {' -> '.join(str(p) for p in (*seen, path))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or Path(base).is_absolute():
+        raise ConfigError(f"{path}: base must be a relative file name, got {base!r}")
+    parent = _load_raw(path.parent / base, (*seen, path))
+    return merge(parent, data)
+
+
+def load_config(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Load a config (following ``base:`` links), apply ``overrides``, fill defaults, validate."""
+    path = resolve_config_path(name_or_path)
+    raw = _load_raw(path, ())
+    if overrides:
+        raw = merge(raw, overrides)
+    validate(raw)
+    return merge(DEFAULTS, raw)

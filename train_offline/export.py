@@ -1,0 +1,255 @@
+"""Export trained folds (or randomly initialised models) to ONNX with parity checks and write ``manifest.json``.
+
+    python -m train_offline.export --run runs/demo [--out weights]          # every runs/demo/fold*/ (or one fold dir)
+    python -m train_offline.export --random-init --config demo --out DIR    # same path, random weights
+
+Each model is exported with opset 17 (TorchScript exporter, ``dynamo=False``) and a dynamic batch axis, passes the
+full ONNX checker, and must match torch through onnxruntime within ``ATOL + RTOL * |torch|`` on a batch of 2. With
+``--run`` the validation fold is then re-scored through the kernel's own onnxruntime ensemble on the cached volumes,
+and that score goes into the manifest. The manifest follows docs/ARCHITECTURE.md and is validated by kernel.manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from kernel.labels import LABEL_COLS, MODALITY_NAMES
+from kernel.manifest import MANIFEST_NAME, sha256_file, validate_manifest
+from train_offline.config import ConfigError, load_config
+from train_offline.models import ExportClassifier, build_classifier, build_locator
+
+__all__ = ["ATOL", "OPSET", "RTOL", "ExportError", "export_folds", "export_model", "export_random", "git_commit",
+           "main", "onnx_parity"]
+
+OPSET = 17
+ATOL = 1e-4  # onnxruntime vs torch, float32, after GroupNorm: observed differences are ~1e-6
+RTOL = 1e-3
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ExportError(RuntimeError):
+    """An export failed the checker, the parity test or the manifest schema."""
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (with ``+dirty`` when tracked files changed), or "unknown" outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def onnx_parity(path: Path, model: nn.Module, input_shape: Sequence[int], input_name: str,
+                output_names: Sequence[str], seed: int = 0) -> float:
+    """Max |onnxruntime - torch| over all outputs on a random batch of 2; raises ExportError beyond tolerance."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    batch = rng.uniform(0.0, 1.0, (2, 1, *input_shape)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch))
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(list(output_names), {input_name: batch})
+    worst = 0.0
+    for name, ref, out in zip(output_names, expected, got, strict=True):
+        ref = ref.numpy()
+        if ref.shape != out.shape:
+            raise ExportError(f"{path.name}: output {name} has shape {out.shape} in onnxruntime, {ref.shape} in torch")
+        diff = np.abs(ref - out)
+        if not np.all(diff <= ATOL + RTOL * np.abs(ref)):
+            raise ExportError(f"{path.name}: output {name} differs from torch by up to {diff.max():.3g} "
+                              f"(tolerance {ATOL} + {RTOL} * |torch|)")
+        worst = max(worst, float(diff.max()))
+    return worst
+
+
+def export_model(model: nn.Module, path: Path, input_shape: Sequence[int], input_name: str,
+                 output_names: Sequence[str]) -> float:
+    """ONNX export (opset 17, dynamic batch, dynamo=False) + full checker + parity; returns the parity error."""
+    model = model.eval().cpu()
+    dummy = torch.zeros(1, 1, *input_shape)
+    axes = {name: {0: "batch"} for name in (input_name, *output_names)}
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(model, (dummy,), buffer, input_names=[input_name], output_names=list(output_names),
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(proto, full_check=True)
+    outputs = [o.name for o in proto.graph.output]
+    if outputs != list(output_names):
+        raise ExportError(f"{path.name}: graph outputs {outputs}, expected exactly {list(output_names)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    return onnx_parity(path, model, input_shape, input_name, output_names)
+
+
+def _portable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as stored in the manifest (JSON round trip: plain types only)."""
+    return json.loads(json.dumps(config))
+
+
+def _entries(fold: int, locator: nn.Module, classifier: nn.Module, config: Mapping[str, Any], out: Path,
+             validation: Mapping[str, Any], commit: str) -> list[dict[str, Any]]:
+    loc_cfg, cls_cfg = config["locator"], config["classifier"]
+    loc_name, cls_name = f"locator_f{fold}", f"classifier_f{fold}"
+    loc_err = export_model(locator, out / f"{loc_name}.onnx", loc_cfg["input_shape"], "volume", ["heatmap"])
+    cls_err = export_model(ExportClassifier(classifier), out / f"{cls_name}.onnx", cls_cfg["input_shape"], "crop",
+                           ["logits", "modality_logits"])
+    portable = _portable_config(config)
+    common = {"fold": fold, "config": portable, "git_commit": commit, "opset": OPSET}
+    return [
+        {"name": loc_name, "role": "locator", "file": f"{loc_name}.onnx",
+         "sha256": sha256_file(out / f"{loc_name}.onnx"),
+         "input_name": "volume", "input_shape": [int(s) for s in loc_cfg["input_shape"]],
+         "spacing_mm": [float(s) for s in loc_cfg["spacing_mm"]], "output_name": "heatmap",
+         "output_stride": int(loc_cfg["output_stride"]),
+         "validation": {"centre_error_mm_median": float(validation.get("centre_error_mm_median", float("nan")))
+                        if validation.get("centre_error_mm_median") is not None else None},
+         "parity_max_abs": loc_err, **common},
+        {"name": cls_name, "role": "classifier", "file": f"{cls_name}.onnx",
+         "sha256": sha256_file(out / f"{cls_name}.onnx"), "input_name": "crop",
+         "input_shape": [int(s) for s in cls_cfg["input_shape"]],
+         "spacing_mm": [float(s) for s in cls_cfg["spacing_mm"]], "output_names": ["logits", "modality_logits"],
+         "flip_tta": True,
+         "validation": {k: validation.get(k) for k in ("score", "auc_present", "n_series", "score_onnx",
+                                                       "auc_present_onnx")},
+         "parity_max_abs": cls_err, **common},
+    ]
+
+
+def build_manifest(config: Mapping[str, Any], models: list[dict[str, Any]], priors: Sequence[float]) -> dict[str, Any]:
+    """Manifest dict per docs/ARCHITECTURE.md; validated by kernel.manifest."""
+    manifest = {
+        "format_version": 1,
+        "label_cols": list(LABEL_COLS),
+        "modality_names": list(MODALITY_NAMES),
+        "label_priors": [float(p) for p in priors],
+        "volume_spacing_mm": [float(s) for s in config["volume_spacing_mm"]],
+        "normalisation": dict(config["normalisation"]),
+        "max_voxels": int(config["max_voxels"]),
+        "opset": OPSET,
+        "parity_tolerance": {"atol": ATOL, "rtol": RTOL},
+        "models": models,
+    }
+    validate_manifest(manifest)
+    return manifest
+
+
+def write_manifest(out: Path, manifest: Mapping[str, Any]) -> Path:
+    path = out / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def export_random(config_name: str, out: Path, folds: int = 1, seed: int = 0) -> Path:
+    """Randomly initialised locator + classifier per fold through the same export path (for kernel tests)."""
+    config = load_config(config_name)
+    out.mkdir(parents=True, exist_ok=True)
+    models = []
+    commit = git_commit()
+    for fold in range(folds):
+        torch.manual_seed(seed + fold)
+        locator, classifier = build_locator(config["locator"]), build_classifier(config["classifier"])
+        validation = {"score": 0.5, "auc_present": 0.5, "centre_error_mm_median": None}
+        models += _entries(fold, locator, classifier, {**config, "random_init": True}, out, validation, commit)
+    priors = [0.03] * (len(LABEL_COLS) - 1) + [0.43]
+    return write_manifest(out, build_manifest(config, models, priors))
+
+
+def fold_dirs(run: Path) -> list[Path]:
+    """A fold directory (holds summary.json) or a run directory with fold*/ children that do."""
+    if (run / "summary.json").is_file():
+        return [run]
+    found = sorted(p for p in run.glob("fold*") if (p / "summary.json").is_file())
+    if not found:
+        raise ExportError(f"{run}: no summary.json here or in fold*/ (train a fold first)")
+    return found
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export_folds(run: Path, out: Path, rescore: bool = True) -> Path:
+    """Export every trained fold under ``run`` into ``out`` and write the manifest (priors: mean over folds)."""
+    dirs = fold_dirs(run)
+    from train_offline.train import load_fold_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    models, priors, config = [], [], None
+    commit = git_commit()
+    for fold_dir in dirs:
+        summary = json.loads((fold_dir / "summary.json").read_text())
+        config = load_fold_config(fold_dir)
+        locator, classifier = build_locator(config["locator"]), build_classifier(config["classifier"])
+        locator.load_state_dict(_load_state(fold_dir / "locator.pt"))
+        classifier.load_state_dict(_load_state(fold_dir / "classifier.pt"))
+        validation = dict(summary["validation"])
+        entries = _entries(int(summary["fold"]), locator, classifier, config, out, validation, commit)
+        if rescore:
+            from train_offline.data import score_with_onnx
+
+            with tempfile.TemporaryDirectory() as tmp:
+                fold_manifest = build_manifest(config, entries, summary["label_priors"])
+                for entry in entries:
+                    (Path(tmp) / entry["file"]).symlink_to((out / entry["file"]).resolve())
+                write_manifest(Path(tmp), fold_manifest)
+                onnx_scores = score_with_onnx(Path(tmp), config, summary["val_uids"])
+            entries[1]["validation"]["score_onnx"] = onnx_scores["score"]
+            entries[1]["validation"]["auc_present_onnx"] = onnx_scores["auc_present"]
+            print(f"fold {summary['fold']}: torch score {validation.get('score'):.4f}, "
+                  f"onnxruntime score {onnx_scores['score']:.4f}", file=sys.stderr)
+        models += entries
+        priors.append(summary["label_priors"])
+    assert config is not None
+    return write_manifest(out, build_manifest(config, models, np.mean(priors, axis=0).tolist()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train_offline.export", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a trained fold dir, or a run dir with fold*/ subdirs")
+    source.add_argument("--random-init", action="store_true", help="export randomly initialised models")
+    parser.add_argument("--config", default="demo", help="config for --random-init (default: demo)")
+    parser.add_argument("--folds", type=int, default=1, help="number of random folds for --random-init (default: 1)")
+    parser.add_argument("--out", type=Path, default=REPO / "weights", help="output folder (default: weights/)")
+    parser.add_argument("--no-rescore", action="store_true", help="skip re-scoring the validation fold via onnxruntime")
+    args = parser.parse_args(argv)
+    try:
+        if args.random_init:
+            path = export_random(args.config, args.out, folds=args.folds)
+        else:
+            path = export_folds(args.run, args.out, rescore=not args.no_rescore)
+    except (ExportError, ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    manifest = json.loads(path.read_text())
+    total = sum((path.parent / m["file"]).stat().st_size for m in manifest["models"])
+    print(f"wrote {path} ({len(manifest['models'])} models, {total / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
