@@ -1,7 +1,7 @@
 """End-to-end kernel time per full-size CTA series (reading included) and peak memory on a 1,000-slice series.
 
-Writes uncompressed 512 x 512 CT series (the phantom generator's full size when it is in the tree, else the reader
-tests' smooth synthetic field), then, in fresh processes so nothing is shared: (1) a warmed-up ``Predictor`` runs
+Writes uncompressed 512 x 512 CT series (the reader tests' smooth synthetic field; ``--source phantom``: a full-size
+phantom test split instead), then, in fresh processes so nothing is shared: (1) a warmed-up ``Predictor`` runs
 every series, timing read + preprocess and the ensemble separately; (2) one process predicts the long series and
 reports its peak resident memory. Files are in the page cache (just written), as in performance-notes.md.
 
@@ -64,19 +64,30 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 """
 
 
-def _write_series(folder: Path, slices: int, seed: int, source: str) -> Path:
+def _write_series(folder: Path, slices: int, seed: int) -> Path:
     """One uncompressed 512 x 512 CT series of ``slices`` slices (0.45 mm pixels, 0.625 mm slices)."""
-    if source == "phantom":
-        cmd = [sys.executable, "-m", "train_offline.phantoms", "--out", str(folder), "--n", "1", "--seed", str(seed),
-               "--split", "test", "--size", "full"]
-        subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
-        return next((folder / "series").iterdir())
     from tests.dicom_factory import write_series
 
     target = folder / "series" / f"bench{seed}"
     write_series(target, n_slices=slices, rows=512, cols=512, slice_spacing=0.625, pixel_spacing=(0.45, 0.45),
                  origin=(-115.0, -115.0, -125.0), modality="CT", seed=seed)
     return target
+
+
+def _phantom_series(folder: Path, n: int) -> list[tuple[Path, str]]:
+    """A full-size phantom test split of ``n`` series: (folder, "<modality> <slices> files")."""
+    import polars as pl
+
+    cmd = [sys.executable, "-m", "train_offline.phantoms", "--out", str(folder), "--n", str(n), "--seed", "0",
+           "--split", "test", "--size", "full", "--quiet"]
+    subprocess.run(cmd, check=True, cwd=REPO)
+    solution = pl.read_csv(folder / "solution.csv")
+    modality = dict(zip(solution["SeriesInstanceUID"], solution["Modality"], strict=True))
+    out = []
+    for uid in sorted(modality):
+        path = folder / "series" / uid
+        out.append((path, f"phantom {modality[uid]}, {len(list(path.glob('*.dcm')))} files"))
+    return out
 
 
 def _weights(arg: Path | None, work: Path) -> tuple[Path, str]:
@@ -113,35 +124,36 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=3, help="full-size series to time")
     parser.add_argument("--slices", type=int, default=400, help="slices per timed series")
     parser.add_argument("--long-slices", type=int, default=1000, help="slices of the peak-memory series (0: skip)")
-    parser.add_argument("--source", choices=["auto", "phantom", "factory"], default="auto",
-                        help="series generator (auto: phantoms when in the tree)")
+    parser.add_argument("--source", choices=["factory", "phantom"], default="factory",
+                        help="factory: uncompressed CT of exactly --slices x 512 x 512; phantom: a full-size phantom "
+                        "test split of --n series (mixed modalities and encodings), one row per kind")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir, removed)")
     args = parser.parse_args()
-    source = args.source
-    if source == "auto":
-        source = "phantom" if (REPO / "train_offline" / "phantoms" / "__main__.py").is_file() else "factory"
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_kernel_"))
     try:
+        import numpy as np
         from tqdm import tqdm
 
         weights, weights_note = _weights(args.weights, work)
-        series = [_write_series(work / f"s{i}", args.slices, i, source) for i in tqdm(range(args.n), desc="write")]
-        warm = _write_series(work / "warm", 32, 99, "factory")
-        times = _child(CHILD_TIMES, [str(weights), str(warm), *map(str, series)])
-        import numpy as np
-
-        rows = times["rows"]
-        med = {k: float(np.median([r[k] for r in rows])) for k in ("total", "read", "model")}
+        if args.source == "phantom":
+            labelled = _phantom_series(work / "phantoms", args.n)
+        else:
+            labelled = [(_write_series(work / f"s{i}", args.slices, i), f"CT {args.slices} x 512 x 512")
+                        for i in tqdm(range(args.n), desc="write")]
+        warm = _write_series(work / "warm", 32, 99)
+        times = _child(CHILD_TIMES, [str(weights), str(warm), *(str(p) for p, _ in labelled)])
         print(f"weights: {weights_note}; providers {times['providers']}; {times['runs']} model runs per series")
-        print(f"series source: {source}; canonical shapes {[r['shape'] for r in rows]}")
         print("| series | n | end-to-end median s | read + preprocess s | ensemble s | max s |")
         print("|---|---|---|---|---|---|")
-        print(f"| CT {args.slices} x 512 x 512 | {len(rows)} | {med['total']:.3f} | {med['read']:.3f} "
-              f"| {med['model']:.3f} | {max(r['total'] for r in rows):.3f} |")
+        for label in sorted({lab for _, lab in labelled}):
+            rows = [r for r, (_, lab) in zip(times["rows"], labelled, strict=True) if lab == label]
+            med = {k: float(np.median([r[k] for r in rows])) for k in ("total", "read", "model")}
+            print(f"| {label} | {len(rows)} | {med['total']:.3f} | {med['read']:.3f} | {med['model']:.3f} "
+                  f"| {max(r['total'] for r in rows):.3f} |")
         if args.long_slices:
-            for folder in [work / f"s{i}" for i in range(args.n)]:
-                shutil.rmtree(folder, ignore_errors=True)
-            long_series = _write_series(work / "long", args.long_slices, 1000, "factory")
+            for path, _ in labelled:
+                shutil.rmtree(path, ignore_errors=True)
+            long_series = _write_series(work / "long", args.long_slices, 1000)
             memory = _child(CHILD_MEMORY, [str(weights), str(long_series)])
             print(f"| CT {args.long_slices} x 512 x 512, peak RSS {memory['peak_mb']:.0f} MB | 1 "
                   f"| {memory['seconds']:.3f} | | | ({memory['level']}) |")

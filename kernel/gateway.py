@@ -33,6 +33,7 @@ from kernel.labels import ID_COL, LABEL_COLS
 __all__ = [
     "GatewayError", "GatewayResult", "check_prediction", "find_kaggle_evaluation", "kernel_main", "main",
     "run_kaggle_evaluation", "run_local_gateway", "score_submission", "share_series", "timing_table",
+    "two_class_columns",
 ]
 
 COMPETITION = "rsna-intracranial-aneurysm-detection"
@@ -159,7 +160,15 @@ def run_local_gateway(
     return result
 
 
-def score_submission(solution_csv: str | os.PathLike[str], submission: pl.DataFrame) -> float | None:
+def two_class_columns(solution_csv: str | os.PathLike[str]) -> list[str]:
+    """LABEL_COLS holding both classes in the solution (the AUC of any other column is undefined)."""
+    solution = pl.read_csv(solution_csv, infer_schema_length=None)
+    return [c for c in LABEL_COLS if solution[c].n_unique() == 2]
+
+
+def score_submission(
+    solution_csv: str | os.PathLike[str], submission: pl.DataFrame, columns: Sequence[str] = LABEL_COLS
+) -> float | None:
     """Competition metric via ``train_offline.metric.score`` (imported lazily); None, with a message, if missing."""
     try:
         from train_offline.metric import score
@@ -171,7 +180,7 @@ def score_submission(solution_csv: str | os.PathLike[str], submission: pl.DataFr
     if missing:
         raise GatewayError(f"{len(missing)} solution series have no prediction, e.g. {sorted(missing)[:3]}")
     ordered = solution.select(ID_COL).join(submission, on=ID_COL, how="left", maintain_order="left")
-    return float(score(solution.to_pandas(), ordered.to_pandas()))
+    return float(score(solution.to_pandas(), ordered.to_pandas(), columns=list(columns)))
 
 
 def timing_table(seconds: dict[str, float], groups: dict[str, str | None] | None = None) -> str:
@@ -267,9 +276,17 @@ def _report(result: GatewayResult, solution: Path | None) -> None:
             groups = dict(zip(truth[ID_COL].cast(pl.Utf8).to_list(), truth["Modality"].to_list(), strict=True))
     print(timing_table(result.seconds, groups))
     if solution is not None:
-        value = score_submission(solution, result.submission)
-        if value is not None:
-            print(f"score: {value:.4f}")
+        columns = two_class_columns(solution)
+        if len(columns) == len(LABEL_COLS):
+            value = score_submission(solution, result.submission)
+            if value is not None:
+                print(f"score: {value:.4f}")
+        else:  # a small split: the same metric over the columns where it is defined, said plainly
+            single = [c for c in LABEL_COLS if c not in columns]
+            print(f"score over all 14 columns undefined: single-class in the solution: {single}")
+            value = score_submission(solution, result.submission, columns) if columns else None
+            if value is not None:
+                print(f"score ({len(columns)} of 14 columns): {value:.4f}")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gateway") -> int:

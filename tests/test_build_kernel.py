@@ -30,7 +30,9 @@ from tests.onnx_factory import write_random_weights
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINED_MARGIN = 0.1  # a trained ensemble must score within this of its recorded validation score
-RANDOM_FLOOR = 0.3  # random-init weights score ~0.5 (AUC of noise); far below means a broken label/row mapping
+# Random-init weights score ~0.5 +- noise (8 series: roughly 0.3-0.7); the floor only catches a broken score. With
+# random weights the real check is parity with the package; with trained weights the threshold above applies.
+RANDOM_FLOOR = 0.2
 
 
 def _weights(tmp: Path) -> Path:
@@ -124,16 +126,18 @@ def test_built_kernel_alone_runs_the_gateway_and_scores(tmp_path: Path) -> None:
         assert record.level == "full", record
         np.testing.assert_allclose(row, frame.row(0), atol=1e-6, err_msg=uid)
 
-    match = re.search(r"^score: ([0-9.]+)$", proc.stdout, flags=re.M)
+    match = re.search(r"^score(?: \((\d+) of 14 columns\))?: ([0-9.]+)$", proc.stdout, flags=re.M)
     try:
         from train_offline.metric import score
     except ImportError:
         pytest.skip("train_offline.metric not in the tree yet: submission checked, score not")
     assert match, "the built kernel did not print a score: " + proc.stdout + proc.stderr
-    expected = score(pl.read_csv(data / "solution.csv").to_pandas(),
-                     pl.read_csv(data / "solution.csv").select(ID_COL).join(
-                         submission, on=ID_COL, how="left", maintain_order="left").to_pandas())
-    assert float(match.group(1)) == pytest.approx(expected, abs=1e-4)
+    solution = pl.read_csv(data / "solution.csv")
+    columns = [c for c in LABEL_COLS if solution[c].n_unique() == 2]  # small splits miss rare locations
+    assert int(match.group(1) or 14) == len(columns) and solution["Aneurysm Present"].n_unique() == 2
+    aligned = solution.select(ID_COL).join(submission, on=ID_COL, how="left", maintain_order="left")
+    expected = score(solution.to_pandas(), aligned.to_pandas(), columns=columns)
+    assert float(match.group(2)) == pytest.approx(expected, abs=1e-4)
     trained = load_manifest(run / "weights").validation_score()
     threshold = trained - TRAINED_MARGIN if trained is not None and trained > 0.6 else RANDOM_FLOOR
     assert expected >= threshold, f"score {expected:.3f} below {threshold:.3f} (validation score {trained})"

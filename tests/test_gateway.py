@@ -111,8 +111,8 @@ def test_timing_table_percentiles() -> None:
 def test_score_submission_aligns_rows_to_the_solution(split: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {}
 
-    def fake_score(solution: pd.DataFrame, submission: pd.DataFrame) -> float:
-        calls["solution"], calls["submission"] = solution, submission
+    def fake_score(solution: pd.DataFrame, submission: pd.DataFrame, columns: list[str]) -> float:
+        calls["solution"], calls["submission"], calls["columns"] = solution, submission, columns
         return 0.75
 
     module = types.ModuleType("train_offline.metric")
@@ -121,7 +121,8 @@ def test_score_submission_aligns_rows_to_the_solution(split: Path, monkeypatch: 
     solution = pl.read_csv(split / "solution.csv")
     shuffled = solution.select(ID_COL).reverse().with_columns([pl.lit(0.5).alias(c) for c in LABEL_COLS])
     assert gateway.score_submission(split / "solution.csv", shuffled) == 0.75
-    assert calls["submission"][ID_COL].tolist() == solution[ID_COL].to_list()
+    assert calls["submission"][ID_COL].tolist() == solution[ID_COL].to_list() and calls["columns"] == LABEL_COLS
+    assert gateway.two_class_columns(split / "solution.csv") == LABEL_COLS  # the synthetic split has both classes
     with pytest.raises(gateway.GatewayError, match="no prediction"):
         gateway.score_submission(split / "solution.csv", shuffled.head(3))
     monkeypatch.setitem(sys.modules, "train_offline.metric", None)  # import fails: no score, a message
