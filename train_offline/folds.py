@@ -1,0 +1,111 @@
+"""Cross-validation folds: grouped by patient, stratified by modality and by every location.
+
+    python -m train_offline.folds --index index.csv --out folds.csv [--n-folds 5] [--seed 0]
+
+Greedy iterative stratification: patient groups are placed rarest-label first, each into the fold that most needs
+its labels (modality, each positive location, negative), ties broken by fold size. After placement, every fold is
+checked for positives of every location; where a location has fewer positive patients than folds this cannot hold,
+and the report (stderr and the return value) names the location and the folds that miss it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kernel.labels import ID_COL, LOCATION_COLS, MODALITY_NAMES, PRESENT_COL
+
+__all__ = ["fold_report", "make_folds", "main"]
+
+
+def _label_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """(N, K) 0/1 matrix of the stratification labels: modalities, locations, negative."""
+    names = [f"modality={m}" for m in MODALITY_NAMES] + list(LOCATION_COLS) + ["negative"]
+    mod = np.stack([(frame["Modality"] == m).to_numpy() for m in MODALITY_NAMES], axis=1)
+    loc = frame[LOCATION_COLS].to_numpy(dtype=bool)
+    neg = (frame[PRESENT_COL].to_numpy() == 0)[:, None]
+    return np.concatenate([mod, loc, neg], axis=1).astype(np.int64), names
+
+
+def make_folds(frame: pd.DataFrame, n_folds: int = 5, seed: int = 0, group_col: str = "patient") -> pd.DataFrame:
+    """``SeriesInstanceUID, fold`` for every row of ``frame`` (needs Modality, the labels and ``group_col``)."""
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    groups_col = frame[group_col] if group_col in frame.columns else frame[ID_COL]
+    labels, _ = _label_matrix(frame)
+    group_ids, inverse = np.unique(groups_col.astype(str).to_numpy(), return_inverse=True)
+    if len(group_ids) < n_folds:
+        raise ValueError(f"{len(group_ids)} patients cannot fill {n_folds} folds")
+    group_labels = np.zeros((len(group_ids), labels.shape[1]), dtype=np.int64)
+    np.add.at(group_labels, inverse, labels)
+    group_size = np.bincount(inverse)
+    totals = group_labels.sum(axis=0)
+    desired = totals[None, :] / n_folds * np.ones((n_folds, 1))
+    counts = np.zeros((n_folds, labels.shape[1]))
+    sizes = np.zeros(n_folds)
+    rng = np.random.default_rng(seed)
+    # Rarest label first: groups holding a rare location are placed while every fold still has room for it.
+    rarity = np.where(group_labels > 0, totals[None, :], np.inf).min(axis=1)
+    order = np.lexsort((rng.random(len(group_ids)), rarity))
+    assignment = np.empty(len(group_ids), dtype=np.int64)
+    for g in order:
+        has = group_labels[g] > 0
+        need = (desired[:, has] - counts[:, has]).sum(axis=1)
+        # Prefer the fold that most needs these labels, then the smallest fold, then a random one.
+        key = np.lexsort((rng.random(n_folds), sizes, -need))
+        fold = int(key[0])
+        assignment[g] = fold
+        counts[fold] += group_labels[g]
+        sizes[fold] += group_size[g]
+    return pd.DataFrame({ID_COL: frame[ID_COL].astype(str).to_numpy(), "fold": assignment[inverse]})
+
+
+def fold_report(frame: pd.DataFrame, folds: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Per-fold counts (series, each modality, each location) and the list of (location, fold) gaps."""
+    merged = frame.merge(folds, on=ID_COL)
+    table = merged.groupby("fold").agg(
+        series=(ID_COL, "size"), positive=(PRESENT_COL, "sum"),
+        **{m: ("Modality", lambda s, m=m: int((s == m).sum())) for m in MODALITY_NAMES},
+        **{c: (c, "sum") for c in LOCATION_COLS},
+    )
+    gaps = []
+    for col in LOCATION_COLS:
+        missing = [int(f) for f in table.index if table.loc[f, col] == 0]
+        if missing:
+            gaps.append(f"{col}: no positive in fold(s) {missing} ({int(merged[col].sum())} positive series in all)")
+    return table, gaps
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train_offline.folds", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", type=Path, required=True, help="index CSV (train_offline.index) or train.csv")
+    parser.add_argument("--out", type=Path, required=True, help="folds CSV to write (SeriesInstanceUID, fold)")
+    parser.add_argument("--n-folds", type=int, default=5, help="number of folds (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="tie-break seed (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        frame = pd.read_csv(args.index, dtype={ID_COL: str, "patient": str})
+        missing = [c for c in (ID_COL, "Modality", *LOCATION_COLS, PRESENT_COL) if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{args.index}: missing column(s) {missing}")
+        folds = make_folds(frame, args.n_folds, args.seed, group_col="patient" if "patient" in frame else "PatientID")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        print(f"folds failed: {exc}", file=sys.stderr)
+        return 2
+    table, gaps = fold_report(frame, folds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    folds.to_csv(args.out, index=False)
+    print(table.to_string())
+    for gap in gaps:
+        print(f"warning: {gap}: too few positive patients to cover every fold", file=sys.stderr)
+    print(f"wrote {args.out}: {len(folds)} series in {args.n_folds} folds, {len(gaps)} location gaps")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
