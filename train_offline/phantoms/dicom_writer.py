@@ -95,6 +95,8 @@ def sample_quirks(rng: np.random.Generator, modality: str, split: str, transfer_
     if q.multiframe:
         q.per_frame_rescale = bool(rng.random() < 0.4)
         q.top_level_geometry = bool(rng.random() < 0.5)
+        if q.top_level_geometry:  # frames ascend from the top-level position: recoverable once stripped
+            q.reverse_order = False
         q.scout = q.blank = q.odd_size = False  # one file holds the whole series
     return q
 
