@@ -269,7 +269,7 @@ def _report(result: GatewayResult, solution: Path | None) -> None:
         print(f"fallback rows: {result.fallbacks} of {n}")
         for uid, reason in sorted(result.fallback_reasons.items())[:10]:
             print(f"  {uid}: {reason}")
-    groups = result.modalities or None
+    groups = {uid: f"{m} (modality head)" for uid, m in result.modalities.items() if m} or None
     if solution is not None:  # time per true modality when the solution says it (phantom splits do)
         truth = pl.read_csv(solution, infer_schema_length=None)
         if "Modality" in truth.columns:
