@@ -121,7 +121,7 @@ def _venous_tubes(side: int) -> list[TubeSpec]:
     tubes = [
         TubeSpec("transverse", [(0, -99, -8), (s * 35, -92, -14), (s * 52, -66, -24), (s * 46, -45, -40),
                                 (s * 38, -32, -62), (s * 33, -25, -85)], 3.2, 3.8, None, 1.0, kind=KIND_VEIN),
-        TubeSpec("cavernous", [(s * 17, 5, -36), (s * 18, -4, -38), (s * 20, -12, -42)], 2.2, 1.8, None, 0.8,
+        TubeSpec("cavernous", [(s * 20, 5, -36), (s * 21, -4, -38), (s * 22, -12, -42)], 1.6, 1.4, None, 0.8,
                  kind=KIND_VEIN),
     ]
     if side > 0:
@@ -268,7 +268,7 @@ def _site(rng: np.random.Generator, location: str, lines: dict[tuple[str, int], 
         if rng.random() < 0.65:  # terminus, superior
             i = cl.index_at(-1.5)
             return cl, i, _perturb(rng, cl.tangent(i) + 1.2 * up, 0.3)
-        i = cl.index_at(1.5)  # ophthalmic origin, dorsal
+        i = cl.index_at(float(rng.uniform(3.0, 4.0)))  # near the ophthalmic origin, dorsal
         return cl, i, _perturb(rng, up + 0.4 * ant, 0.3)
     if "Middle Cerebral" in location:
         cl = lines[("m1", side)]
@@ -299,7 +299,7 @@ def _site(rng: np.random.Generator, location: str, lines: dict[tuple[str, int], 
         i = 2
         return cl, i, _perturb(rng, np.array([0, 0.8, -0.6]), 0.4)
     cl = lines[(str(choice), s)]
-    i = cl.index_at(float(rng.uniform(1.5, 3.0)))
+    i = cl.index_at(float(rng.uniform(3.0, 4.5)))
     return cl, i, _perturb(rng, cl.tangent(i) + np.array([s * 0.5, 0, 0.3]), 0.4)
 
 

@@ -97,11 +97,12 @@ def generate_series(
     locations: list[str] | None = None,
     transfer_syntax: str | None = None,
     n_slices: int | None = None,
+    quirks_override: dict[str, object] | None = None,
 ) -> SeriesResult:
     """Generate series ``index`` of dataset ``seed`` under ``out/series/<uid>/``; returns its labels and ground truth.
 
-    Optional overrides (modality, locations, transfer syntax, slice count) are for tests and benchmarks; by default
-    everything is drawn from the series generator.
+    Optional overrides (modality, locations, transfer syntax, slice count, quirks) are for tests and benchmarks; by
+    default everything is drawn from the series generator.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -121,6 +122,10 @@ def generate_series(
         acq.shape = (int(n_slices), acq.shape[1], acq.shape[2])
     tissue, sigma, rician, bias = sample_tissue(rng, modality, acq.three_d)
     quirks = sample_quirks(rng, modality, split, transfer_syntax)
+    for key, value in (quirks_override or {}).items():
+        if key not in quirks.__dataclass_fields__:
+            raise ValueError(f"unknown quirk {key!r}; known: {sorted(quirks.__dataclass_fields__)}")
+        setattr(quirks, key, value)
     image, labels_map = render(acq.grid, anatomy, tissue, rng, noise_sigma=sigma, rician=rician, bias=bias,
                                with_labels=with_segmentation)
     extra = {"scout": _scout(acq, anatomy, tissue, rng)} if quirks.scout else None
@@ -150,7 +155,10 @@ def generate_series(
     if with_segmentation and labels_map is not None:
         seg_dir = out / "segmentations" / uids["series"]
         seg_dir.mkdir(parents=True, exist_ok=True)
-        vol = np.rint(image).astype(np.int16) if modality == "CTA" else image.astype(np.float32)
+        # The image volume holds what the DICOM files decode to (stored * slope + intercept), as a converter would.
+        decoded = np.stack([enc.encode(image[k], k) * np.float32(enc.slope[k]) + np.float32(enc.intercept)
+                            for k in range(image.shape[0])])
+        vol = decoded.astype(np.int16) if modality == "CTA" else decoded.astype(np.float32)
         _write_nifti(seg_dir / f"{uids['series']}.nii", vol, acq.affine)
         _write_nifti(seg_dir / f"{uids['series']}_cowseg.nii", labels_map, acq.affine)
 

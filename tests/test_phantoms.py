@@ -1,0 +1,271 @@
+"""Phantom generator: labels agree with geometry (read back through kernel.dicom_io), segmentation values, layout,
+determinism, the test split's tag allow-list, and the quirks the reader must survive."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+
+from kernel.dicom_io import read_series
+from kernel.labels import (
+    ID_COL,
+    LABEL_COLS,
+    LOCALIZER_COLS,
+    LOCATION_COLS,
+    MODALITY_NAMES,
+    PRESENT_COL,
+    SEG_LABEL_VALUES,
+    TEST_TAG_ALLOWLIST,
+    TRAIN_CSV_COLS,
+)
+from kernel.preprocess import localizer_to_lps, world_to_voxel
+from train_offline.phantoms.anatomy import LOCATION_COUNTS, sample_locations
+from train_offline.phantoms.generate import generate_dataset, generate_series, load_truth, nifti_affine, write_tables
+
+MODALITIES = ["CTA", "MRA", "MRI T2", "MRI T1post"]
+# 8 targeted series covering all 13 locations and all 4 protocols (2-3 aneurysms each, with segmentations).
+TARGETED = [
+    ("CTA", LOCATION_COLS[0:2]),
+    ("MRA", LOCATION_COLS[2:4]),
+    ("MRI T2", LOCATION_COLS[4:6]),
+    ("MRI T1post", LOCATION_COLS[6:8]),
+    ("CTA", LOCATION_COLS[8:10]),
+    ("MRA", LOCATION_COLS[10:13]),
+    ("MRI T1post", [LOCATION_COLS[3], LOCATION_COLS[9]]),
+    ("MRI T2", [LOCATION_COLS[12], LOCATION_COLS[7]]),
+]
+
+
+def _side(location: str) -> int:
+    return 1 if location.startswith("Right") else -1 if location.startswith("Left") else 0
+
+
+@pytest.fixture(scope="module")
+def targeted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("targeted")
+    results = [
+        generate_series(out, i, 31, modality=m, locations=list(locs), with_segmentation=True)
+        for i, (m, locs) in enumerate(TARGETED)
+    ]
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def train_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    generate_dataset(out, 8, seed=7, split="train", workers=1, progress=False)
+    return out
+
+
+def _check_localizer(series_dir: Path, rec: dict, sop: str, coords: dict, location: str, truth_a: dict) -> None:
+    vol = read_series(series_dir)
+    p = localizer_to_lps(vol, sop, coords["x"], coords["y"], coords.get("f", 0))
+    centre = np.asarray(truth_a["centre_lps"])
+    # Within one voxel of the aneurysm centre, axis by axis in the reader's own voxel grid.
+    dv = world_to_voxel(vol.affine, np.array([p, centre]))
+    assert np.all(np.abs(dv[0] - dv[1]) <= 1.0), f"{location}: localizer {dv[0]} vs centre {dv[1]} (voxels)"
+    # On the patient side its label names: head-frame x (RAS, +x = patient right) has the label's sign.
+    side = _side(location)
+    if side and "Anterior Cerebral" not in location:
+        head = np.linalg.inv(np.asarray(rec["head_to_lps"]))
+        x_ras = (head[:3, :3] @ p + head[:3, 3])[0]
+        assert np.sign(x_ras) == side, f"{location}: head-frame x {x_ras:.1f} mm on the wrong side"
+        # Independent of the stored pose (rotation <= 15 deg): patient right is LPS -x for these lateral vessels.
+        assert np.sign(p[0]) == -side, f"{location}: LPS x {p[0]:.1f} on the wrong side"
+    if "Anterior Cerebral" in location:  # near the midline: the dome leans to its own side
+        head = np.linalg.inv(np.asarray(rec["head_to_lps"]))
+        assert np.sign((head[:3, :3] @ centre + head[:3, 3])[0]) == side
+
+
+def test_targeted_localizers_land_on_aneurysm_centres(targeted: tuple[Path, list]) -> None:
+    out, results = targeted
+    seen = set()
+    for r in results:
+        assert r.labels[PRESENT_COL] == 1
+        assert len(r.localizers) == len(r.truth["aneurysms"]) >= 2
+        for row, a in zip(r.localizers, r.truth["aneurysms"], strict=True):
+            assert row["location"] == a["location"] and row["SOPInstanceUID"] == a["sop_uid"]
+            coords = ast.literal_eval(row["coordinates"])
+            _check_localizer(out / "series" / r.series_uid, r.truth, row["SOPInstanceUID"], coords,
+                             row["location"], a)
+            seen.add(row["location"])
+    assert seen == set(LOCATION_COLS)
+
+
+def test_csv_localizers_match_geometry(train_set: Path) -> None:
+    truth = load_truth(train_set)
+    locs = pd.read_csv(train_set / "train_localizers.csv")
+    assert list(locs.columns) == LOCALIZER_COLS
+    per_series: dict[str, int] = {}
+    for _, row in locs.iterrows():
+        rec = truth[row[ID_COL]]
+        i = per_series.get(row[ID_COL], 0)
+        per_series[row[ID_COL]] = i + 1
+        a = rec["aneurysms"][i]
+        assert a["location"] == row["location"]
+        coords = ast.literal_eval(row["coordinates"])
+        assert set(coords) <= {"x", "y", "f"} and ("f" in coords) == rec["quirks"]["multiframe"]
+        _check_localizer(train_set / "series" / row[ID_COL], rec, row["SOPInstanceUID"], coords, row["location"], a)
+
+
+def test_train_csv_layout(train_set: Path) -> None:
+    train = pd.read_csv(train_set / "train.csv")
+    assert list(train.columns) == TRAIN_CSV_COLS
+    assert set(train["Modality"]) <= set(MODALITY_NAMES)
+    assert (train[PRESENT_COL] == train[LOCATION_COLS].max(axis=1)).all()
+    locs = pd.read_csv(train_set / "train_localizers.csv")
+    # One localizer per labelled location (locations are drawn without replacement within a series).
+    assert len(locs) == int(train[LOCATION_COLS].to_numpy().sum())
+    for uid in train[ID_COL]:
+        files = sorted((train_set / "series" / uid).glob("*.dcm"))
+        assert files, uid
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        assert ds.SeriesInstanceUID == uid and files[0].name == f"{ds.SOPInstanceUID}.dcm"
+
+
+def test_segmentation_parent_vessel_and_affine(targeted: tuple[Path, list]) -> None:
+    out, results = targeted
+    for r in results:
+        uid = r.series_uid
+        seg = nib.load(out / "segmentations" / uid / f"{uid}_cowseg.nii")
+        img = nib.load(out / "segmentations" / uid / f"{uid}.nii")
+        labels = np.asarray(seg.dataobj)
+        assert set(np.unique(labels)) <= {0, *SEG_LABEL_VALUES.values()}
+        vol = read_series(out / "series" / uid)
+        np.testing.assert_allclose(seg.affine, nifti_affine(vol.affine), atol=1e-3)
+        assert labels.shape == vol.array.shape[::-1]
+        # The NIfTI image holds what the DICOM decodes to (the reader clips CT air/padding at -1024 HU).
+        nii = np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0)
+        inside = vol.array > vol.array.min() + 1
+        np.testing.assert_allclose(nii[inside], vol.array[inside], atol=1e-3 * np.abs(vol.array).max())
+        for a in r.truth["aneurysms"]:
+            want = SEG_LABEL_VALUES[a["location"]]
+            ras = np.asarray(a["parent_lps"]) * np.array([-1.0, -1.0, 1.0])
+            ijk = np.rint((np.linalg.inv(seg.affine) @ np.r_[ras, 1.0])[:3]).astype(int)
+            # The voxel at the parent point, or (at a junction with a larger vessel) the majority of its labelled
+            # 3 x 3 x 3 neighbourhood, carries the location's value.
+            hood = labels[tuple(slice(max(c - 1, 0), c + 2) for c in ijk)]
+            values, counts = np.unique(hood[hood > 0], return_counts=True)
+            majority = values[np.argmax(counts)] if len(values) else 0
+            assert want in (labels[tuple(ijk)], majority), f"{a['location']}: parent voxel {labels[tuple(ijk)]}, " \
+                f"neighbourhood {dict(zip(values.tolist(), counts.tolist(), strict=True))}, want {want}"
+
+
+def test_same_seed_same_bytes_any_worker_count(tmp_path: Path) -> None:
+    def digest(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    generate_dataset(tmp_path / "a", 3, seed=5, workers=1, progress=False)
+    generate_dataset(tmp_path / "b", 3, seed=5, workers=2, progress=False)
+    generate_dataset(tmp_path / "c", 3, seed=6, workers=1, progress=False)
+    a, b, c = digest(tmp_path / "a"), digest(tmp_path / "b"), digest(tmp_path / "c")
+    assert len(a) > 10 and a == b
+    assert set(a).isdisjoint({k for k in c if k.startswith("series/")})  # another seed, other uids
+
+
+def test_test_split_has_only_allowlisted_tags(tmp_path: Path) -> None:
+    results = generate_dataset(tmp_path, 4, seed=3, split="test", workers=1, progress=False)
+    generate_series(tmp_path, 99, 3, split="test", modality="MRA", locations=["Basilar Tip"],
+                    quirks_override={"multiframe": True, "transfer_syntax": JPEG2000Lossless})
+    assert not (tmp_path / "train.csv").exists() and not (tmp_path / "segmentations").exists()
+    assert list(pd.read_csv(tmp_path / "test.csv").columns) == [ID_COL]
+    sol = pd.read_csv(tmp_path / "solution.csv")
+    assert list(sol.columns) == [ID_COL, *LABEL_COLS] and len(sol) == len(results)
+    files = list((tmp_path / "series").rglob("*.dcm"))
+    assert len(files) > 20
+    for f in files:
+        ds = pydicom.dcmread(f)
+        extra = {e.keyword for e in ds} - TEST_TAG_ALLOWLIST
+        assert not extra, f"{f.name}: tags beyond the allow-list: {sorted(extra)}"
+        assert ds.file_meta.TransferSyntaxUID and ds.Modality in ("CT", "MR")
+    for r in results:  # still readable
+        assert read_series(tmp_path / "series" / r.series_uid).array.shape[0] == r.truth["shape_zyx"][0]
+
+
+def test_label_statistics_follow_the_competition() -> None:
+    rng = np.random.default_rng(0)
+    draws = [sample_locations(rng) for _ in range(20000)]
+    positive = [d for d in draws if d]
+    assert abs(len(positive) / len(draws) - 0.43) < 0.015
+    assert abs(np.mean([len(d) > 1 for d in positive]) - 0.13) < 0.015
+    assert max(len(d) for d in positive) <= 5 and all(len(set(d)) == len(d) for d in positive)
+    counts = pd.Series([loc for d in positive for loc in d]).value_counts()
+    expected = pd.Series(LOCATION_COUNTS) / sum(LOCATION_COUNTS.values())
+    observed = counts / counts.sum()
+    assert np.all(np.abs(observed[expected.index] - expected) < 0.2 * expected + 0.004)
+
+
+def test_quirks_survive_the_reader(tmp_path: Path) -> None:
+    # Enhanced multi-frame MR with per-frame rescale, JPEG 2000: the read volume is smooth across frames.
+    r = generate_series(tmp_path, 0, 9, modality="MRA", locations=[],
+                        quirks_override={"multiframe": True, "per_frame_rescale": True, "mr_rescale": True,
+                                         "transfer_syntax": JPEG2000Lossless})
+    files = list((tmp_path / "series" / r.series_uid).glob("*.dcm"))
+    assert len(files) == 1 and int(pydicom.dcmread(files[0]).NumberOfFrames) == r.truth["shape_zyx"][0]
+    vol = read_series(tmp_path / "series" / r.series_uid)
+    np.testing.assert_allclose(vol.affine, np.asarray(r.truth["affine"]), atol=1e-4)
+    centre = vol.array[:, 30:-30, 30:-30]
+    med = np.median(centre.reshape(len(centre), -1), axis=1)
+    assert np.max(np.abs(np.diff(np.log(med[10:-10])))) < 0.08, "per-frame rescale not undone"
+
+    # Signed CT, MONOCHROME1, padding outside the field of view, scout + blank + odd-size extras: all dropped.
+    r = generate_series(tmp_path, 1, 9, modality="CTA", locations=["Right Middle Cerebral Artery"],
+                        transfer_syntax=ExplicitVRLittleEndian,
+                        quirks_override={"ct_signed": True, "monochrome1": True, "scout": True, "blank": True,
+                                         "odd_size": True, "shuffled_instance": True})
+    vol = read_series(tmp_path / "series" / r.series_uid)
+    assert tuple(vol.array.shape) == tuple(r.truth["shape_zyx"]) and len(vol.dropped) == 3
+    np.testing.assert_allclose(vol.affine, np.asarray(r.truth["affine"]), atol=1e-4)
+    a = r.truth["aneurysms"][0]
+    z, y, x = np.rint(world_to_voxel(vol.affine, np.array([a["centre_lps"]]))[0]).astype(int)
+    brain = vol.array[z - 2:z + 3, y - 12:y + 13, x - 12:x + 13]
+    assert 0 < np.median(brain) < 120, "MONOCHROME1 / signed CT decoded to the wrong HU"
+    if a["dome_mm"] >= 4.0:
+        assert vol.array[z, y, x] > 150, "aneurysm not bright in CTA"
+
+
+def test_cli_help_and_preview(tmp_path: Path) -> None:
+    env_py = sys.executable
+    out = subprocess.run([env_py, "-m", "train_offline.phantoms", "--help"], capture_output=True, text=True,
+                         check=True)
+    assert "--split" in out.stdout and "--size" in out.stdout
+    results = [
+        generate_series(tmp_path / "data", 0, 4, modality="CTA", locations=["Basilar Tip"]),
+        generate_series(tmp_path / "data", 1, 4, modality="MRA", locations=["Anterior Communicating Artery"],
+                        quirks_override={"multiframe": True}),
+    ]
+    write_tables(tmp_path / "data", results, "train")
+    subprocess.run([env_py, "-m", "train_offline.phantoms.preview", str(tmp_path / "data"), "--out",
+                    str(tmp_path / "png")], check=True, capture_output=True)
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
+
+
+@pytest.mark.slow
+def test_full_size_cta_speed(tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    r = generate_series(tmp_path, 0, 1, size="full", modality="CTA", locations=["Right Middle Cerebral Artery"],
+                        transfer_syntax=ExplicitVRLittleEndian, n_slices=400, with_segmentation=False)
+    elapsed = time.perf_counter() - t0
+    assert r.truth["shape_zyx"] == [400, 512, 512]
+    assert elapsed <= 20.0, f"full-size CTA took {elapsed:.1f} s"
+
+
+@pytest.mark.slow
+def test_small_series_speed(tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    generate_dataset(tmp_path, 20, seed=1, workers=1, progress=False)
+    per_series = (time.perf_counter() - t0) / 20
+    assert per_series <= 1.5, f"{per_series:.2f} s per small series"
