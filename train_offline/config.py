@@ -25,7 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "root": "data/phantoms/train",  # competition layout: train.csv, train_localizers.csv, series/, segmentations/
         "cache": "data/phantoms/train_cache",  # precache_all output at volume_spacing_mm
-        "folds_csv": "data/phantoms/train_folds.csv",
+        "index": "data/phantoms/train_index.csv",  # written by train_offline.index (built on first use)
+        "folds_csv": "data/phantoms/train_folds.csv",  # written by train_offline.folds (built on first use)
+        "preload": True,  # keep normalised volumes in memory (small data); False reads the cache per sample
         "n_folds": 5,
         "limit": 0,  # use only the first N series (0: all); for smoke tests
     },
@@ -88,7 +90,7 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def _check(value: Any, default: Any, where: str, problems: list[str]) -> None:
+def _check(value: Any, default: Any, where: str, problems: list[str], absolute_ok: bool = False) -> None:
     if isinstance(default, dict):
         if not isinstance(value, dict):
             problems.append(f"{where} must be a mapping, got {type(value).__name__}")
@@ -97,7 +99,7 @@ def _check(value: Any, default: Any, where: str, problems: list[str]) -> None:
             if key not in default:
                 problems.append(f"unknown key {where}.{key}; known keys of {where}: {sorted(default)}")
             else:
-                _check(value[key], default[key], f"{where}.{key}", problems)
+                _check(value[key], default[key], f"{where}.{key}", problems, absolute_ok)
     elif isinstance(default, bool):
         if not isinstance(value, bool):
             problems.append(f"{where} must be true or false, got {value!r}")
@@ -113,14 +115,14 @@ def _check(value: Any, default: Any, where: str, problems: list[str]) -> None:
     elif isinstance(default, str):
         if not isinstance(value, str):
             problems.append(f"{where} must be a string, got {value!r}")
-        elif where.startswith(("root.data.", "root.train.out_dir")) and Path(value).is_absolute():
+        elif not absolute_ok and where.startswith(("root.data.", "root.train.out_dir")) and Path(value).is_absolute():
             problems.append(f"{where} must be a relative path (configs hold no absolute paths), got {value!r}")
 
 
-def validate(config: Mapping[str, Any]) -> None:
-    """Raise ConfigError listing every unknown key, wrong type or absolute path."""
+def validate(config: Mapping[str, Any], absolute_ok: bool = False) -> None:
+    """Raise ConfigError listing every unknown key, wrong type or (unless ``absolute_ok``) absolute path."""
     problems: list[str] = []
-    _check(dict(config), DEFAULTS, "root", problems)
+    _check(dict(config), DEFAULTS, "root", problems, absolute_ok)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(p.replace("root.", "") for p in problems))
 
@@ -155,10 +157,14 @@ def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def load_config(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Load a config (following ``base:`` links), apply ``overrides``, fill defaults, validate."""
+    """Load a config (following ``base:`` links), validate it, apply ``overrides``, fill defaults.
+
+    Files must hold relative paths only; command-line ``overrides`` may point anywhere (a scratch disk, a test dir).
+    """
     path = resolve_config_path(name_or_path)
     raw = _load_raw(path, ())
+    validate(raw)
     if overrides:
         raw = merge(raw, overrides)
-    validate(raw)
+        validate(raw, absolute_ok=True)
     return merge(DEFAULTS, raw)

@@ -1,0 +1,282 @@
+"""Training samples built with the kernel's own preprocessing: the model sees what it will see on Kaggle.
+
+Inputs come from the cache (``train_offline.cache.load_cached``) through ``kernel.preprocess.normalise``,
+``locator_input`` (via the same downsampling and ``crop_around``) and ``crop_around``. Augmentation: locator field-of-
+view shifts; classifier crop-centre jitter, intensity gain/offset, and a patient left/right flip (array axis x) that
+swaps the paired labels (``kernel.labels.flip_permutation``), the heatmap channels and the vessel label values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, flip_permutation
+from kernel.preprocess import (
+    crop_around,
+    downsample_mean,
+    normalise,
+    resample_to_spacing,
+    spacing_of,
+    voxel_to_world,
+    world_to_voxel,
+)
+from train_offline.cache import load_cached
+from train_offline.models import CLASSIFIER_STRIDE
+
+__all__ = [
+    "ClassifierDataset", "LocatorDataset", "SeriesRecord", "SeriesStore", "classifier_sample", "flip_sample",
+    "grid_points_lps", "label_priors", "locator_base", "locator_sample", "records_from_index", "score_with_onnx",
+    "seg_flip_lookup",
+]
+
+LOCATION_FLIP = flip_permutation(LOCATION_COLS)
+LABEL_FLIP = flip_permutation(LABEL_COLS)
+IGNORE = -1  # seg target value where no segmentation exists
+
+
+def seg_flip_lookup() -> np.ndarray:
+    """lookup[v] = vessel label value after a left/right flip (0 stays background)."""
+    lookup = np.arange(len(LOCATION_COLS) + 1)
+    for i, name in enumerate(LOCATION_COLS):
+        lookup[SEG_LABEL_VALUES[name]] = SEG_LABEL_VALUES[LOCATION_COLS[LOCATION_FLIP[i]]]
+    return lookup
+
+
+SEG_FLIP = seg_flip_lookup()
+
+
+@dataclass
+class SeriesRecord:
+    """What training needs about one series (from the index)."""
+
+    uid: str
+    labels: np.ndarray  # (14,) float32, LABEL_COLS order
+    modality: int  # index into MODALITY_NAMES
+    points: list[tuple[int, np.ndarray]]  # (location index, LPS mm)
+    centre_lps: np.ndarray | None  # Circle-of-Willis centre from the segmentation
+    seg_file: str  # relative to the data root, "" when none
+
+
+def records_from_index(index: pd.DataFrame) -> list[SeriesRecord]:
+    """SeriesRecords from an index frame (``train_offline.index``)."""
+    out = []
+    for row in index.to_dict("records"):
+        points = [(LOCATION_COLS.index(p["location"]), np.asarray(p["lps"], dtype=np.float64))
+                  for p in json.loads(row["localizers"])]
+        centre = json.loads(row["centre_lps"]) if isinstance(row["centre_lps"], str) else None
+        out.append(SeriesRecord(
+            uid=str(row[ID_COL]), labels=np.asarray([row[c] for c in LABEL_COLS], dtype=np.float32),
+            modality=MODALITY_NAMES.index(row["Modality"]), points=points,
+            centre_lps=None if centre is None else np.asarray(centre, dtype=np.float64),
+            seg_file=str(row.get("seg_file") or "")))
+    return out
+
+
+def label_priors(records: Sequence[SeriesRecord]) -> list[float]:
+    """Training prevalence of each label: the kernel's fallback row."""
+    return np.mean([r.labels for r in records], axis=0).astype(float).tolist()
+
+
+def locator_base(array: np.ndarray, affine: np.ndarray, spacing_zyx_mm: Sequence[float]) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """The downsampled volume ``kernel.preprocess.locator_input`` crops from (same rule: block mean if integer)."""
+    ratio = np.asarray(spacing_zyx_mm, dtype=np.float64) / spacing_of(affine)
+    if np.allclose(ratio, ratio[0]) and abs(ratio[0] - round(ratio[0])) < 1e-3 and round(ratio[0]) >= 1:
+        return downsample_mean(array, affine, int(round(ratio[0])))
+    return resample_to_spacing(array, affine, spacing_zyx_mm)
+
+
+def grid_points_lps(affine: np.ndarray, shape: Sequence[int], stride: int) -> np.ndarray:
+    """(d, h, w, 3) LPS centres of the stride-``stride`` output cells of an input with ``affine`` and ``shape``."""
+    axes = [(np.arange(n // stride) + 0.5) * stride - 0.5 for n in shape]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    return voxel_to_world(affine, grid.reshape(-1, 3)).reshape(*grid.shape)
+
+
+def locator_sample(small: np.ndarray, small_affine: np.ndarray, middle_lps: np.ndarray, cfg: Mapping[str, Any],
+                   centre_lps: np.ndarray | None, shift_lps: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Locator input (as ``locator_input``, optionally with the field of view shifted) and its target distribution."""
+    shape, stride = [int(s) for s in cfg["input_shape"]], int(cfg["output_stride"])
+    centre_fov = middle_lps if shift_lps is None else middle_lps + shift_lps
+    inp, inp_affine = crop_around(small, small_affine, centre_fov, shape)
+    if centre_lps is None:
+        return inp, inp_affine, None
+    points = grid_points_lps(inp_affine, shape, stride)
+    d2 = np.sum((points - centre_lps) ** 2, axis=-1)
+    target = np.exp(-d2 / (2.0 * float(cfg["sigma_mm"]) ** 2))
+    total = target.sum()
+    target = target / total if total > 1e-12 else np.full_like(target, 1.0 / target.size)
+    return inp, inp_affine, target.astype(np.float32)
+
+
+def classifier_sample(array: np.ndarray, affine: np.ndarray, centre_lps: np.ndarray, cfg: Mapping[str, Any],
+                      record: SeriesRecord, seg: tuple[np.ndarray, np.ndarray] | None
+                      ) -> dict[str, np.ndarray]:
+    """Crop (``crop_around``), heatmap target (13 channels, a Gaussian at each localizer) and seg target at stride 4."""
+    shape = [int(s) for s in cfg["input_shape"]]
+    crop, crop_affine = crop_around(array, affine, centre_lps, shape, cfg["spacing_mm"])
+    points = grid_points_lps(crop_affine, shape, CLASSIFIER_STRIDE)
+    heatmap = np.zeros((len(LOCATION_COLS), *points.shape[:3]), dtype=np.float32)
+    sigma = float(cfg["heatmap_sigma_mm"])
+    for loc, lps in record.points:
+        blob = np.exp(-np.sum((points - lps) ** 2, axis=-1) / (2.0 * sigma**2)).astype(np.float32)
+        heatmap[loc] = np.maximum(heatmap[loc], blob)
+    if seg is None:
+        seg_target = np.full(points.shape[:3], IGNORE, dtype=np.int64)
+    else:
+        labels, lps_affine = seg
+        ijk = np.rint(world_to_voxel(lps_affine, points.reshape(-1, 3))).astype(np.int64)
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(labels.shape)), axis=1)
+        values = np.zeros(len(ijk), dtype=np.int64)
+        values[inside] = labels[tuple(ijk[inside].T)]
+        seg_target = values.reshape(points.shape[:3])
+    return {"crop": crop, "labels": record.labels.copy(), "heatmap": heatmap, "seg": seg_target,
+            "modality": np.int64(record.modality)}
+
+
+def flip_sample(sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Patient left/right flip (array axis x): image and dense targets mirrored, paired labels and classes swapped."""
+    seg = sample["seg"][..., ::-1]
+    seg = np.where(seg >= 0, SEG_FLIP[np.clip(seg, 0, None)], seg)
+    return {**sample, "crop": np.ascontiguousarray(sample["crop"][..., ::-1]),
+            "labels": sample["labels"][LABEL_FLIP],
+            "heatmap": np.ascontiguousarray(sample["heatmap"][LOCATION_FLIP][..., ::-1]),
+            "seg": np.ascontiguousarray(seg)}
+
+
+def _seg_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Vessel label map and its (i, j, k) -> LPS affine."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    return np.asarray(image.dataobj).astype(np.uint8), np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
+
+
+class SeriesStore:
+    """Normalised canonical volumes (and segmentations) by uid; kept in memory when ``preload`` (small data)."""
+
+    def __init__(self, cache_dir: Path, data_dir: Path, records: Sequence[SeriesRecord],
+                 normalisation: Mapping[str, str], preload: bool = True):
+        self.cache_dir, self.data_dir, self.normalisation = Path(cache_dir), Path(data_dir), dict(normalisation)
+        self.records = {r.uid: r for r in records}
+        self.preload = preload
+        self._volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._segs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if preload:
+            for uid in self.records:
+                self._volumes[uid] = self._load(uid)
+
+    def _load(self, uid: str) -> tuple[np.ndarray, np.ndarray]:
+        volume = load_cached(self.cache_dir, uid, mmap=True)
+        scheme = self.normalisation["CT" if volume.modality == "CT" else "MR"]
+        return normalise(np.asarray(volume.array), scheme), volume.affine
+
+    def volume(self, uid: str) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised array, affine) of a series."""
+        return self._volumes[uid] if uid in self._volumes else self._load(uid)
+
+    def seg(self, uid: str) -> tuple[np.ndarray, np.ndarray] | None:
+        record = self.records[uid]
+        if not record.seg_file:
+            return None
+        if uid not in self._segs:
+            self._segs[uid] = _seg_volume(self.data_dir / record.seg_file)
+        return self._segs[uid]
+
+
+class LocatorDataset(Dataset):
+    """Locator inputs and target distributions for series with a known Circle-of-Willis centre."""
+
+    def __init__(self, store: SeriesStore, uids: Sequence[str], cfg: Mapping[str, Any], train: bool, seed: int = 0):
+        self.store, self.cfg, self.train, self.seed = store, cfg, train, seed
+        self.uids = [u for u in uids if store.records[u].centre_lps is not None]
+        self.epoch = 0
+        self._bases: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def base(self, uid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(downsampled volume, its affine, field-of-view middle in LPS) as locator_input computes them."""
+        if uid not in self._bases:
+            array, affine = self.store.volume(uid)
+            small, small_affine = locator_base(array, affine, self.cfg["spacing_mm"])
+            middle = voxel_to_world(affine, (np.asarray(array.shape, dtype=np.float64)[None] - 1) / 2.0)[0]
+            self._bases[uid] = (small, small_affine, middle)
+        return self._bases[uid]
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        uid = self.uids[i]
+        small, small_affine, middle = self.base(uid)
+        shift = None
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            shift = rng.uniform(-1, 1, 3) * float(self.cfg["shift_mm"])
+        inp, _, target = locator_sample(small, small_affine, middle, self.cfg, self.store.records[uid].centre_lps,
+                                        shift)
+        return {"volume": torch.from_numpy(inp[None]), "target": torch.from_numpy(target[None])}
+
+
+class ClassifierDataset(Dataset):
+    """Region crops around given centres (the locator's predictions) with dense targets and augmentation."""
+
+    def __init__(self, store: SeriesStore, uids: Sequence[str], centres: Mapping[str, np.ndarray],
+                 cfg: Mapping[str, Any], train: bool, seed: int = 0):
+        self.store, self.uids, self.centres, self.cfg, self.train, self.seed = store, list(uids), centres, cfg, \
+            train, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        uid = self.uids[i]
+        array, affine = self.store.volume(uid)
+        centre = np.asarray(self.centres[uid], dtype=np.float64)
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
+        if rng is not None:
+            centre = centre + rng.uniform(-1, 1, 3) * float(self.cfg["jitter_mm"])
+        sample = classifier_sample(array, affine, centre, self.cfg, self.store.records[uid], self.store.seg(uid))
+        if rng is not None:
+            jitter = float(self.cfg["intensity_jitter"])
+            sample["crop"] = sample["crop"] * rng.uniform(1 - jitter, 1 + jitter) + rng.uniform(-jitter, jitter) / 2
+            if rng.random() < float(self.cfg["flip_p"]):
+                sample = flip_sample(sample)
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else torch.tensor(v)
+                for k, v in {**sample, "crop": sample["crop"][None].astype(np.float32)}.items()}
+
+
+def score_with_onnx(weights_dir: Path, config: Mapping[str, Any], uids: Sequence[str]) -> dict[str, float]:
+    """Re-score series through the kernel's onnxruntime ensemble on their cached volumes (the Kaggle path)."""
+    from kernel.ensemble import Ensemble
+    from kernel.manifest import load_manifest
+    from train_offline.index import load_index
+    from train_offline.train import evaluate_predictions
+
+    index = load_index(Path(config["data"]["index"])).set_index(ID_COL)
+    ensemble = Ensemble(load_manifest(weights_dir), providers=["CPUExecutionProvider"],
+                        threads=int(config["train"]["threads"]))
+    rows = []
+    for uid in uids:
+        volume = load_cached(Path(config["data"]["cache"]), uid)
+        out = ensemble.predict_volume(np.asarray(volume.array), volume.affine, volume.modality)
+        rows.append(out.probs)
+    labels = index.loc[list(uids), LABEL_COLS].to_numpy(dtype=np.float64)
+    metrics = evaluate_predictions(labels, np.asarray(rows), index.loc[list(uids), "Modality"].tolist())
+    return {"score": metrics["score"], "auc_present": metrics["auc_present"]}
