@@ -30,9 +30,10 @@ from tests.onnx_factory import write_random_weights
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINED_MARGIN = 0.1  # a trained ensemble must score within this of its recorded validation score
-# Random-init weights score ~0.5 +- noise (8 series: roughly 0.3-0.7); the floor only catches a broken score. With
-# random weights the real check is parity with the package; with trained weights the threshold above applies.
-RANDOM_FLOOR = 0.2
+# Random-init weights score 0.5 +- noise (8 series: anywhere in ~0.15-0.85, and it moves whenever the phantoms or the
+# reader change), so for them the score is only required to be defined and in [0, 1]; the real check is parity with
+# the package. Trained weights (validation score > 0.6 in the manifest) must come within TRAINED_MARGIN of it.
+RANDOM_FLOOR = 0.0
 
 
 def _weights(tmp: Path) -> Path:
@@ -140,4 +141,6 @@ def test_built_kernel_alone_runs_the_gateway_and_scores(tmp_path: Path) -> None:
     assert float(match.group(2)) == pytest.approx(expected, abs=1e-4)
     trained = load_manifest(run / "weights").validation_score()
     threshold = trained - TRAINED_MARGIN if trained is not None and trained > 0.6 else RANDOM_FLOOR
-    assert expected >= threshold, f"score {expected:.3f} below {threshold:.3f} (validation score {trained})"
+    assert 0.0 <= expected <= 1.0 and expected >= threshold, (
+        f"score {expected:.3f} below {threshold:.3f} (validation score {trained})"
+    )
