@@ -5,6 +5,7 @@ python -m train_offline.phantoms.preview DIR [--out PNG_DIR] [--n N] [--one-per-
 Each PNG shows axial, coronal and sagittal maximum-intensity projections of a 20 mm slab through the first
 localizer of the series (the volume centre for negatives), after ``kernel`` reading and canonical reorientation;
 every localizer of the series from ``train_localizers.csv`` is marked, so the picture checks the CSV, not the truth.
+Protocols with dark vessels (MRI T2 flow voids) show the single plane through the point instead of a MIP.
 """
 
 from __future__ import annotations
@@ -35,16 +36,21 @@ def _window(array: np.ndarray, modality: str) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _slab_mip(array: np.ndarray, axis: int, centre: float, spacing: float) -> np.ndarray:
-    half = max(1, int(round(SLAB_MM / spacing)))
+def _slab_mip(array: np.ndarray, axis: int, centre: float, spacing: float, slab_mm: float = SLAB_MM) -> np.ndarray:
+    half = int(round(slab_mm / spacing))
     c = int(np.clip(round(centre), 0, array.shape[axis] - 1))
     sl = [slice(None)] * 3
     sl[axis] = slice(max(c - half, 0), c + half + 1)
     return array[tuple(sl)].max(axis=axis)
 
 
-def preview_series(series_dir: Path, localizers: pd.DataFrame, modality_name: str, out_png: Path) -> None:
-    """Write one PNG: three slab MIPs through the series' first localizer, every localizer marked."""
+def preview_series(series_dir: Path, localizers: pd.DataFrame, modality_name: str, out_png: Path,
+                   slab_mm: float | None = None) -> None:
+    """Write one PNG: three slab MIPs through the series' first localizer, every localizer marked.
+
+    ``slab_mm`` is the slab half-thickness (default: 10 mm; 0, a single plane, for MRI T2)."""
+    if slab_mm is None:
+        slab_mm = 0.0 if modality_name == "MRI T2" else SLAB_MM
     vol = read_series(series_dir)
     array, affine = reorient_to_canonical(vol.array, vol.affine)
     dz, dy, dx = np.linalg.norm(affine[:3, :3], axis=0)
@@ -62,16 +68,16 @@ def preview_series(series_dir: Path, localizers: pd.DataFrame, modality_name: st
         (2, 0, 1, dz, dy, True, "sagittal"),
     ]
     for ax, (proj, r_ax, c_ax, s_r, s_c, flip, title) in zip(axes, views, strict=True):
-        img = _slab_mip(array, proj, centre[proj], [dz, dy, dx][proj])
+        img = _slab_mip(array, proj, centre[proj], [dz, dy, dx][proj], slab_mm)
         n_rows = img.shape[0]
         if flip:
             img = img[::-1]
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=s_r / s_c, interpolation="nearest")
         for v, _ in points:
-            if abs(v[proj] - centre[proj]) * [dz, dy, dx][proj] <= SLAB_MM:
+            if abs(v[proj] - centre[proj]) * [dz, dy, dx][proj] <= max(slab_mm, 0.5 * [dz, dy, dx][proj]):
                 row = (n_rows - 1 - v[r_ax]) if flip else v[r_ax]
                 ax.plot(v[c_ax], row, "o", ms=14, mfc="none", mec="red", mew=1.5)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title} {'MIP ' + str(2 * slab_mm) + ' mm' if slab_mm else 'plane'}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     names = ", ".join(sorted({loc for _, loc in points})) or "no aneurysm"
