@@ -159,3 +159,33 @@ def test_real_package_path_is_used_when_given(split: Path, tmp_path: Path, monke
     monkeypatch.delitem(sys.modules, "kaggle_evaluation.rsna_inference_server", raising=False)
     with pytest.raises(gateway.GatewayError, match="columns"):
         gateway.run_kaggle_evaluation(lambda path: _row(0.1).select(list(reversed(LABEL_COLS))), package, split)
+
+
+def test_kernel_main_serves_on_a_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KAGGLE_IS_COMPETITION_RERUN set: the competition's package is found under /kaggle/input and serve() runs."""
+    package = tmp_path / "input" / gateway.COMPETITION / "kaggle_evaluation"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "rsna_inference_server.py").write_text(
+        "SERVED = []\n"
+        "class RSNAInferenceServer:\n"
+        "    def __init__(self, predict):\n"
+        "        self.predict = predict\n"
+        "    def serve(self):\n"
+        "        SERVED.append(self.predict)\n"
+    )
+    monkeypatch.setattr(gateway, "KAGGLE_INPUT", tmp_path / "input")
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.delitem(sys.modules, "kaggle_evaluation", raising=False)
+    monkeypatch.delitem(sys.modules, "kaggle_evaluation.rsna_inference_server", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert gateway.kernel_main(["--data", "ignored"]) == 0
+    from kaggle_evaluation import rsna_inference_server
+
+    from kernel import predict as kernel_predict
+
+    assert rsna_inference_server.SERVED == [kernel_predict.predict]
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN")
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    with pytest.raises(SystemExit):  # off Kaggle without --data: a usage error, not a silent run
+        gateway.kernel_main([])
