@@ -36,6 +36,8 @@ KERNEL_WHEELS: dict[str, str] = {
     "rle": "pylibjpeg-rle",
     "jpeg_ls": "pyjpegls",
 }
+# Wheel platform tags Kaggle's x86_64 image (glibc >= 2.28) installs.
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 BOOTSTRAP = '''
 def _install_sources() -> str:
@@ -237,11 +239,15 @@ def build_weights(weights_dir: Path, out_dir: Path, user: str, slug: str) -> lis
     return files
 
 
-def pip_download_command(out_dir: Path, python_version: str, platform: str) -> list[str]:
-    """``pip download`` of the kernel's extra wheels (and their dependencies) for Kaggle's Python and platform."""
+def pip_download_command(out_dir: Path, python_version: str, platforms: Sequence[str] = PLATFORMS) -> list[str]:
+    """``pip download`` of the kernel's extra wheels (and their dependencies) for Kaggle's Python and platform.
+
+    pip matches platform tags exactly, so every manylinux tag the image accepts is listed.
+    """
+    platform_args = [arg for tag in platforms for arg in ("--platform", tag)]
     return [
         sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", python_version,
-        "--platform", platform, "--dest", str(out_dir), *sorted(set(KERNEL_WHEELS.values()) | {"onnxruntime"}),
+        *platform_args, "--dest", str(out_dir), *sorted(set(KERNEL_WHEELS.values()) | {"onnxruntime"}),
     ]
 
 
@@ -282,14 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wheels", action="store_true", help="also download the extra wheels into dist/wheels")
     parser.add_argument("--wheels-slug", default="rsna-aneurysm-wheels", help="wheels dataset slug")
     parser.add_argument("--python-version", default="3.11", help="Kaggle image's Python, for --wheels")
-    parser.add_argument("--platform", default="manylinux_2_28_x86_64", help="wheel platform tag, for --wheels")
+    parser.add_argument("--platform", action="append", default=None,
+                        help=f"wheel platform tag for --wheels, repeatable (default: {' '.join(PLATFORMS)})")
     args = parser.parse_args(argv)
     paths = build(args.out, name=args.name, weights=None if args.no_weights else args.weights, user=args.user,
                   weights_slug=args.weights_slug, wheels_slug=args.wheels_slug if args.wheels else None)
     if args.wheels:
         wheels_dir = args.out / "wheels"
         wheels_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(pip_download_command(wheels_dir, args.python_version, args.platform), check=True)
+        subprocess.run(pip_download_command(wheels_dir, args.python_version, args.platform or PLATFORMS), check=True)
         _write(wheels_dir / "dataset-metadata.json",
                _json(dataset_metadata(args.user, args.wheels_slug, "RSNA aneurysm kernel wheels")))
         paths["wheels"] = wheels_dir

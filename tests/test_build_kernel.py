@@ -85,7 +85,8 @@ def test_build_refuses_stale_weights(tmp_path: Path) -> None:
 
 
 def test_wheel_download_command_targets_kaggle() -> None:
-    cmd = build_kernel.pip_download_command(Path("/x"), "3.11", "manylinux_2_28_x86_64")
+    cmd = build_kernel.pip_download_command(Path("/x"), "3.11")
+    assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--platform"] == list(build_kernel.PLATFORMS)
     assert cmd[1:4] == ["-m", "pip", "download"] and "--only-binary=:all:" in cmd
     assert cmd[cmd.index("--python-version") + 1] == "3.11"
     for requirement in ("onnxruntime-gpu", "onnxruntime", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pyjpegls"):
