@@ -446,6 +446,9 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         "skull_mm": float(rng.uniform(5.0, 8.0)),
         "scalp_mm": float(rng.uniform(4.0, 6.0)),
         "ventricle_scale": float(rng.uniform(0.7, 1.5)),
+        "brain_scale_x": float(rng.uniform(0.95, 1.05)),
+        "brain_scale_y": float(rng.uniform(0.95, 1.05)),
+        "brain_scale_z": float(rng.uniform(0.95, 1.05)),
     }
     return Anatomy(
         head_to_lps=head_to_lps,

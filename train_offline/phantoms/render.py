@@ -206,6 +206,7 @@ def _render_background(grid: Grid, anatomy: Anatomy, tissue: Tissue, rng: np.ran
     t_fat = t_bone + 0.5 * hp["scalp_mm"]
     t_out = t_bone + hp["scalp_mm"]
     inv_h = np.float32(1.0 / h)
+    brain_axes = BRAIN_AXES * np.array([hp.get(f"brain_scale_{c}", 1.0) for c in "xyz"])
     # Texture: sum of plane waves, phase affine in the voxel index -> sin(A(z) + B(y, x)), separable per slice.
     m = np.linalg.inv(anatomy.head_to_lps) @ grid.affine
     coef = waves @ m[:3, :3]  # (n_waves, 3): phase per index step along z, y, x
@@ -219,7 +220,7 @@ def _render_background(grid: Grid, anatomy: Anatomy, tissue: Tissue, rng: np.ran
         acc = np.zeros((z1 - z0, ny, nx), dtype=np.float32)
         for sub in grid.sub_offsets():
             p = _head_block(grid, anatomy, z0, z1, ny, nx, float(sub))
-            d = _ellipsoid_sd(p, BRAIN_CENTRE, BRAIN_AXES)
+            d = _ellipsoid_sd(p, BRAIN_CENTRE, brain_axes)
             a_z = c0[:, None] + coef[:, 0, None] * (np.arange(z0, z1) + float(sub))[None, :]  # (n_waves, nz)
             sin_a, cos_a = np.sin(a_z).astype(np.float32), np.cos(a_z).astype(np.float32)
             tex = np.zeros(d.shape, dtype=np.float32)
