@@ -74,20 +74,24 @@ def _write_series(folder: Path, slices: int, seed: int) -> Path:
     return target
 
 
-def _phantom_series(folder: Path, n: int) -> list[tuple[Path, str]]:
-    """A full-size phantom test split of ``n`` series: (folder, "<modality> <slices> files")."""
-    import polars as pl
+_SYNTAX_NAMES = {
+    "1.2.840.10008.1.2": "implicit", "1.2.840.10008.1.2.1": "uncompressed", "1.2.840.10008.1.2.5": "RLE",
+    "1.2.840.10008.1.2.4.70": "JPEG lossless", "1.2.840.10008.1.2.4.80": "JPEG-LS", "1.2.840.10008.1.2.4.90": "J2K",
+}
 
+
+def _phantom_series(folder: Path, n: int) -> list[tuple[Path, str]]:
+    """A full-size phantom test split of ``n`` series: (folder, "<modality>, <encoding>") from phantom_truth.jsonl."""
     cmd = [sys.executable, "-m", "train_offline.phantoms", "--out", str(folder), "--n", str(n), "--seed", "0",
            "--split", "test", "--size", "full", "--quiet"]
     subprocess.run(cmd, check=True, cwd=REPO)
-    solution = pl.read_csv(folder / "solution.csv")
-    modality = dict(zip(solution["SeriesInstanceUID"], solution["Modality"], strict=True))
     out = []
-    for uid in sorted(modality):
-        path = folder / "series" / uid
-        out.append((path, f"phantom {modality[uid]}, {len(list(path.glob('*.dcm')))} files"))
-    return out
+    for line in (folder / "phantom_truth.jsonl").read_text().splitlines():
+        truth = json.loads(line)
+        syntax = truth.get("quirks", {}).get("transfer_syntax", "?")
+        label = f"phantom {truth['modality']}, {_SYNTAX_NAMES.get(syntax, syntax)}"
+        out.append((folder / "series" / truth["SeriesInstanceUID"], label))
+    return sorted(out)
 
 
 def _weights(arg: Path | None, work: Path) -> tuple[Path, str]:

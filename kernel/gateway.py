@@ -33,7 +33,7 @@ from kernel.labels import ID_COL, LABEL_COLS
 __all__ = [
     "GatewayError", "GatewayResult", "check_prediction", "find_kaggle_evaluation", "kernel_main", "main",
     "run_kaggle_evaluation", "run_local_gateway", "score_submission", "share_series", "timing_table",
-    "two_class_columns",
+    "true_modalities", "two_class_columns",
 ]
 
 COMPETITION = "rsna-intracranial-aneurysm-detection"
@@ -262,18 +262,31 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _report(result: GatewayResult, solution: Path | None) -> None:
+def true_modalities(data_dir: Path | None, solution: Path | None) -> dict[str, str]:
+    """UID -> modality from the solution's Modality column or a phantom split's phantom_truth.jsonl (else empty)."""
+    if solution is not None:
+        truth = pl.read_csv(solution, infer_schema_length=None)
+        if "Modality" in truth.columns:
+            return dict(zip(truth[ID_COL].cast(pl.Utf8).to_list(), truth["Modality"].to_list(), strict=True))
+    jsonl = data_dir / "phantom_truth.jsonl" if data_dir is not None else None
+    if jsonl is not None and jsonl.is_file():
+        import json
+
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        return {str(r[ID_COL]): str(r["modality"]) for r in rows if ID_COL in r and "modality" in r}
+    return {}
+
+
+def _report(result: GatewayResult, solution: Path | None, data_dir: Path | None = None) -> None:
     n = result.submission.height
     print(f"{n} series predicted; submission columns checked (SeriesInstanceUID + 14 LABEL_COLS in order)")
     if result.fallbacks is not None:
         print(f"fallback rows: {result.fallbacks} of {n}")
         for uid, reason in sorted(result.fallback_reasons.items())[:10]:
             print(f"  {uid}: {reason}")
-    groups = {uid: f"{m} (modality head)" for uid, m in result.modalities.items() if m} or None
-    if solution is not None:  # time per true modality when the solution says it (phantom splits do)
-        truth = pl.read_csv(solution, infer_schema_length=None)
-        if "Modality" in truth.columns:
-            groups = dict(zip(truth[ID_COL].cast(pl.Utf8).to_list(), truth["Modality"].to_list(), strict=True))
+    groups = true_modalities(data_dir, solution) or {
+        uid: f"{m} (modality head)" for uid, m in result.modalities.items() if m
+    }
     print(timing_table(result.seconds, groups))
     if solution is not None:
         columns = two_class_columns(solution)
@@ -315,7 +328,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gatewa
         result = run_local_gateway(args.data, kernel_predict.predict, out=args.out, seed=args.seed,
                                    progress=not args.no_progress)
     print(f"wrote {args.out}")
-    _report(result, args.solution)
+    _report(result, args.solution, args.data)
     return 0
 
 

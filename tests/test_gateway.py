@@ -189,3 +189,17 @@ def test_kernel_main_serves_on_a_rerun(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     with pytest.raises(SystemExit):  # off Kaggle without --data: a usage error, not a silent run
         gateway.kernel_main([])
+
+
+def test_true_modalities_from_solution_or_phantom_truth(split: Path, tmp_path: Path) -> None:
+    solution = pl.read_csv(split / "solution.csv")
+    from_solution = gateway.true_modalities(None, split / "solution.csv")
+    assert from_solution == dict(zip(solution[ID_COL], solution["Modality"], strict=True))
+    data = tmp_path / "phantom_split"
+    data.mkdir()
+    (data / "phantom_truth.jsonl").write_text('{"SeriesInstanceUID": "1.2", "modality": "MRI T2"}\n'
+                                              '{"SeriesInstanceUID": "3.4", "modality": "CTA"}\n')
+    no_modality = tmp_path / "solution.csv"
+    solution.drop("Modality").write_csv(no_modality)
+    assert gateway.true_modalities(data, no_modality) == {"1.2": "MRI T2", "3.4": "CTA"}
+    assert gateway.true_modalities(tmp_path, None) == {}
