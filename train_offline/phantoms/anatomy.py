@@ -206,6 +206,7 @@ class Anatomy:
     cap_kind: np.ndarray  # (N,) KIND_*
     cap_group: np.ndarray  # (N,) chunk id: consecutive capsules of one vessel rendered together
     aneurysms: list[Aneurysm]
+    fov_points: np.ndarray  # (K, 3) LPS points every field of view must hold (aneurysms, or decoys for negatives)
     variants: dict[str, object] = field(default_factory=dict)
     head_params: dict[str, float] = field(default_factory=dict)
 
@@ -426,8 +427,15 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         aneurysms.append(Aneurysm(location, lps[0], lps[1], dome, neck, _unit(head_to_lps[:3, :3] @ u),
                                   centre.copy(), bleb))
 
-    # Hard mimic: infundibula (conical widenings < 3 mm) at branch origins.
-    n_inf = int(rng.choice([0, 1, 2], p=[0.4, 0.4, 0.2] if not locations else [0.7, 0.25, 0.05]))
+    # Negatives get decoy sites so that the field-of-view fitting (protocols) says nothing about the label.
+    fov_points = [a.centre_lps for a in aneurysms]
+    if not fov_points:
+        for location in sample_locations(rng, force_positive=True):
+            cl, i, u = _site(rng, location, lines)
+            fov_points.append(_to_lps(head_to_lps, (cl.points[i] + u * (cl.radii[i] + 3.0))[None])[0])
+
+    # Hard mimic: infundibula (conical widenings < 3 mm) at branch origins, in negatives and positives alike.
+    n_inf = int(rng.choice([0, 1, 2], p=[0.45, 0.4, 0.15] if not locations else [0.55, 0.35, 0.1]))
     origins = [k for k in lines if k[0] in ("pcomm", "sca", "pica", "oph", "aica")]
     for j in rng.permutation(len(origins))[:n_inf] if origins else []:
         cl = lines[origins[j]]
@@ -462,6 +470,7 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         cap_kind=np.array([c[6] for c in caps], dtype=np.int8),
         cap_group=np.array([c[7] for c in caps]),
         aneurysms=aneurysms,
+        fov_points=np.array(fov_points).reshape(-1, 3),
         variants=variants,
         head_params=head_params,
     )

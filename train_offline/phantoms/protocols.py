@@ -154,8 +154,9 @@ def sample_acquisition(rng: np.random.Generator, modality: str, anatomy: Anatomy
     centre = anatomy.head_to_lps[:3, :3] @ centre_ras + anatomy.head_to_lps[:3, 3]
     centre = centre + rng.normal(0, 4.0, 3)
 
-    # Keep every aneurysm (plus a margin) inside the field of view: shift the centre, grow the slab if needed.
-    targets = [a.centre_lps for a in anatomy.aneurysms]
+    # Keep every aneurysm (negatives: decoy sites) plus a margin inside the field of view: shift the centre, grow
+    # the slab if needed.
+    targets = list(anatomy.fov_points)
     axes = [(row_dir, cols * ps), (col_dir, rows * ps), (normal, n * dz)]
     for axis_i, (direction, extent) in enumerate(axes):
         if not targets:
