@@ -431,7 +431,10 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
     fov_points = [a.centre_lps for a in aneurysms]
     if not fov_points:
         for location in sample_locations(rng, force_positive=True):
-            cl, i, u = _site(rng, location, lines)
+            try:
+                cl, i, u = _site(rng, location, lines)
+            except KeyError:  # that vessel is absent in this head (variant): no decoy there
+                continue
             fov_points.append(_to_lps(head_to_lps, (cl.points[i] + u * (cl.radii[i] + 3.0))[None])[0])
 
     # Hard mimic: infundibula (conical widenings < 3 mm) at branch origins, in negatives and positives alike.

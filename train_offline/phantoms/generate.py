@@ -178,7 +178,10 @@ def generate_series(
 
 def _job(args: tuple) -> SeriesResult:
     out, index, seed, split, size = args
-    return generate_series(out, index, seed, split=split, size=size)
+    try:
+        return generate_series(out, index, seed, split=split, size=size)
+    except Exception as exc:
+        raise RuntimeError(f"phantom series {index} of seed {seed} ({split}, {size}) failed: {exc!r}") from exc
 
 
 def generate_dataset(
