@@ -55,14 +55,48 @@ def make_folds(frame: pd.DataFrame, n_folds: int = 5, seed: int = 0, group_col: 
     assignment = np.empty(len(group_ids), dtype=np.int64)
     for g in order:
         has = group_labels[g] > 0
-        need = (desired[:, has] - counts[:, has]).sum(axis=1)
-        # Prefer the fold that most needs these labels, then the smallest fold, then a random one.
-        key = np.lexsort((rng.random(n_folds), sizes, -need))
+        rarest = int(np.argmin(np.where(has, totals, np.inf)))
+        need_rarest = desired[:, rarest] - counts[:, rarest]
+        need_all = ((desired[:, has] - counts[:, has]) / np.maximum(desired[:, has], 1e-9)).sum(axis=1)
+        if len(MODALITY_NAMES) <= rarest < len(MODALITY_NAMES) + len(LOCATION_COLS):
+            # A positive group: the fold that most needs its rarest location, then its other labels, then size.
+            key = np.lexsort((rng.random(n_folds), sizes, -need_all, -need_rarest))
+        else:  # negatives balance fold sizes first, then modalities
+            key = np.lexsort((rng.random(n_folds), -need_all, sizes))
         fold = int(key[0])
         assignment[g] = fold
         counts[fold] += group_labels[g]
         sizes[fold] += group_size[g]
+    _repair(assignment, group_labels, counts, sizes, n_locations_from=len(MODALITY_NAMES),
+            n_locations=len(LOCATION_COLS), group_size=group_size)
     return pd.DataFrame({ID_COL: frame[ID_COL].astype(str).to_numpy(), "fold": assignment[inverse]})
+
+
+def _repair(assignment: np.ndarray, group_labels: np.ndarray, counts: np.ndarray, sizes: np.ndarray,
+            n_locations_from: int, n_locations: int, group_size: np.ndarray, rounds: int = 50) -> None:
+    """Move positive groups into folds that lack a location, when that opens no new gap (in place)."""
+    locations = range(n_locations_from, n_locations_from + n_locations)
+    for _ in range(rounds):
+        moved = False
+        for lab in locations:
+            for gap in np.flatnonzero(counts[:, lab] == 0):
+                # Candidates: groups with this location in a fold holding two or more of it.
+                for g in np.flatnonzero(group_labels[:, lab] > 0):
+                    src = assignment[g]
+                    if counts[src, lab] - group_labels[g, lab] < 1:
+                        continue
+                    has = [lb for lb in locations if group_labels[g, lb] > 0]
+                    if any(counts[src, lb] - group_labels[g, lb] < 1 <= counts[src, lb] for lb in has):
+                        continue  # moving it would empty another location in the source fold
+                    counts[src] -= group_labels[g]
+                    counts[gap] += group_labels[g]
+                    sizes[src] -= group_size[g]
+                    sizes[gap] += group_size[g]
+                    assignment[g] = gap
+                    moved = True
+                    break
+        if not moved:
+            return
 
 
 def fold_report(frame: pd.DataFrame, folds: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

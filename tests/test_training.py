@@ -1,0 +1,293 @@
+"""Training pieces: configs, index and folds on bad and good CSVs, flip label swaps, kernel-identical inputs,
+and a tiny end-to-end run (train, resume, export, onnxruntime re-score) plus DDP with 2 gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from kernel.dicom_io import Volume
+from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, TRAIN_CSV_COLS
+from kernel.preprocess import locator_input, voxel_to_world
+from train_offline import folds as folds_mod
+from train_offline import index as index_mod
+from train_offline.cache import save_cached
+from train_offline.config import ConfigError, load_config
+from train_offline.data import (
+    SEG_FLIP,
+    SeriesRecord,
+    classifier_sample,
+    flip_sample,
+    locator_base,
+    locator_sample,
+    records_from_index,
+)
+from train_offline.models import build_classifier
+
+REPO = Path(__file__).resolve().parent.parent
+SPACING = 4.0
+SHAPE = (40, 40, 40)  # 160 mm cube at 4 mm
+# Canonical affine: z -> superior, y -> posterior, x -> patient left; centred on the LPS origin.
+AFFINE = np.array([[0, 0, SPACING, -78.0], [0, SPACING, 0, -78.0], [SPACING, 0, 0, -78.0], [0, 0, 0, 1.0]])
+TINY = {
+    "name": "tiny",
+    "data": {"n_folds": 3},
+    "volume_spacing_mm": [SPACING] * 3,
+    "locator": {"input_shape": [16, 16, 16], "spacing_mm": [8.0] * 3, "output_stride": 2, "channels": [4, 8],
+                "epochs": 2, "batch_size": 4, "sigma_mm": 12.0},
+    "classifier": {"input_shape": [32, 32, 32], "spacing_mm": [SPACING] * 3, "channels": [4, 8, 8, 8],
+                   "epochs": 2, "batch_size": 4, "heatmap_sigma_mm": 8.0, "jitter_mm": 4.0},
+    "train": {"device": "cpu", "threads": 1},
+}
+
+
+# --- a tiny synthetic competition folder + cache (fixtures, not a data generator) ----------------------------------
+
+
+def _write_dataset(root: Path, n: int = 15, seed: int = 0) -> tuple[Path, Path]:
+    """Cached 4 mm CT volumes with a bright blob at each aneurysm, train.csv, localizers, a few segmentations."""
+    rng = np.random.default_rng(seed)
+    data, cache = root / "data", root / "cache"
+    rows, localizers = [], []
+    for i in range(n):
+        uid = f"1.2.3.{i}"
+        array = rng.normal(40.0, 10.0, SHAPE).astype(np.float32)
+        centre_vox = np.array([20, 20, 20]) + rng.integers(-3, 4, 3)
+        array[tuple(slice(c - 1, c + 2) for c in centre_vox)] = 400.0  # a "Circle of Willis" landmark
+        labels = dict.fromkeys(LABEL_COLS, 0)
+        if i % 2 == 0:
+            loc = LOCATION_COLS[(i // 2) % 3 * 2 + 4]  # Left MCA, AComm, Right ACA cycling
+            point = centre_vox + np.array([0, 0, 4 if "Left" in loc else -4])
+            array[tuple(slice(c - 1, c + 2) for c in point)] = 600.0
+            labels[loc] = labels["Aneurysm Present"] = 1
+            localizers.append({ID_COL: uid, "SOPInstanceUID": f"{uid}.{point[0]}",
+                               "coordinates": str({"x": float(point[2]), "y": float(point[1])}), "location": loc})
+        volume = Volume(array=array, affine=AFFINE.copy(), modality="CT", series_uid=uid,
+                        slice_lookup={(f"{uid}.{z}", 0): z for z in range(SHAPE[0])})
+        save_cached(volume, cache, uid)
+        rows.append({ID_COL: uid, "PatientAge": 50, "PatientSex": "F", "Modality": MODALITY_NAMES[i % 4], **labels})
+        if i % 3 == 0:  # segmentation: the landmark labelled AComm, stored in NIfTI (RAS) convention
+            seg = np.zeros(SHAPE, np.uint8)
+            seg[tuple(slice(c - 1, c + 2) for c in centre_vox)] = SEG_LABEL_VALUES["Anterior Communicating Artery"]
+            (data / "segmentations" / uid).mkdir(parents=True)
+            nib.save(nib.Nifti1Image(seg, np.diag([-1.0, -1.0, 1.0, 1.0]) @ AFFINE),
+                     str(data / "segmentations" / uid / f"{uid}_cowseg.nii"))
+    data.mkdir(exist_ok=True)
+    pd.DataFrame(rows, columns=TRAIN_CSV_COLS).to_csv(data / "train.csv", index=False)
+    pd.DataFrame(localizers).to_csv(data / "train_localizers.csv", index=False)
+    return data, cache
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _write_dataset(tmp_path_factory.mktemp("train"))
+
+
+# --- configs -------------------------------------------------------------------------------------------------------
+
+
+def test_config_inheritance_and_rejections(tmp_path: Path) -> None:
+    demo = load_config("demo")
+    assert demo["name"] == "demo" and demo["normalisation"] == {"CT": "ct_angio", "MR": "mr_percentile"}
+    assert load_config("full")["train"]["amp"] is True
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nclassifier: {epochs: 3}\n")
+    (tmp_path / "parent.yaml").write_text("name: parent\nclassifier: {epochs: 7, lr: 0.01}\n")
+    child = load_config(tmp_path / "child.yaml")
+    assert child["classifier"]["epochs"] == 3 and child["classifier"]["lr"] == 0.01 and child["name"] == "parent"
+    (tmp_path / "typo.yaml").write_text("classifier: {epoch: 3}\n")
+    with pytest.raises(ConfigError, match="unknown key classifier.epoch"):
+        load_config(tmp_path / "typo.yaml")
+    (tmp_path / "abs.yaml").write_text("data: {root: /mnt/data}\n")
+    with pytest.raises(ConfigError, match="relative path"):
+        load_config(tmp_path / "abs.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(ConfigError, match="known configs"):
+        load_config("no_such_config")
+
+
+# --- index and folds -----------------------------------------------------------------------------------------------
+
+
+def test_parse_coordinates() -> None:
+    assert index_mod.parse_coordinates("{'x': 258.36, 'y': 261.36}") == (258.36, 261.36, 0)
+    assert index_mod.parse_coordinates("{'x': 1, 'y': 2, 'f': 4}") == (1.0, 2.0, 4)
+    for bad in ("{'x': 1}", "[1, 2]", "__import__('os')", "{'x': 'a', 'y': 1}", "{'x': 1, 'y': 2, 'f': -1}"):
+        with pytest.raises(ValueError):
+            index_mod.parse_coordinates(bad)
+
+
+def test_index_maps_localizers_and_centres(dataset: tuple[Path, Path]) -> None:
+    data, cache = dataset
+    index = index_mod.build_index(data, cache, progress=False)
+    assert len(index) == 15 and index["n_localizers"].sum() == 8
+    row = index.iloc[0]
+    point = json.loads(row["localizers"])[0]
+    loc = pd.read_csv(data / "train_localizers.csv").iloc[0]
+    coords = index_mod.parse_coordinates(loc["coordinates"])
+    z = int(loc["SOPInstanceUID"].rsplit(".", 1)[1])
+    assert np.allclose(point["voxel"], [z, coords[1], coords[0]], atol=1e-6)  # canonical == native here
+    assert np.allclose(point["lps"], voxel_to_world(AFFINE, [[z, coords[1], coords[0]]])[0], atol=1e-3)
+    centre = json.loads(row["centre_lps"])  # series 0 has a segmentation
+    assert centre is not None and json.loads(index.iloc[1]["centre_lps"]) is None
+    records = records_from_index(index)
+    assert records[0].centre_lps is not None and records[0].points[0][0] == LOCATION_COLS.index(point["location"])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t, lo: t.drop(columns="Basilar Tip"), "missing column.*Basilar Tip"),
+    (lambda t, lo: t.assign(**{"Aneurysm Present": [np.nan] + [0] * (len(t) - 1)}), "Aneurysm Present"),
+    (lambda t, lo: (lo.__setitem__("coordinates", ["{'x': 1,"] * len(lo)), t)[1], "not a dict literal"),
+    (lambda t, lo: (lo.__setitem__("SOPInstanceUID", ["9.9.9"] * len(lo)), t)[1], "9.9.9"),
+])
+def test_index_cli_bad_csvs_exit_2_without_traceback(dataset: tuple[Path, Path], tmp_path: Path, mutate,
+                                                     message: str) -> None:
+    data, cache = dataset
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    train = pd.read_csv(data / "train.csv", dtype={ID_COL: str})
+    loc = pd.read_csv(data / "train_localizers.csv", dtype={ID_COL: str})
+    mutate(train, loc).to_csv(bad / "train.csv", index=False)
+    loc.to_csv(bad / "train_localizers.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "train_offline.index", "--data", str(bad), "--cache", str(cache),
+                           "--out", str(tmp_path / "i.csv"), "--no-progress"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr
+
+
+def test_folds_group_patients_and_cover_locations() -> None:
+    rng = np.random.default_rng(1)
+    n = 300
+    frame = pd.DataFrame({ID_COL: [f"s{i}" for i in range(n)], "patient": [f"p{i // 3}" for i in range(n)],
+                          "Modality": rng.choice(MODALITY_NAMES, n)})
+    for j, col in enumerate(LOCATION_COLS):
+        frame[col] = 0
+        patients = rng.choice(n // 3, 6 if j else 3, replace=False)  # the first location: 3 positive patients only
+        frame.loc[patients * 3 + rng.integers(0, 3, len(patients)), col] = 1
+    frame["Aneurysm Present"] = frame[LOCATION_COLS].max(axis=1)
+    folds = folds_mod.make_folds(frame, 5, seed=0)
+    merged = frame.merge(folds, on=ID_COL)
+    assert merged.groupby("patient")["fold"].nunique().max() == 1  # a patient never spans folds
+    table, gaps = folds_mod.fold_report(frame, folds)
+    assert len(gaps) == 1 and gaps[0].startswith(LOCATION_COLS[0])  # 3 positive series cannot cover 5 folds
+    assert (table[LOCATION_COLS[1:]] > 0).all().all()
+    assert table["series"].max() - table["series"].min() <= 9
+
+
+# --- samples: kernel-identical inputs and flips -------------------------------------------------------------------
+
+
+def test_locator_sample_equals_kernel_locator_input() -> None:
+    rng = np.random.default_rng(0)
+    array = rng.random((50, 44, 36), dtype=np.float32)
+    cfg = {"input_shape": [16, 16, 16], "spacing_mm": [8.0] * 3, "output_stride": 2, "sigma_mm": 10.0}
+    small, small_affine = locator_base(array, AFFINE, cfg["spacing_mm"])
+    middle = voxel_to_world(AFFINE, (np.asarray(array.shape)[None] - 1) / 2.0)[0]
+    centre = middle + np.array([10.0, -5.0, 3.0])
+    inp, inp_affine, target = locator_sample(small, small_affine, middle, cfg, centre)
+    expected, expected_affine = locator_input(array, AFFINE, cfg["input_shape"], cfg["spacing_mm"])
+    np.testing.assert_array_equal(inp, expected)
+    np.testing.assert_allclose(inp_affine, expected_affine)
+    assert target.shape == (8, 8, 8) and target.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_flip_swaps_labels_heatmaps_and_vessel_values() -> None:
+    rng = np.random.default_rng(0)
+    array = rng.random(SHAPE, dtype=np.float32)
+    left_mca = LOCATION_COLS.index("Left Middle Cerebral Artery")
+    right_mca = LOCATION_COLS.index("Right Middle Cerebral Artery")
+    centre = voxel_to_world(AFFINE, [[20, 20, 20]])[0]
+    point = centre + np.array([20.0, 0.0, 0.0])  # +x in LPS: the patient's left
+    labels = np.zeros(14, np.float32)
+    labels[[left_mca, 13]] = 1
+    record = SeriesRecord("u", labels, 0, [(left_mca, point)], None, "")
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[20, 20, 25] = SEG_LABEL_VALUES["Left Middle Cerebral Artery"]
+    sample = classifier_sample(array, AFFINE, centre, {"input_shape": [16, 16, 16], "spacing_mm": [SPACING] * 3,
+                                                       "heatmap_sigma_mm": 4.0}, record, (seg, AFFINE))
+    flipped = flip_sample(sample)
+    assert flipped["labels"][right_mca] == 1 and flipped["labels"][left_mca] == 0 and flipped["labels"][13] == 1
+    peak = np.unravel_index(np.argmax(sample["heatmap"][left_mca]), sample["heatmap"].shape[1:])
+    assert peak[2] > 2  # the left-side point sits at high x in the crop
+    flipped_peak = np.unravel_index(np.argmax(flipped["heatmap"][right_mca]), flipped["heatmap"].shape[1:])
+    assert flipped_peak == (peak[0], peak[1], sample["heatmap"].shape[3] - 1 - peak[2])
+    assert flipped["heatmap"][left_mca].max() == 0
+    np.testing.assert_array_equal(flipped["crop"], sample["crop"][..., ::-1])
+    assert SEG_LABEL_VALUES["Left Middle Cerebral Artery"] in sample["seg"]
+    assert SEG_LABEL_VALUES["Right Middle Cerebral Artery"] in flipped["seg"]
+    twice = flip_sample(flipped)
+    for key in ("crop", "labels", "heatmap", "seg"):
+        np.testing.assert_array_equal(twice[key], sample[key])
+    assert sorted(SEG_FLIP.tolist()) == list(range(14)) and SEG_FLIP[0] == 0
+
+
+def test_classifier_outputs_and_flip_equivariance_of_shapes() -> None:
+    model = build_classifier({"input_shape": [32, 32, 32], "channels": [4, 8, 8, 8], "dropout": 0.0}).eval()
+    out = model(torch.zeros(2, 1, 32, 32, 32))
+    assert out["logits"].shape == (2, 14) and out["modality_logits"].shape == (2, 4)
+    assert out["heatmap"].shape == (2, 13, 8, 8, 8) and out["seg"].shape == (2, 14, 8, 8, 8)
+
+
+# --- end to end --------------------------------------------------------------------------------------------------
+
+
+def _tiny_config(tmp_path: Path, dataset: tuple[Path, Path]) -> list[str]:
+    data, cache = dataset
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return ["--config", str(tmp_path / "tiny.yaml"), "--set", f"data.root={data}", f"data.cache={cache}",
+            f"data.index={tmp_path / 'index.csv'}", f"data.folds_csv={tmp_path / 'folds.csv'}"]
+
+
+def test_train_resume_export_rescore(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    from train_offline import export, train
+
+    args = _tiny_config(tmp_path, dataset)
+    out = tmp_path / "run" / "fold0"
+    assert train.main([*args[:2], "--fold", "0", "--out", str(out), *args[2:]]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_train"] + summary["n_val"] == 15 and len(summary["label_priors"]) == 14
+    assert summary["validation"]["score"] is not None and 0.0 <= summary["validation"]["score"] <= 1.0
+    for name in ("locator.pt", "classifier.pt", "oof.csv", "learning_curves.png", "roc_curves.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in lines] == [("locator", 0), ("locator", 1), ("classifier", 0),
+                                                          ("classifier", 1)]
+    # Resume with more classifier epochs: continues after epoch 1, the locator is reused.
+    more = [*args, "classifier.epochs=3"]
+    assert train.main([*more[:2], "--fold", "0", "--out", str(out), "--resume", *more[2:]]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in lines][-1] == ("classifier", 2) and len(lines) == 5
+    weights = tmp_path / "weights"
+    assert export.main(["--run", str(tmp_path / "run"), "--out", str(weights)]) == 0
+    manifest = json.loads((weights / "manifest.json").read_text())
+    cls = manifest["models"][1]
+    assert cls["validation"]["score_onnx"] == pytest.approx(json.loads((out / "summary.json").read_text())
+                                                            ["validation"]["score"], abs=1e-3)
+    assert manifest["volume_spacing_mm"] == [SPACING] * 3
+    assert manifest["label_priors"] == pytest.approx(summary["label_priors"])
+
+
+def test_torchrun_two_gloo_processes(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    args = _tiny_config(tmp_path, dataset)
+    out = tmp_path / "ddp" / "fold1"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "train_offline.train", *args[:2], "--fold", "1", "--out", str(out), *args[2:]],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["validation"]["n_series"] == summary["n_val"]
