@@ -45,7 +45,7 @@ NODES_RIGHT: dict[str, tuple[float, float, float]] = {
     "PCO": (13.5, 1.5, -22.5),  # PComm origin on the ICA
     "T": (15, 3.5, -21),  # ICA terminus
     "MB": (34, 11.5, -19.7),  # M1 bifurcation
-    "AJ": (1.2, 11.5, -18),  # A1 / AComm / A2 junction
+    "AJ": (1.5, 11.5, -18),  # A1 / AComm / A2 junction (AComm ~3 mm long)
     "PJ": (8, -10.5, -21),  # P1 / P2 / PComm junction
     "PICAO": (10, -31, -62),  # PICA origin on the vertebral artery
 }
@@ -286,7 +286,7 @@ def _site(rng: np.random.Generator, location: str, lines: dict[tuple[str, int], 
         return cl, i, _perturb(rng, ant + 0.5 * up + 0.9 * lat, 0.2)
     if "Posterior Communicating" in location:
         cl = lines[("pcomm", side)]
-        i = cl.index_at(float(rng.uniform(1.5, 2.5)))
+        i = cl.index_at(float(rng.uniform(2.5, 3.5)))
         return cl, i, _perturb(rng, np.array([0.6 * side, -1.0, -0.7]), 0.3)
     if location == "Basilar Tip":
         cl = lines[("basilar", 0)]

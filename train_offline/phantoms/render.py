@@ -283,8 +283,9 @@ def render_vessels(
     """Vessel occupancy (0-1), vessel value and optional seg label map, each (Z, Y, X).
 
     Capsules are rendered group by group (consecutive pieces of one vessel) inside the group's bounding box. A voxel
-    gets the label of its nearest vessel when its centre is inside the vessel or, for vessels thinner than a voxel,
-    when the centreline passes within half a sampling cell: every vessel stays connected in the label map.
+    is labelled when its centre is inside a vessel or, for vessels thinner than a voxel, when a centreline passes
+    within half a sampling cell (every vessel stays connected in the label map); it takes the label of the vessel
+    whose wall is nearest (smallest signed distance), so a voxel inside a large lumen keeps the large vessel's label.
     """
     occ = np.zeros(grid.shape, dtype=np.float32)
     val = np.zeros(grid.shape, dtype=np.float32)
@@ -293,7 +294,6 @@ def render_vessels(
     h = grid.h
     sz, sy, sx = grid.spacing
     half_cell = np.float32(0.5 * np.sqrt(sy * sy + sx * sx + (sz / grid.n_sub) ** 2))
-    cap_r = np.maximum(anatomy.cap_ra, anatomy.cap_rb).astype(np.float32)
     groups = anatomy.cap_group
     order = np.argsort(groups, kind="stable")
     bounds = np.flatnonzero(np.diff(groups[order])) + 1
@@ -309,15 +309,19 @@ def render_vessels(
         block_occ = np.zeros(shape, dtype=np.float32)
         best_sd = np.full(shape, np.inf, dtype=np.float32)
         best_cap = np.zeros(shape, dtype=np.int32)
+        if lab is not None:
+            best_axis = np.full(shape, np.inf, dtype=np.float32)  # distance to the nearest centreline
         for sub in grid.sub_offsets():
             w = _world_block(grid, z0, z1, y0, y1, x0, x1, float(sub))
             sd_min = np.full(shape, np.inf, dtype=np.float32)
             arg = np.zeros(shape, dtype=np.int32)
             for j, c in enumerate(idx):
-                sd = _capsule_sd(w, a[j], b[j], ra[j], rb[j])
+                sd, axis_d = _capsule_sd(w, a[j], b[j], ra[j], rb[j])
                 better = sd < sd_min
                 sd_min = np.where(better, sd, sd_min)
                 arg[better] = c
+                if lab is not None:
+                    np.minimum(best_axis, axis_d, out=best_axis)
             block_occ += _inside(sd_min, h)
             upd = sd_min < best_sd
             best_sd[upd] = sd_min[upd]
@@ -329,27 +333,30 @@ def render_vessels(
         val[z0:z1, y0:y1, x0:x1][upd] = values[best_cap[upd]]
         if lab is not None and lab_sd is not None:
             sub_sd = lab_sd[z0:z1, y0:y1, x0:x1]
-            near = (best_sd <= 0) | (best_sd + cap_r[best_cap] <= half_cell)
+            near = (best_sd <= 0) | (best_axis <= half_cell)
             lab_upd = near & (best_sd < sub_sd)
             sub_sd[lab_upd] = best_sd[lab_upd]
             lab[z0:z1, y0:y1, x0:x1][lab_upd] = anatomy.cap_label[best_cap[lab_upd]]
     return occ, val, lab
 
 
-def _capsule_sd(w: np.ndarray, a: np.ndarray, b: np.ndarray, ra: float, rb: float) -> np.ndarray:
-    """Signed distance (mm) of points ``w`` (3, ...) to a tapered capsule a-b with radii ra, rb."""
+def _capsule_sd(w: np.ndarray, a: np.ndarray, b: np.ndarray, ra: float, rb: float) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance (mm) of points ``w`` (3, ...) to a tapered capsule a-b with radii ra, rb, and their distance
+    to its axis segment."""
     ab = (b - a).astype(np.float32)
     den = float(ab @ ab)
     p0 = w[0] - np.float32(a[0])
     p1 = w[1] - np.float32(a[1])
     p2 = w[2] - np.float32(a[2])
     if den < 1e-9:
-        return np.sqrt(p0 * p0 + p1 * p1 + p2 * p2) - np.float32(ra)
+        dist = np.sqrt(p0 * p0 + p1 * p1 + p2 * p2)
+        return dist - np.float32(ra), dist
     t = np.clip((p0 * ab[0] + p1 * ab[1] + p2 * ab[2]) / np.float32(den), 0.0, 1.0)
     p0 -= t * ab[0]
     p1 -= t * ab[1]
     p2 -= t * ab[2]
-    return np.sqrt(p0 * p0 + p1 * p1 + p2 * p2) - (np.float32(ra) + t * np.float32(rb - ra))
+    dist = np.sqrt(p0 * p0 + p1 * p1 + p2 * p2)
+    return dist - (np.float32(ra) + t * np.float32(rb - ra)), dist
 
 
 def compose(background: np.ndarray, occ: np.ndarray, val: np.ndarray) -> np.ndarray:
