@@ -73,3 +73,26 @@ def test_missing_column_and_missing_rows_are_named() -> None:
     bad.loc[0, PRESENT_COL] = np.nan
     with pytest.raises(ValueError, match="Aneurysm Present"):
         score(bad, submission)
+
+
+def test_report_cli_per_label_and_per_group(tmp_path) -> None:
+    from train_offline.metric import main
+
+    solution, submission = _frames()
+    solution.to_csv(tmp_path / "solution.csv", index=False)
+    submission.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "submission.parquet")
+    groups = pd.DataFrame({ID_COL: solution[ID_COL], "Modality": ["CTA", "MRA"] * (len(solution) // 2)})
+    groups.to_csv(tmp_path / "groups.csv", index=False)
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--solution", str(tmp_path / "solution.csv"), "--submission",
+                     str(tmp_path / "submission.parquet"), "--groups", str(tmp_path / "groups.csv")]) == 0
+    text = out.getvalue()
+    assert f"{_sklearn_score(solution, submission):.4f}" in text
+    cta = solution[ID_COL].isin(groups[groups.Modality == "CTA"][ID_COL])
+    expected = roc_auc_score(solution.loc[cta, PRESENT_COL], submission.loc[cta, PRESENT_COL])
+    assert f"| CTA | {int(cta.sum())} | {int(solution.loc[cta, PRESENT_COL].sum())} | {expected:.3f} |" in text
+    assert main(["--solution", str(tmp_path / "missing.csv"), "--submission", str(tmp_path / "x.csv")]) == 2

@@ -7,15 +7,19 @@ names it, so a degenerate CV fold cannot pass silently.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from kernel.labels import ID_COL, LABEL_COLS, LABEL_WEIGHTS, PRESENT_COL
 
-__all__ = ["column_aucs", "present_auc", "score", "score_arrays", "to_numpy_columns"]
+__all__ = ["column_aucs", "main", "present_auc", "report", "score", "score_arrays", "to_numpy_columns"]
 
 
 def to_numpy_columns(frame: Any, columns: Sequence[str]) -> np.ndarray:
@@ -92,3 +96,64 @@ def score(solution: Any, submission: Any, columns: Sequence[str] = LABEL_COLS) -
 def present_auc(solution: Any, submission: Any) -> float:
     """AUC of the "Aneurysm Present" column alone (same matching rules as ``score``)."""
     return score(solution, submission, columns=[PRESENT_COL])
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True, dtype={ID_COL: str})
+    return pd.read_csv(path, dtype={ID_COL: str})
+
+
+def report(solution: pd.DataFrame, submission: pd.DataFrame, groups: pd.Series | None = None) -> str:
+    """Markdown: overall score, AUC per label, and per group (e.g. protocol) AUC(present) and score where defined."""
+    merged = solution[[ID_COL, *LABEL_COLS]].merge(submission[[ID_COL, *LABEL_COLS]], on=ID_COL,
+                                                   suffixes=("", "_pred"), how="left")
+    if merged[[f"{c}_pred" for c in LABEL_COLS]].isna().any().any():
+        raise ValueError("some solution series have no submission row")
+    truth = merged[LABEL_COLS].to_numpy(float)
+    pred = merged[[f"{c}_pred" for c in LABEL_COLS]].to_numpy(float)
+    defined = [j for j in range(len(LABEL_COLS)) if len(np.unique(truth[:, j])) == 2]
+    names = [LABEL_COLS[j] for j in defined]
+    aucs = column_aucs(truth[:, defined], pred[:, defined], names)
+    lines = [f"score (mean weighted columnwise AUC over {len(names)} defined columns): "
+             f"{score_arrays(truth[:, defined], pred[:, defined], names):.4f}", "",
+             "| label | positives | AUC |", "|---|---|---|"]
+    for j, name in enumerate(LABEL_COLS):
+        value = f"{aucs[name]:.3f}" if name in aucs else "undefined (one class)"
+        lines.append(f"| {name} | {int(truth[:, j].sum())} | {value} |")
+    if groups is not None:
+        keys = merged[ID_COL].map(groups).fillna("?").to_numpy()
+        lines += ["", "| group | series | positives | AUC(present) |", "|---|---|---|---|"]
+        for key in sorted(set(keys)):
+            m = keys == key
+            t, p = truth[m, -1], pred[m, -1]
+            value = f"{column_aucs(t[:, None], p[:, None], [PRESENT_COL])[PRESENT_COL]:.3f}" if len(
+                np.unique(t)) == 2 else "undefined"
+            lines.append(f"| {key} | {int(m.sum())} | {int(t.sum())} | {value} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train_offline.metric",
+                                     description="Score a submission (CSV or parquet) against a solution CSV.")
+    parser.add_argument("--solution", type=Path, required=True, help="SeriesInstanceUID + 14 label columns")
+    parser.add_argument("--submission", type=Path, required=True, help="submission.parquet or a CSV of the same")
+    parser.add_argument("--groups", type=Path, help="CSV/JSONL with SeriesInstanceUID and a group column")
+    parser.add_argument("--group-col", default="Modality", help="group column in --groups (default Modality)")
+    args = parser.parse_args(argv)
+    try:
+        groups = None
+        if args.groups:
+            table = _read_table(args.groups)
+            groups = pd.Series(table[args.group_col].to_numpy(), index=table[ID_COL].astype(str))
+        print(report(_read_table(args.solution), _read_table(args.submission), groups))
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"metric failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

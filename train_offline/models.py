@@ -94,7 +94,8 @@ class Classifier(nn.Module):
         super().__init__()
         assert len(channels) == 4, "classifier channels: 4 widths (strides 2, 4, 8, 16)"
         c0, c1, c2, c3 = channels
-        self.stem = ConvNormAct(1, c0, stride=2)
+        # Full-resolution convolution before the first downsampling: aneurysms are only a few voxels wide.
+        self.stem = nn.Sequential(ConvNormAct(1, c0), ConvNormAct(c0, c0, stride=2))
         self.stage1 = ResBlock(c0, c1, 2)
         self.stage2 = ResBlock(c1, c2, 2)
         self.stage3 = ResBlock(c2, c3, 2)

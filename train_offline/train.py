@@ -89,7 +89,10 @@ def classifier_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.T
     pos_weight[-1] = float(cfg["pos_weight_present"])
     labels = F.binary_cross_entropy_with_logits(out["logits"].float(), batch["labels"], pos_weight=pos_weight)
     target = batch["heatmap"]
-    heat = F.binary_cross_entropy_with_logits(out["heatmap"].float(), target, weight=1.0 + 20.0 * target)
+    # Balanced: the few voxels near a localizer weigh as much in total as the whole background.
+    pos, neg = target.sum(), (1.0 - target).sum()
+    weight = target / pos.clamp(min=1.0) + (1.0 - target) / neg.clamp(min=1.0)
+    heat = F.binary_cross_entropy_with_logits(out["heatmap"].float(), target, weight=weight, reduction="sum")
     seg_target = batch["seg"]
     if bool((seg_target >= 0).any()):
         seg = F.cross_entropy(out["seg"].float(), seg_target, ignore_index=-1)
