@@ -33,25 +33,16 @@ OUT=$(cd "$OUT" && pwd)
 
 echo "== 1/4 phantom test split: $N series (seed $SEED) -> $OUT/data"
 rm -rf "$OUT/data"
-if [ -f train_offline/phantoms/__main__.py ]; then
-  $PY -m train_offline.phantoms --out "$OUT/data" --n "$N" --seed "$SEED" --split test --size small
-else
-  echo "   (train_offline.phantoms missing: writing simple synthetic series instead)"
-  $PY -c "from tests.kernel_data import write_test_split; write_test_split('$OUT/data', n=$N, seed=$SEED)"
-fi
+$PY -m train_offline.phantoms --out "$OUT/data" --n "$N" --seed "$SEED" --split test --size small
 
 echo "== 2/4 weights"
 if [ -z "$WEIGHTS" ]; then
   if $PY -c "from kernel.manifest import load_manifest; load_manifest('weights')" 2>/dev/null; then
     WEIGHTS=weights
-  elif [ -f train_offline/export.py ]; then
+  else
+    echo "   (weights/ holds no valid manifest: exporting random-init models through train_offline.export)"
     rm -rf "$OUT/weights_random"
     $PY -m train_offline.export --random-init --config demo --out "$OUT/weights_random"
-    WEIGHTS="$OUT/weights_random"
-  else
-    echo "   (train_offline.export missing: writing random-init ONNX models with tests/onnx_factory.py)"
-    rm -rf "$OUT/weights_random"
-    $PY -c "from tests.onnx_factory import write_random_weights; write_random_weights('$OUT/weights_random')"
     WEIGHTS="$OUT/weights_random"
   fi
 fi
