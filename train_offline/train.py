@@ -89,10 +89,8 @@ def classifier_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.T
     pos_weight[-1] = float(cfg["pos_weight_present"])
     labels = F.binary_cross_entropy_with_logits(out["logits"].float(), batch["labels"], pos_weight=pos_weight)
     target = batch["heatmap"]
-    # Balanced: the few voxels near a localizer weigh as much in total as the whole background.
-    pos, neg = target.sum(), (1.0 - target).sum()
-    weight = target / pos.clamp(min=1.0) + (1.0 - target) / neg.clamp(min=1.0)
-    heat = F.binary_cross_entropy_with_logits(out["heatmap"].float(), target, weight=weight, reduction="sum")
+    # Voxels near a localizer up-weighted; a plain mean keeps false-positive peaks costly (the labels read the peaks).
+    heat = F.binary_cross_entropy_with_logits(out["heatmap"].float(), target, weight=1.0 + 20.0 * target)
     seg_target = batch["seg"]
     if bool((seg_target >= 0).any()):
         seg = F.cross_entropy(out["seg"].float(), seg_target, ignore_index=-1)
@@ -234,7 +232,7 @@ def run_stage(stage: str, model: nn.Module, dataset: Any, cfg: Mapping[str, Any]
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
-        start, losses = time.perf_counter(), []
+        start, losses, part_sums = time.perf_counter(), [], {}
         bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{epochs}", disable=rank != 0, leave=False)
         for batch in bar:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -246,9 +244,12 @@ def run_stage(stage: str, model: nn.Module, dataset: Any, cfg: Mapping[str, Any]
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            for key, value in parts.items():
+                part_sums[key] = part_sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         record = {"stage": stage, "epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
-                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2)}
+                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2),
+                  **{f"train_{k}": v / max(len(losses), 1) for k, v in part_sums.items()}}
         if rank == 0:
             record.update(validate_fn(epoch))
             _log(out_dir / "metrics.jsonl", record)
