@@ -102,6 +102,7 @@ class Classifier(nn.Module):
         self.lat1, self.lat2, self.lat3 = nn.Conv3d(c1, c1, 1), nn.Conv3d(c2, c1, 1), nn.Conv3d(c3, c1, 1)
         self.decoder = ConvNormAct(c1, c1)
         self.heatmap_head = nn.Conv3d(c1, len(LOCATION_COLS), 1)
+        nn.init.constant_(self.heatmap_head.bias, -4.0)  # start near "no aneurysm anywhere" (focal-loss practice)
         self.seg_head = nn.Conv3d(c1, N_SEG_CLASSES, 1)
         self.dropout = nn.Dropout(dropout)
         pooled = 2 * c3 + c1

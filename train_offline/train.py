@@ -82,15 +82,26 @@ def locator_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target.flatten(1) * log_p).sum(dim=1).mean()
 
 
+def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
+                       beta: float = 4.0) -> torch.Tensor:
+    """CenterNet focal loss on Gaussian targets: cells at a localizer (target >= 0.5) are positives; negatives near
+    them are down-weighted by (1 - target)^beta; confident false peaks cost the most. Normalised by the positives."""
+    log_p = F.logsigmoid(logits)
+    log_not_p = F.logsigmoid(-logits)
+    p = log_p.exp()
+    positive = target >= 0.5
+    pos_loss = -((1.0 - p) ** alpha * log_p)[positive].sum()
+    neg_loss = -((1.0 - target) ** beta * p**alpha * log_not_p)[~positive].sum()
+    return (pos_loss + neg_loss) / positive.sum().clamp(min=1)
+
+
 def classifier_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
                     cfg: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Label BCE + heatmap BCE (positives up-weighted) + vessel CE (where segmented) + modality CE."""
+    """Label BCE + heatmap focal loss + vessel CE (where segmented) + modality CE."""
     pos_weight = torch.ones(len(LABEL_COLS), device=out["logits"].device)
     pos_weight[-1] = float(cfg["pos_weight_present"])
     labels = F.binary_cross_entropy_with_logits(out["logits"].float(), batch["labels"], pos_weight=pos_weight)
-    target = batch["heatmap"]
-    # Voxels near a localizer up-weighted; a plain mean keeps false-positive peaks costly (the labels read the peaks).
-    heat = F.binary_cross_entropy_with_logits(out["heatmap"].float(), target, weight=1.0 + 20.0 * target)
+    heat = heatmap_focal_loss(out["heatmap"].float(), batch["heatmap"])
     seg_target = batch["seg"]
     if bool((seg_target >= 0).any()):
         seg = F.cross_entropy(out["seg"].float(), seg_target, ignore_index=-1)
