@@ -23,6 +23,15 @@ def _files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.dcm"))
 
 
+def _rewrite(folder: Path, n_slices: int, edit: Callable[[pydicom.Dataset], None], **save_kwargs: object) -> None:
+    """Write a good series, then apply ``edit`` to every file's dataset and save it back."""
+    write_series(folder, n_slices=n_slices)
+    for path in _files(folder):
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(path, **save_kwargs)
+
+
 def truncated_files(folder: Path) -> str:
     """Every file cut in the middle of its pixel data."""
     write_series(folder, n_slices=6)
@@ -49,51 +58,35 @@ def random_bytes(folder: Path) -> str:
 
 
 def dicom_without_pixels(folder: Path) -> str:
-    write_series(folder, n_slices=4)
-    for path in _files(folder):
-        ds = pydicom.dcmread(path)
-        del ds.PixelData
-        ds.save_as(path)
+    _rewrite(folder, 4, lambda ds: ds.__delattr__("PixelData"))
     return "error"
 
 
 def wrong_rows_columns(folder: Path) -> str:
     """Rows/Columns claim more pixels than the data holds."""
-    write_series(folder, n_slices=5)
-    for path in _files(folder):
-        ds = pydicom.dcmread(path)
-        ds.Rows = ds.Rows * 3
-        ds.save_as(path)
+    _rewrite(folder, 5, lambda ds: setattr(ds, "Rows", ds.Rows * 3))
     return "error"
 
 
 def nan_rescale(folder: Path) -> str:
-    write_series(folder, n_slices=5)
-    for path in _files(folder):
-        ds = pydicom.dcmread(path)
-        ds.RescaleSlope = "NaN"
-        ds.save_as(path)
+    _rewrite(folder, 5, lambda ds: setattr(ds, "RescaleSlope", "NaN"))
     return "error"
 
 
 def absurd_rescale(folder: Path) -> str:
-    write_series(folder, n_slices=5)
-    for path in _files(folder):
-        ds = pydicom.dcmread(path)
-        ds.RescaleSlope = "1e30"
-        ds.save_as(path)
+    _rewrite(folder, 5, lambda ds: setattr(ds, "RescaleSlope", "1e30"))
     return "error"
 
 
 def unsupported_transfer_syntax(folder: Path) -> str:
     """Claims MPEG2 with junk encapsulated data."""
-    write_series(folder, n_slices=4)
-    for path in _files(folder):
-        ds = pydicom.dcmread(path)
+
+    def edit(ds: pydicom.Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
         ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x00\x01\xb3" + os.urandom(200)])
         ds["PixelData"].VR = "OB"
-        ds.save_as(path, enforce_file_format=True)
+
+    _rewrite(folder, 4, edit, enforce_file_format=True)
     return "error"
 
 
@@ -103,34 +96,31 @@ def single_slice(folder: Path) -> str:
 
 
 def all_at_one_position(folder: Path) -> str:
-    write_series(folder, n_slices=6)
-    for path in _files(folder):
-        ds = pydicom.dcmread(path)
-        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
-        ds.save_as(path)
+    _rewrite(folder, 6, lambda ds: setattr(ds, "ImagePositionPatient", [0.0, 0.0, 0.0]))
     return "volume"
 
 
 def zero_sized(folder: Path) -> str:
-    write_series(folder, n_slices=3)
-    for path in _files(folder):
-        ds = pydicom.dcmread(path)
+    def edit(ds: pydicom.Dataset) -> None:
         ds.Rows = 0
         ds.PixelData = b""
-        ds.save_as(path)
+
+    _rewrite(folder, 3, edit)
     return "error"
 
 
+def _make_rgb(ds: pydicom.Dataset, frames: int = 1) -> None:
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = np.zeros((frames, ds.Rows, ds.Columns, 3), np.uint8).tobytes()
+
+
 def colour_rgb(folder: Path) -> str:
-    write_series(folder, n_slices=3)
-    for path in _files(folder):
-        ds = pydicom.dcmread(path)
-        ds.SamplesPerPixel = 3
-        ds.PhotometricInterpretation = "RGB"
-        ds.PlanarConfiguration = 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-        ds.PixelData = np.zeros((ds.Rows, ds.Columns, 3), np.uint8).tobytes()
-        ds.save_as(path)
+    _rewrite(folder, 3, _make_rgb)
     return "error"
 
 
@@ -138,12 +128,7 @@ def four_d_frames(folder: Path) -> str:
     """One file claiming frames x samples: a 4-D colour cine."""
     folder.mkdir(parents=True)
     ds = pydicom.dcmread(_first_file(folder.parent / (folder.name + "_src")))
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0
-    ds.NumberOfFrames = 4
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-    ds.PixelData = np.zeros((4, ds.Rows, ds.Columns, 3), np.uint8).tobytes()
+    _make_rgb(ds, frames=4)
     ds.save_as(folder / "cine.dcm")
     return "error"
 
