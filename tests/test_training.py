@@ -215,7 +215,7 @@ def test_flip_swaps_labels_heatmaps_and_vessel_values() -> None:
     labels[[left_mca, 13]] = 1
     record = SeriesRecord("u", labels, 0, [(left_mca, point)], None, "")
     seg = np.zeros(SHAPE, np.uint8)
-    seg[20, 20, 25] = SEG_LABEL_VALUES["Left Middle Cerebral Artery"]
+    seg[18:23, 18:23, 23:28] = SEG_LABEL_VALUES["Left Middle Cerebral Artery"]  # a vessel on the left
     sample = classifier_sample(array, AFFINE, centre, {"input_shape": [16, 16, 16], "spacing_mm": [SPACING] * 3,
                                                        "heatmap_sigma_mm": 4.0}, record, (seg, AFFINE))
     flipped = flip_sample(sample)
@@ -291,3 +291,18 @@ def test_torchrun_two_gloo_processes(dataset: tuple[Path, Path], tmp_path: Path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["validation"]["n_series"] == summary["n_val"]
+
+
+def test_heatmap_focal_loss_rewards_hits_and_punishes_false_peaks() -> None:
+    from train_offline.train import heatmap_focal_loss
+
+    target = torch.zeros(2, 13, 6, 6, 6)
+    target[0, 3, 2, 2, 2] = 0.9
+    logits = torch.full_like(target, -4.0)
+    base = heatmap_focal_loss(logits, target)
+    hit = logits.clone()
+    hit[0, 3, 2, 2, 2] = 3.0
+    false_peak = hit.clone()
+    false_peak[1, 5, 4, 4, 4] = 3.0
+    assert heatmap_focal_loss(hit, target) < 0.1 * base
+    assert heatmap_focal_loss(false_peak, target) > heatmap_focal_loss(hit, target) + 1.0
