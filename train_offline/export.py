@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -182,7 +183,7 @@ def fold_dirs(run: Path) -> list[Path]:
     """A fold directory (holds summary.json) or a run directory with fold*/ children that do."""
     if (run / "summary.json").is_file():
         return [run]
-    found = sorted(p for p in run.glob("fold*") if (p / "summary.json").is_file())
+    found = sorted(p for p in run.glob("fold*") if re.fullmatch(r"fold\d+", p.name) and (p / "summary.json").is_file())
     if not found:
         raise ExportError(f"{run}: no summary.json here or in fold*/ (train a fold first)")
     return found
