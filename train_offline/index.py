@@ -8,7 +8,7 @@ Localizers ``{'x': col, 'y': row[, 'f': frame]}`` on a SOP go to LPS through the
 Positive series without localizers are kept (labels only). Where ``segmentations/<uid>/<uid>_cowseg.nii`` exists,
 the Circle-of-Willis centre is the mean of the centroids of the central vessel classes (the locator's target).
 Bad input (missing column, NaN label, malformed coordinates, a SOP that is not an image of its series) raises
-IndexError_ with every problem listed; the CLI prints it and exits 2 without a traceback.
+DataIndexError with every problem listed; the CLI prints it and exits 2 without a traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from kernel.preprocess import localizer_to_lps, world_to_voxel
 from train_offline.cache import is_cached, load_cached
 
 __all__ = [
-    "CENTRAL_SEG_LABELS", "IndexError_", "build_index", "cow_centre_from_seg", "load_index", "main",
+    "CENTRAL_SEG_LABELS", "DataIndexError", "build_index", "cow_centre_from_seg", "load_index", "main",
     "parse_coordinates", "read_labels", "read_localizers", "seg_path",
 ]
 
@@ -44,7 +44,7 @@ CENTRAL_SEG_LABELS = [SEG_LABEL_VALUES[n] for n in (
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-class IndexError_(ValueError):  # noqa: N801 - avoids shadowing the builtin IndexError
+class DataIndexError(ValueError):
     """The competition CSVs or the cache disagree with what the index needs; the message lists every problem."""
 
 
@@ -53,11 +53,11 @@ def read_labels(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype={ID_COL: str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise IndexError_(f"cannot read {path}: {exc}") from exc
+        raise DataIndexError(f"cannot read {path}: {exc}") from exc
     problems = []
     missing = [c for c in (ID_COL, "Modality", *LABEL_COLS) if c not in frame.columns]
     if missing:
-        raise IndexError_(f"{path}: missing column(s) {missing}")
+        raise DataIndexError(f"{path}: missing column(s) {missing}")
     for col in LABEL_COLS:
         bad = frame[~frame[col].isin([0, 1])]
         if len(bad):
@@ -70,7 +70,7 @@ def read_labels(path: Path) -> pd.DataFrame:
     if len(dup):
         problems.append(f"{path.name}: duplicate {ID_COL} {sorted(set(dup))[:3]}")
     if problems:
-        raise IndexError_("\n  - ".join(["bad labels:", *problems]))
+        raise DataIndexError("\n  - ".join(["bad labels:", *problems]))
     frame[LABEL_COLS] = frame[LABEL_COLS].astype(int)
     return frame
 
@@ -96,10 +96,10 @@ def read_localizers(path: Path, labels: pd.DataFrame) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype={ID_COL: str, "SOPInstanceUID": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise IndexError_(f"cannot read {path}: {exc}") from exc
+        raise DataIndexError(f"cannot read {path}: {exc}") from exc
     missing = [c for c in LOCALIZER_COLS if c not in frame.columns]
     if missing:
-        raise IndexError_(f"{path}: missing column(s) {missing}")
+        raise DataIndexError(f"{path}: missing column(s) {missing}")
     problems, parsed = [], []
     for uid, sop, coords, location in frame[LOCALIZER_COLS].itertuples(index=False, name=None):
         try:
@@ -113,7 +113,7 @@ def read_localizers(path: Path, labels: pd.DataFrame) -> pd.DataFrame:
     if unknown:
         problems.append(f"{path.name}: {len(unknown)} series not in train.csv, e.g. {unknown[:3]}")
     if problems:
-        raise IndexError_("\n  - ".join(["bad localizers:", *problems[:20]]))
+        raise DataIndexError("\n  - ".join(["bad localizers:", *problems[:20]]))
     frame["x"] = [p[0] for p in parsed]
     frame["y"] = [p[1] for p in parsed]
     frame["frame"] = [p[2] for p in parsed]
@@ -175,7 +175,7 @@ def build_index(data_dir: Path, cache_dir: Path, *, lenient: bool = False, progr
                "dicom_modality": volume.modality, "shape": json.dumps(list(volume.array.shape))}
         rows.append(row)
     if problems:
-        raise IndexError_("\n  - ".join(["localizers that do not map to an image of their series "
+        raise DataIndexError("\n  - ".join(["localizers that do not map to an image of their series "
                                          "(use --lenient to skip them):", *problems[:20]]))
     if not_cached:
         print(f"warning: {len(not_cached)} series of train.csv are not in the cache (skipped), e.g. "
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         index = build_index(args.data, args.cache, lenient=args.lenient, progress=not args.no_progress)
-    except IndexError_ as exc:
+    except DataIndexError as exc:
         print(f"index failed: {exc}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)

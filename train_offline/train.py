@@ -302,6 +302,8 @@ def _ensure_index_and_folds(config: Mapping[str, Any], rank: int, world: int) ->
 
 def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool = False) -> dict[str, Any] | None:
     """Train the locator and the classifier of one fold; returns the summary on rank 0 (None elsewhere)."""
+    if not (0 <= fold < int(config["data"]["n_folds"])):
+        raise ConfigError(f"--fold must be in 0..{int(config['data']['n_folds']) - 1}, got {fold}")
     rank, world, device = setup_distributed(config["train"]["device"])
     torch.set_num_threads(int(config["train"]["threads"]))
     seed = int(config["seed"]) + 1000 * fold
@@ -314,8 +316,6 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     index, folds = _ensure_index_and_folds(config, rank, world)
     index = index.merge(folds, on=ID_COL, how="inner")
-    if not (0 <= fold < int(config["data"]["n_folds"])):
-        raise ConfigError(f"--fold must be in 0..{int(config['data']['n_folds']) - 1}, got {fold}")
     train_uids = index.loc[index["fold"] != fold, ID_COL].tolist()
     val_uids = index.loc[index["fold"] == fold, ID_COL].tolist()
     records = records_from_index(index)
