@@ -256,7 +256,7 @@ def test_train_resume_export_rescore(dataset: tuple[Path, Path], tmp_path: Path)
 
     args = _tiny_config(tmp_path, dataset)
     out = tmp_path / "run" / "fold0"
-    assert train.main([*args[:2], "--fold", "0", "--out", str(out), *args[2:]]) == 0
+    assert train.main([*args[:2], "--fold", "0", "--out", str(out), *args[2:], "classifier.val_every=2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_train"] + summary["n_val"] == 15 and len(summary["label_priors"]) == 14
     assert summary["validation"]["score"] is not None and 0.0 <= summary["validation"]["score"] <= 1.0
@@ -265,6 +265,8 @@ def test_train_resume_export_rescore(dataset: tuple[Path, Path], tmp_path: Path)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in lines] == [("locator", 0), ("locator", 1), ("classifier", 0),
                                                           ("classifier", 1)]
+    # val_every=2: the first classifier epoch is not validated, the last always is.
+    assert "val_score" not in lines[2] and "val_score" in lines[3]
     # Resume with more classifier epochs: continues after epoch 1, the locator is reused.
     more = [*args, "classifier.epochs=3"]
     assert train.main([*more[:2], "--fold", "0", "--out", str(out), "--resume", *more[2:]]) == 0

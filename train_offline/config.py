@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "channels": [8, 16, 32],
         "sigma_mm": 8.0,  # Gaussian target around the Circle-of-Willis centre
         "epochs": 10,
+        "val_every": 1,  # validate every K epochs (and always after the last)
         "batch_size": 8,
         "lr": 0.003,
         "scale_jitter": 0.0,
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "channels": [12, 24, 48, 96],
         "dropout": 0.1,
         "epochs": 10,
+        "val_every": 1,  # validate every K epochs (and always after the last); validation is inference, not free
         "batch_size": 4,
         "lr": 0.002,
         "weight_decay": 0.0001,

@@ -213,6 +213,7 @@ def run_stage(stage: str, model: nn.Module, dataset: Any, cfg: Mapping[str, Any]
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     epochs = int(cfg["epochs"])
+    val_every = max(1, int(cfg.get("val_every", 1)))
     if world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     else:
@@ -262,7 +263,8 @@ def run_stage(stage: str, model: nn.Module, dataset: Any, cfg: Mapping[str, Any]
                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2),
                   **{f"train_{k}": v / max(len(losses), 1) for k, v in part_sums.items()}}
         if rank == 0:
-            record.update(validate_fn(epoch))
+            if (epoch + 1) % val_every == 0 or epoch + 1 == epochs:
+                record.update(validate_fn(epoch))
             _log(out_dir / "metrics.jsonl", record)
             _atomic_torch_save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "epoch": epoch}, ckpt_path)
@@ -420,7 +422,7 @@ def _plot_fold(out_dir: Path, labels: np.ndarray, probs: np.ndarray) -> None:
         ax.plot([r["epoch"] + 1 for r in rows], [r["train_loss"] for r in rows], "o-", label="train loss")
         ax.set(title=f"{stage} training loss", xlabel="epoch")
         ax.legend()
-    rows = [r for r in records if r["stage"] == "classifier"]
+    rows = [r for r in records if r["stage"] == "classifier" and r.get("val_score") is not None]
     axes[2].plot([r["epoch"] + 1 for r in rows], [r.get("val_score") for r in rows], "o-", label="val score")
     axes[2].plot([r["epoch"] + 1 for r in rows], [r.get("val_auc_present") for r in rows], "s-",
                  label="val AUC present")
