@@ -21,6 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_kernel import resolve_weights  # noqa: E402
 from kernel.budget import TimeBudget  # noqa: E402
 from kernel.ensemble import CPU, CUDA, Ensemble, Plan  # noqa: E402
 from kernel.manifest import load_manifest  # noqa: E402
@@ -35,25 +36,6 @@ def card_name() -> str:
         return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return "unknown (nvidia-smi failed)"
-
-
-def weights_dir(arg: Path | None, work: Path) -> tuple[Path, str]:
-    if arg is not None:
-        return load_manifest(arg).weights_dir, str(arg)
-    try:
-        return load_manifest(REPO / "weights").weights_dir, "weights/"
-    except Exception:
-        pass
-    if (REPO / "train_offline" / "export.py").is_file():
-        try:
-            subprocess.run([sys.executable, "-m", "train_offline.export", "--random-init", "--config", "demo",
-                            "--out", str(work / "weights")], check=True, cwd=REPO)
-            return work / "weights", "random-init demo export"
-        except (subprocess.CalledProcessError, OSError) as exc:
-            print(f"export failed ({exc}); using tiny test models", file=sys.stderr)
-    from tests.onnx_factory import write_random_weights
-
-    return write_random_weights(work / "weights"), "tests/onnx_factory.py (tiny models)"
 
 
 def main() -> int:
@@ -72,7 +54,7 @@ def run(work: Path) -> int:
     args = parser.parse_args()
     from tests.dicom_factory import write_series
 
-    weights, note = weights_dir(args.weights, work)
+    weights, note = resolve_weights(args.weights, work)
     manifest = load_manifest(weights)
     series = []
     for i in range(args.n + 1):  # the first one warms up (session creation, cuDNN autotuning)
