@@ -213,7 +213,7 @@ def run_stage(stage: str, model: nn.Module, dataset: Any, cfg: Mapping[str, Any]
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     epochs = int(cfg["epochs"])
-    val_every = max(1, int(cfg.get("val_every", 1)))
+    val_every = max(1, int(cfg["val_every"]))
     if world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     else:
@@ -304,8 +304,9 @@ def _ensure_index_and_folds(config: Mapping[str, Any], rank: int, world: int) ->
 
 def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool = False) -> dict[str, Any] | None:
     """Train the locator and the classifier of one fold; returns the summary on rank 0 (None elsewhere)."""
-    if not (0 <= fold < int(config["data"]["n_folds"])):
-        raise ConfigError(f"--fold must be in 0..{int(config['data']['n_folds']) - 1}, got {fold}")
+    n_folds = int(config["data"]["n_folds"])
+    if not 0 <= fold < n_folds:
+        raise ConfigError(f"--fold must be in 0..{n_folds - 1}, got {fold}")
     rank, world, device = setup_distributed(config["train"]["device"])
     torch.set_num_threads(int(config["train"]["threads"]))
     seed = int(config["seed"]) + 1000 * fold
@@ -423,8 +424,8 @@ def _plot_fold(out_dir: Path, labels: np.ndarray, probs: np.ndarray) -> None:
         ax.set(title=f"{stage} training loss", xlabel="epoch")
         ax.legend()
     rows = [r for r in records if r["stage"] == "classifier" and r.get("val_score") is not None]
-    axes[2].plot([r["epoch"] + 1 for r in rows], [r.get("val_score") for r in rows], "o-", label="val score")
-    axes[2].plot([r["epoch"] + 1 for r in rows], [r.get("val_auc_present") for r in rows], "s-",
+    axes[2].plot([r["epoch"] + 1 for r in rows], [r["val_score"] for r in rows], "o-", label="val score")
+    axes[2].plot([r["epoch"] + 1 for r in rows], [r["val_auc_present"] for r in rows], "s-",
                  label="val AUC present")
     axes[2].set(title="classifier validation", xlabel="epoch", ylim=(0.4, 1.01))
     axes[2].legend()
