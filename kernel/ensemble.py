@@ -17,7 +17,14 @@ import numpy as np
 
 from kernel.labels import LABEL_COLS, MODALITY_NAMES, flip_permutation
 from kernel.manifest import Manifest
-from kernel.preprocess import crop_around, heatmap_peak_lps, locator_input, normalise
+from kernel.preprocess import (
+    CENTRE_OFFSET_KEY,
+    classifier_centre,
+    crop_around,
+    heatmap_peak_lps,
+    locator_input,
+    normalise,
+)
 
 __all__ = ["Ensemble", "EnsembleOutput", "Plan", "choose_providers", "sigmoid", "softmax"]
 
@@ -71,10 +78,11 @@ class EnsembleOutput:
 
 
 def _group_by_input(models: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """Models sharing an input shape and spacing share one input array."""
+    """Models sharing an input shape, spacing and crop-centre offset share one input array."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for model in models:
-        key = (tuple(int(s) for s in model["input_shape"]), tuple(float(s) for s in model["spacing_mm"]))
+        key = (tuple(int(s) for s in model["input_shape"]), tuple(float(s) for s in model["spacing_mm"]),
+               tuple(float(s) for s in model.get(CENTRE_OFFSET_KEY, (0.0, 0.0, 0.0))))
         groups.setdefault(key, []).append(model)
     return groups
 
@@ -118,7 +126,7 @@ class Ensemble:
     def locate(self, array: np.ndarray, affine: np.ndarray, folds: int | None = None) -> np.ndarray:
         """Mean LPS centre of the locator folds on a normalised canonical volume."""
         centres = []
-        for (shape, spacing), models in _group_by_input(self.locators[:folds]).items():
+        for (shape, spacing, _), models in _group_by_input(self.locators[:folds]).items():
             inp, inp_affine = locator_input(array, affine, shape, spacing)
             batch = inp[None, None].astype(np.float32, copy=False)
             for model in models:
@@ -134,8 +142,8 @@ class Ensemble:
         """Mean label and modality probabilities of the classifier folds (with flip TTA) around ``centre_lps``."""
         perm = flip_permutation(LABEL_COLS)
         label_probs, modality_probs = [], []
-        for (shape, spacing), models in _group_by_input(self.classifiers[: plan.folds]).items():
-            crop, _ = crop_around(array, affine, centre_lps, shape, spacing)
+        for (shape, spacing, _), models in _group_by_input(self.classifiers[: plan.folds]).items():
+            crop, _ = crop_around(array, affine, classifier_centre(centre_lps, models[0]), shape, spacing)
             plain = crop[None, None]
             both = np.concatenate([plain, plain[..., ::-1]], axis=0)  # axis x: patient left/right
             for model in models:

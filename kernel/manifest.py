@@ -96,6 +96,9 @@ def _model_problems(i: int, model: Any) -> list[str]:
             problems.append(f"{where}.output_names must be [logits, modality_logits] names")
         if not isinstance(model.get("flip_tta", False), bool):
             problems.append(f"{where}.flip_tta must be true or false")
+        offset = model.get("centre_offset_lps_mm", [0.0, 0.0, 0.0])
+        if not (isinstance(offset, list) and len(offset) == 3 and all(_is_number(v) for v in offset)):
+            problems.append(f"{where}.centre_offset_lps_mm must be 3 numbers (LPS mm), got {offset!r}")
     return problems
 
 

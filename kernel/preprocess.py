@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from kernel.dicom_io import DEFAULT_MAX_VOXELS, Volume, read_series
 
 __all__ = [
-    "NORMALISERS", "canonicalise", "crop_around", "downsample_mean", "heatmap_peak_lps", "localizer_to_lps",
-    "locator_input", "normalise", "prepare_volume", "reorient_to_canonical", "resample_to_spacing", "spacing_of",
-    "voxel_to_world", "world_to_voxel",
+    "CENTRE_OFFSET_KEY", "NORMALISERS", "canonicalise", "classifier_centre", "crop_around", "downsample_mean",
+    "heatmap_peak_lps", "localizer_to_lps", "locator_input", "normalise", "prepare_volume", "reorient_to_canonical",
+    "resample_to_spacing", "spacing_of", "voxel_to_world", "world_to_voxel",
 ]
+
+# Manifest/config key of a classifier's crop-centre offset from the locator's Circle-of-Willis centre (LPS mm).
+CENTRE_OFFSET_KEY = "centre_offset_lps_mm"
 
 # Canonical array axis i is aligned with LPS axis _CANONICAL_LPS_AXIS[i]: z -> S (2), y -> P (1), x -> L (0).
 _CANONICAL_LPS_AXIS = (2, 1, 0)
@@ -309,6 +313,17 @@ def crop_around(
     new_affine[:3, :3] = affine[:3, :3] * ratio
     new_affine[:3, 3] = voxel_to_world(affine, starts[None])[0]
     return np.ascontiguousarray(out, dtype=np.float32), new_affine
+
+
+def classifier_centre(locator_centre_lps: Sequence[float], model: Mapping[str, Any]) -> np.ndarray:
+    """Where a classifier's crop is centred: the locator's centre plus the model's ``centre_offset_lps_mm``.
+
+    Aneurysm sites are not symmetric about the Circle of Willis (posterior-circulation sites lie 35-45 mm below it,
+    the ACA sites 35 mm in front and above), so a crop can be shifted to cover them without growing. The offset is
+    in patient LPS millimetres and travels with the weights (default: none).
+    """
+    offset = np.asarray(model.get(CENTRE_OFFSET_KEY, (0.0, 0.0, 0.0)), dtype=np.float64)
+    return np.asarray(locator_centre_lps, dtype=np.float64) + offset
 
 
 def locator_input(

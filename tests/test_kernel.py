@@ -118,6 +118,33 @@ def test_flip_tta_maps_a_mirrored_input_to_swapped_labels(weights: Path) -> None
     assert not np.allclose(plain_mirrored, plain[perm], atol=1e-4), "the test model is symmetric: nothing tested"
 
 
+def test_classifier_crop_follows_the_manifest_centre_offset(weights: Path, tmp_path: Path) -> None:
+    """A classifier with ``centre_offset_lps_mm`` sees the crop cut at the locator centre plus that offset."""
+    shifted = tmp_path / "shifted"
+    shutil.copytree(weights, shifted)
+    manifest = json.loads((shifted / "manifest.json").read_text())
+    offset = [0.0, 6.0, -8.0]  # LPS mm: 3 voxels posterior, 4 voxels inferior at 2 mm
+    for model in manifest["models"]:
+        if model["role"] == "classifier":
+            model["centre_offset_lps_mm"] = offset
+    validate_manifest(manifest)
+    (shifted / "manifest.json").write_text(json.dumps(manifest))
+    rng = np.random.default_rng(1)
+    array = rng.random((48, 48, 48)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    centre = np.array([47.0, 47.0, 47.0])
+    plain = Ensemble(load_manifest(weights))
+    moved = Ensemble(load_manifest(shifted))
+    expected, _ = plain.classify(array, affine, centre + np.asarray(offset))
+    got, _ = moved.classify(array, affine, centre)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    unshifted, _ = plain.classify(array, affine, centre)
+    assert not np.allclose(got, unshifted, atol=1e-4), "the offset changed nothing: nothing tested"
+    manifest["models"][1]["centre_offset_lps_mm"] = [0.0, "up", 1.0]
+    with pytest.raises(ManifestError, match="centre_offset_lps_mm"):
+        validate_manifest(manifest)
+
+
 # --- time budget -------------------------------------------------------------------------------------------------
 
 

@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 4,
         "lr": 0.002,
         "weight_decay": 0.0001,
+        "centre_offset_lps_mm": [0.0, 0.0, 0.0],  # crop centre = locator centre + this (LPS mm; x stays 0 for flips)
         "jitter_mm": 6.0,  # random crop-centre shift during training
         "flip_p": 0.5,  # left/right flip probability (labels swapped)
         "intensity_jitter": 0.1,  # random gain/offset on the normalised crop

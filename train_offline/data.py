@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, flip_permutation
 from kernel.preprocess import (
+    classifier_centre,
     crop_around,
     downsample_mean,
     normalise,
@@ -248,7 +249,7 @@ class ClassifierDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         uid = self.uids[i]
         array, affine = self.store.volume(uid)
-        centre = np.asarray(self.centres[uid], dtype=np.float64)
+        centre = classifier_centre(self.centres[uid], self.cfg)
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
         if rng is not None:
             centre = centre + rng.uniform(-1, 1, 3) * float(self.cfg["jitter_mm"])

@@ -133,7 +133,7 @@ def _entries(fold: int, locator: nn.Module, classifier: nn.Module, config: Mappi
          "sha256": sha256_file(out / f"{cls_name}.onnx"), "input_name": "crop",
          "input_shape": [int(s) for s in cls_cfg["input_shape"]],
          "spacing_mm": [float(s) for s in cls_cfg["spacing_mm"]], "output_names": ["logits", "modality_logits"],
-         "flip_tta": True,
+         "flip_tta": True, "centre_offset_lps_mm": [float(v) for v in cls_cfg["centre_offset_lps_mm"]],
          "validation": {k: validation.get(k) for k in ("score", "auc_present", "n_series", "score_onnx",
                                                        "auc_present_onnx")},
          "parity_max_abs": cls_err, **common},

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES, PRESENT_COL
-from kernel.preprocess import crop_around, heatmap_peak_lps, locator_input
+from kernel.preprocess import classifier_centre, crop_around, heatmap_peak_lps, locator_input
 from train_offline.config import ConfigError, load_config, validate
 from train_offline.data import (
     LABEL_FLIP,
@@ -145,7 +145,8 @@ def predict_classifier(classifier: nn.Module, store: SeriesStore, uids: Sequence
     probs, modality = [], []
     for uid in uids:
         array, affine = store.volume(uid)
-        crop, _ = crop_around(array, affine, centres[uid], cfg["input_shape"], cfg["spacing_mm"])
+        crop, _ = crop_around(array, affine, classifier_centre(centres[uid], cfg), cfg["input_shape"],
+                              cfg["spacing_mm"])
         batch = crop[None, None]
         if flip_tta:
             batch = np.concatenate([batch, batch[..., ::-1]], axis=0)
