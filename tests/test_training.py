@@ -29,6 +29,7 @@ from train_offline.data import (
     SeriesRecord,
     classifier_sample,
     flip_sample,
+    localizers_in_crop,
     locator_base,
     locator_sample,
     records_from_index,
@@ -232,6 +233,24 @@ def test_flip_swaps_labels_heatmaps_and_vessel_values() -> None:
     for key in ("crop", "labels", "heatmap", "seg"):
         np.testing.assert_array_equal(twice[key], sample[key])
     assert sorted(SEG_FLIP.tolist()) == list(range(14)) and SEG_FLIP[0] == 0
+
+
+def test_localizers_in_crop_counts_points_inside_the_shifted_box() -> None:
+    """The crop is a 64 x 32 x 32 mm LPS box (x, y, z half-sizes 32, 16, 16) around centre + offset."""
+    cfg = {"input_shape": [16, 16, 32], "spacing_mm": [2.0, 2.0, 2.0], "centre_offset_lps_mm": [0.0, 0.0, -10.0]}
+    mca, basilar = LOCATION_COLS.index("Left Middle Cerebral Artery"), LOCATION_COLS.index("Basilar Tip")
+    centre = np.array([10.0, 20.0, 30.0])
+    points = [(mca, centre + [30.0, 0.0, 0.0]),  # inside: 30 <= 32 mm to the left
+              (mca, centre + [-34.0, 0.0, 0.0]),  # outside in x
+              (basilar, centre + [0.0, 0.0, -25.0]),  # inside only because the box moved 10 mm down
+              (basilar, centre + [0.0, 0.0, 8.0])]  # outside: 18 mm above the moved box's centre
+    record = SeriesRecord("u", np.zeros(14, np.float32), 0, points, None, "")
+    coverage = localizers_in_crop([record], {"u": centre}, cfg)
+    assert coverage["all"] == 0.5
+    assert coverage["Left Middle Cerebral Artery"] == 0.5 and coverage["Basilar Tip"] == 0.5
+    no_offset = localizers_in_crop([record], {"u": centre}, {**cfg, "centre_offset_lps_mm": [0.0, 0.0, 0.0]})
+    assert no_offset["Basilar Tip"] == 0.5 and no_offset["all"] == 0.5  # now the point above is in, below is out
+    assert localizers_in_crop([record], {}, cfg)["all"] != localizers_in_crop([record], {}, cfg)["all"]  # NaN
 
 
 def test_classifier_outputs_and_flip_equivariance_of_shapes() -> None:

@@ -35,8 +35,8 @@ from train_offline.models import CLASSIFIER_STRIDE
 
 __all__ = [
     "ClassifierDataset", "LocatorDataset", "SeriesRecord", "SeriesStore", "classifier_sample", "flip_sample",
-    "grid_points_lps", "label_priors", "locator_base", "locator_sample", "records_from_index", "score_with_onnx",
-    "seg_flip_lookup",
+    "grid_points_lps", "label_priors", "localizers_in_crop", "locator_base", "locator_sample", "records_from_index",
+    "score_with_onnx", "seg_flip_lookup",
 ]
 
 LOCATION_FLIP = flip_permutation(LOCATION_COLS)
@@ -143,6 +143,28 @@ def classifier_sample(array: np.ndarray, affine: np.ndarray, centre_lps: np.ndar
         seg_target = values.reshape(points.shape[:3])
     return {"crop": crop, "labels": record.labels.copy(), "heatmap": heatmap, "seg": seg_target,
             "modality": np.int64(record.modality)}
+
+
+def localizers_in_crop(records: Sequence[SeriesRecord], centres: Mapping[str, np.ndarray],
+                      cfg: Mapping[str, Any]) -> dict[str, float]:
+    """Fraction of localizer points inside the classifier crop placed as at inference, overall and per location.
+
+    A point outside the crop cannot be seen by the classifier; this is the ceiling its location AUC works under.
+    The canonical volume's axes are LPS-aligned (z -> S, y -> P, x -> L), so the crop is an LPS box.
+    """
+    half_lps = (np.asarray(cfg["input_shape"], dtype=np.float64) * np.asarray(cfg["spacing_mm"], dtype=np.float64)
+                / 2.0)[::-1]
+    inside: dict[str, list[bool]] = {}
+    for record in records:
+        if record.uid not in centres:
+            continue
+        box_centre = classifier_centre(centres[record.uid], cfg)
+        for loc, lps in record.points:
+            inside.setdefault(LOCATION_COLS[loc], []).append(bool(np.all(np.abs(lps - box_centre) <= half_lps)))
+    every = [v for values in inside.values() for v in values]
+    out = {"all": float(np.mean(every)) if every else float("nan")}
+    out.update({name: float(np.mean(inside[name])) for name in LOCATION_COLS if name in inside})
+    return out
 
 
 def flip_sample(sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

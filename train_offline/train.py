@@ -41,6 +41,7 @@ from train_offline.data import (
     LocatorDataset,
     SeriesStore,
     label_priors,
+    localizers_in_crop,
     records_from_index,
 )
 from train_offline.metric import column_aucs, score_arrays
@@ -364,6 +365,9 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
     # Stage 2: classifier on crops around the locator's predictions.
     cls_cfg = config["classifier"]
     centres = predict_centres(locator, store, train_uids + val_uids, loc_cfg, device)
+    coverage = localizers_in_crop([by_uid[u] for u in val_uids], centres, cls_cfg)
+    if rank == 0:
+        print(f"localizers inside the validation crops: {coverage['all']:.1%}", flush=True)
     classifier = build_classifier(cls_cfg)
     val_labels = np.stack([by_uid[u].labels for u in val_uids])
     val_modalities = [MODALITY_NAMES[by_uid[u].modality] for u in val_uids]
@@ -399,7 +403,8 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
         "fold": fold, "config_name": config["name"], "world_size": world,
         "n_train": len(train_uids), "n_val": len(val_uids),
         "validation": {**metrics, "centre_error_mm_median": float(np.median(errors)) if len(errors) else None,
-                       "modality_accuracy": float(np.mean(oof["predicted_modality"] == oof["Modality"]))},
+                       "modality_accuracy": float(np.mean(oof["predicted_modality"] == oof["Modality"])),
+                       "localizers_in_crop": coverage},
         "label_priors": label_priors([by_uid[u] for u in train_uids]),
         "val_uids": val_uids, "seconds": round(time.perf_counter() - started, 1),
     }
