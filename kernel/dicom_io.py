@@ -85,6 +85,9 @@ class Volume:
     dropped: list[tuple[str, str]] = field(default_factory=list)
     frame_geometry: dict[tuple[str, int], FrameGeometry] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # False when no image had a position/orientation (e.g. an Enhanced multi-frame file stripped of its functional
+    # groups): the axes are then frame order and pixel grid, and superior/inferior is a guess.
+    geometry_known: bool = True
 
     def __post_init__(self) -> None:
         assert self.array.ndim == 3, f"volume must be 3-D (Z, Y, X), got shape {self.array.shape}"
@@ -615,6 +618,7 @@ def read_series(
         dropped=dropped,
         frame_geometry=frame_geometry,
         notes=notes,
+        geometry_known=good[0].geometry is not None,
     )
 
 

@@ -126,8 +126,12 @@ class Predictor:
 
             volume = prepare_volume(series_path, self.manifest.volume_spacing_mm, max_voxels=self.manifest.max_voxels)
             read_s = time.perf_counter() - start
-            out = self.ensemble.predict_volume(volume.array, volume.affine, volume.modality, plan)
+            out = self.ensemble.predict_volume(volume.array, volume.affine, volume.modality, plan,
+                                               superior_known=volume.geometry_known)
             model_s = time.perf_counter() - start - read_s
+            if not volume.geometry_known:
+                LOG.warning("no geometry uid=%s: slice order %s (locator peak)", uid,
+                            "reversed" if out.reversed_z else "kept")
             frame = row_frame(out.probs)
             self.budget.record(read_s, model_s, out.runs)
             level, modality = name, out.modality

@@ -87,6 +87,15 @@ def test_synthetic_series_geometry(case: str, tmp_path: Path) -> None:
     # Every SOP (and frame) maps back to its slice along the normal.
     for k, (sop, frame) in enumerate(zip(info["sop_uids"], info["frame_of_slice"], strict=True)):
         assert volume.slice_lookup[(sop, frame)] == k
+    assert volume.geometry_known
+
+
+def test_multiframe_stripped_of_geometry_says_so(tmp_path: Path) -> None:
+    """An Enhanced file cut to the test allow-list keeps no position or orientation: the volume must say so."""
+    write_series(tmp_path, multiframe=True, modality="MR", allowlist_only=True, reverse=True)
+    volume = read_series(tmp_path)
+    assert not volume.geometry_known
+    assert any("no image position/orientation" in note for note in volume.notes)
 
 
 def test_localizer_maps_to_pixel_centre(tmp_path: Path) -> None:

@@ -118,6 +118,25 @@ def test_flip_tta_maps_a_mirrored_input_to_swapped_labels(weights: Path) -> None
     assert not np.allclose(plain_mirrored, plain[perm], atol=1e-4), "the test model is symmetric: nothing tested"
 
 
+def test_unknown_slice_order_gives_the_same_answer_both_ways(weights: Path) -> None:
+    """Without geometry the frame order may run feet-to-head or head-to-feet: the locator's peak picks the order, so
+    both stackings of one volume get the same row, and the order whose locator peak is higher is the one used."""
+    ensemble = Ensemble(load_manifest(weights))
+    rng = np.random.default_rng(4)
+    array = rng.normal(100.0, 30.0, (40, 40, 40)).astype(np.float32)
+    array[26:32, 10:30, 12:28] += 400.0  # something bright in the upper part, so the two orders differ
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    up = ensemble.predict_volume(array, affine, "CT", superior_known=False)
+    down = ensemble.predict_volume(array[::-1].copy(), affine, "CT", superior_known=False)
+    np.testing.assert_allclose(up.probs, down.probs, atol=1e-6)
+    assert up.reversed_z != down.reversed_z
+    known_up = ensemble.predict_volume(array, affine, "CT")
+    known_down = ensemble.predict_volume(array[::-1].copy(), affine, "CT")
+    assert not np.allclose(known_up.probs, known_down.probs, atol=1e-4), "orientation changes nothing: no test"
+    chosen = known_down if up.reversed_z else known_up
+    np.testing.assert_allclose(up.probs, chosen.probs, atol=1e-6)
+
+
 def test_classifier_crop_follows_the_manifest_centre_offset(weights: Path, tmp_path: Path) -> None:
     """A classifier with ``centre_offset_lps_mm`` sees the crop cut at the locator centre plus that offset."""
     shifted = tmp_path / "shifted"
