@@ -174,8 +174,8 @@ class Ensemble:
 
         ``superior_known=False`` (a series without any image position/orientation: its slice axis is frame order)
         runs the locators on both slice orders and keeps the one whose heatmap peaks higher: the locator has only
-        seen upright heads. On 100 phantom series of every protocol the correct order won every time (smallest
-        margin 1.2 logits), so an upside-down stack is put right instead of being scored blind.
+        seen upright heads. On 100 phantom series of every protocol, stacked both ways, the correct order won every
+        time (smallest margin 1.2 logits); on stripped multi-frame phantoms 13 of 15 (pixel size is lost there too).
         """
         normalised = normalise(array, self.manifest.scheme(dicom_modality))
         centre, peak = self._locate(normalised, affine, plan.folds)
