@@ -318,9 +318,9 @@ def crop_around(
 def classifier_centre(locator_centre_lps: Sequence[float], model: Mapping[str, Any]) -> np.ndarray:
     """Where a classifier's crop is centred: the locator's centre plus the model's ``centre_offset_lps_mm``.
 
-    Aneurysm sites are not symmetric about the Circle of Willis (posterior-circulation sites lie 35-45 mm below it,
-    the ACA sites 35 mm in front and above), so a crop can be shifted to cover them without growing. The offset is
-    in patient LPS millimetres and travels with the weights (default: none).
+    Aneurysm sites are not symmetric about the Circle of Willis (in the phantoms, posterior-circulation localizers lie
+    up to 42 mm below it, the highest ones, ACA, 25 mm above), so a crop can be shifted to cover them without growing.
+    The offset is in patient LPS millimetres and travels with the weights (default: none).
     """
     offset = np.asarray(model.get(CENTRE_OFFSET_KEY, (0.0, 0.0, 0.0)), dtype=np.float64)
     return np.asarray(locator_centre_lps, dtype=np.float64) + offset
