@@ -26,7 +26,9 @@ from train_offline.cache import save_cached
 from train_offline.config import ConfigError, load_config
 from train_offline.data import (
     SEG_FLIP,
+    ClassifierDataset,
     SeriesRecord,
+    SeriesStore,
     classifier_sample,
     flip_sample,
     localizers_in_crop,
@@ -260,6 +262,36 @@ def test_classifier_outputs_and_flip_equivariance_of_shapes() -> None:
     assert out["heatmap"].shape == (2, 13, 8, 8, 8) and out["seg"].shape == (2, 14, 8, 8, 8)
 
 
+@pytest.mark.parametrize("crop_spacing", [SPACING, 3.0])
+def test_regions_store_gives_the_crops_of_whole_volumes(dataset: tuple[Path, Path], crop_spacing: float) -> None:
+    """preload=regions keeps only a box around each centre, yet every jittered, flipped crop is bit-identical."""
+    data, cache = dataset
+    records = [SeriesRecord(uid=f"1.2.3.{i}", labels=np.zeros(14, np.float32), modality=0, points=[],
+                            centre_lps=None, seg_file="") for i in range(6)]
+    cfg = {**load_config("demo")["classifier"], "input_shape": [16, 16, 16], "spacing_mm": [crop_spacing] * 3,
+           "jitter_mm": 6.0, "centre_offset_lps_mm": [0.0, 4.0, -8.0]}
+    rng = np.random.default_rng(3)
+    centres = {r.uid: rng.uniform(-60, 60, 3) for r in records}  # some crops reach outside the volume
+    uids = [r.uid for r in records]
+    whole = SeriesStore(cache, data, records, {"CT": "ct_angio", "MR": "mr_percentile"}, preload="volumes")
+    regions = SeriesStore(cache, data, records, {"CT": "ct_angio", "MR": "mr_percentile"}, preload="regions")
+    regions.keep_regions(centres, cfg)
+    for uid in uids:
+        assert regions.region(uid)[0].size < 0.4 * whole.region(uid)[0].size
+        assert regions.volume(uid)[0].shape == SHAPE  # the locator still sees the whole head
+    for epoch in range(3):
+        a = ClassifierDataset(whole, uids, centres, cfg, train=True, seed=1)
+        b = ClassifierDataset(regions, uids, centres, cfg, train=True, seed=1)
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        for i in range(len(uids)):
+            x, y = a[i], b[i]
+            for key in x:
+                assert torch.equal(x[key], y[key]), (epoch, i, key)
+    with pytest.raises(ValueError, match="data.preload"):
+        SeriesStore(cache, data, records, {"CT": "ct_angio", "MR": "mr_percentile"}, preload="crops")
+
+
 # --- end to end --------------------------------------------------------------------------------------------------
 
 
@@ -307,7 +339,7 @@ def test_torchrun_two_gloo_processes(dataset: tuple[Path, Path], tmp_path: Path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "train_offline.train", *args[:2], "--fold", "1", "--out", str(out), *args[2:]],
+         "-m", "train_offline.train", *args[:2], "--fold", "1", "--out", str(out), *args[2:], "data.preload=regions"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

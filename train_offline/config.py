@@ -27,7 +27,9 @@ DEFAULTS: dict[str, Any] = {
         "cache": "data/phantoms/train_cache",  # precache_all output at volume_spacing_mm
         "index": "data/phantoms/train_index.csv",  # written by train_offline.index (built on first use)
         "folds_csv": "data/phantoms/train_folds.csv",  # written by train_offline.folds (built on first use)
-        "preload": True,  # keep normalised volumes in memory (small data); False reads the cache per sample
+        # volumes: whole normalised volumes in memory (small data); regions: only the classifier's region around each
+        # locator centre (plus the jitter margin), so memory follows the crop, not the head; none: read the cache
+        "preload": "volumes",
         "n_folds": 5,
         "limit": 0,  # use only the first N series (0: all); for smoke tests
     },

@@ -145,7 +145,7 @@ def predict_classifier(classifier: nn.Module, store: SeriesStore, uids: Sequence
     classifier.eval()
     probs, modality = [], []
     for uid in uids:
-        array, affine = store.volume(uid)
+        array, affine = store.region(uid)
         crop, _ = crop_around(array, affine, classifier_centre(centres[uid], cfg), cfg["input_shape"],
                               cfg["spacing_mm"])
         batch = crop[None, None]
@@ -325,7 +325,7 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
     val_uids = index.loc[index["fold"] == fold, ID_COL].tolist()
     records = records_from_index(index)
     store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), records,
-                        config["normalisation"], preload=bool(config["data"]["preload"]))
+                        config["normalisation"], preload=config["data"]["preload"])
     by_uid = {r.uid: r for r in records}
     ctx = {"rank": rank, "world": world, "device": device, "seed": seed, "resume": resume,
            "amp": config["train"]["amp"], "num_workers": config["train"]["num_workers"]}
@@ -365,6 +365,7 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
     # Stage 2: classifier on crops around the locator's predictions.
     cls_cfg = config["classifier"]
     centres = predict_centres(locator, store, train_uids + val_uids, loc_cfg, device)
+    store.keep_regions(centres, cls_cfg)
     coverage = localizers_in_crop([by_uid[u] for u in val_uids], centres, cls_cfg)
     if rank == 0:
         print(f"localizers inside the validation crops: {coverage['all']:.1%}", flush=True)
