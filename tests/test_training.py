@@ -275,7 +275,8 @@ def test_regions_store_gives_the_crops_of_whole_volumes(dataset: tuple[Path, Pat
     uids = [r.uid for r in records]
     whole = SeriesStore(cache, data, records, {"CT": "ct_angio", "MR": "mr_percentile"}, preload="volumes")
     regions = SeriesStore(cache, data, records, {"CT": "ct_angio", "MR": "mr_percentile"}, preload="regions")
-    regions.keep_regions(centres, cfg)
+    for uid in uids:
+        regions.keep_region(uid, *whole.volume(uid), centres[uid], cfg)
     for uid in uids:
         assert regions.region(uid)[0].size < 0.4 * whole.region(uid)[0].size
         assert regions.volume(uid)[0].shape == SHAPE  # the locator still sees the whole head

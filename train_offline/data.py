@@ -192,24 +192,23 @@ PRELOAD_MODES = ("volumes", "regions", "none")
 class SeriesStore:
     """Normalised canonical volumes (and segmentations) by uid, held in memory as ``preload`` says.
 
-    ``volumes`` keeps every whole volume (small data). ``regions`` keeps nothing until ``keep_regions`` is given the
-    locator's centres, then only the box each classifier crop can come from (crop plus the jitter margin): memory
+    ``volumes`` keeps every whole volume (small data). ``regions`` keeps nothing until ``keep_region`` is given a
+    locator centre, then only the box each classifier crop can come from (crop plus the jitter margin): memory
     follows the crop, not the head, and crops are identical to crops of the whole volume. ``none`` reads the cache
     every time.
     """
 
     def __init__(self, cache_dir: Path, data_dir: Path, records: Sequence[SeriesRecord],
-                 normalisation: Mapping[str, str], preload: str | bool = "volumes"):
-        mode = ("volumes" if preload else "none") if isinstance(preload, bool) else preload
-        if mode not in PRELOAD_MODES:
+                 normalisation: Mapping[str, str], preload: str = "volumes"):
+        if preload not in PRELOAD_MODES:
             raise ValueError(f"data.preload must be one of {PRELOAD_MODES}, got {preload!r}")
         self.cache_dir, self.data_dir, self.normalisation = Path(cache_dir), Path(data_dir), dict(normalisation)
         self.records = {r.uid: r for r in records}
-        self.preload = mode
+        self.preload = preload
         self._volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._regions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._segs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if mode == "volumes":
+        if preload == "volumes":
             for uid in tqdm(self.records, desc="preload volumes", mininterval=5, disable=len(self.records) < 100):
                 self._volumes[uid] = self._load(uid)
 
@@ -226,26 +225,26 @@ class SeriesStore:
         """What classifier crops are cut from: the kept region in ``regions`` mode, else the whole volume."""
         return self._regions[uid] if uid in self._regions else self.volume(uid)
 
-    def keep_regions(self, centres: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> None:
-        """In ``regions`` mode keep, per uid, the box that holds every training crop around its locator centre.
+    def keep_region(self, uid: str, array: np.ndarray, affine: np.ndarray, centre: np.ndarray,
+                    cfg: Mapping[str, Any]) -> None:
+        """In ``regions`` mode keep, of the whole volume ``array``, the box that holds every crop around ``centre``.
 
-        The box is cut on the volume's own grid (clipped to the volume, so nothing outside it is invented) and covers
-        the crop's physical extent plus ``jitter_mm`` and two voxels for trilinear sampling on each side, so a crop of
-        the region equals the crop of the whole volume.
+        Called with the volume the locator has just read (no second read). The box is cut on the volume's own grid
+        (clipped to the volume, so nothing outside it is invented) and covers the crop's physical extent plus
+        ``jitter_mm`` and two voxels for trilinear sampling on each side, so a crop of the region equals the crop of
+        the whole volume.
         """
         if self.preload != "regions":
             return
         extent = np.asarray(cfg["input_shape"], dtype=np.float64) * np.asarray(cfg["spacing_mm"], dtype=np.float64)
-        for uid, centre in tqdm(centres.items(), desc="keep regions", mininterval=5, disable=len(centres) < 100):
-            array, affine = self._load(uid)
-            spacing, size = spacing_of(affine), np.asarray(array.shape)
-            half = extent / spacing / 2.0 + np.ceil(float(cfg["jitter_mm"]) / spacing) + 2
-            middle = world_to_voxel(affine, classifier_centre(centre, cfg)[None])[0]
-            lo = np.clip(np.floor(middle - half), 0, size - 1).astype(int)
-            hi = np.maximum(np.clip(np.ceil(middle + half) + 1, 0, size).astype(int), lo + 1)
-            region_affine = affine.copy()
-            region_affine[:3, 3] = voxel_to_world(affine, lo[None].astype(np.float64))[0]
-            self._regions[uid] = (np.ascontiguousarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]), region_affine)
+        spacing, size = spacing_of(affine), np.asarray(array.shape)
+        half = extent / spacing / 2.0 + np.ceil(float(cfg["jitter_mm"]) / spacing) + 2
+        middle = world_to_voxel(affine, classifier_centre(centre, cfg)[None])[0]
+        lo = np.clip(np.floor(middle - half), 0, size - 1).astype(int)
+        hi = np.maximum(np.clip(np.ceil(middle + half) + 1, 0, size).astype(int), lo + 1)
+        region_affine = affine.copy()
+        region_affine[:3, 3] = voxel_to_world(affine, lo[None].astype(np.float64))[0]
+        self._regions[uid] = (np.ascontiguousarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]), region_affine)
 
     def seg(self, uid: str) -> tuple[np.ndarray, np.ndarray] | None:
         record = self.records[uid]

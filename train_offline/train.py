@@ -119,21 +119,28 @@ def classifier_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.T
 
 @torch.no_grad()
 def predict_centres(locator: nn.Module, store: SeriesStore, uids: Sequence[str], cfg: Mapping[str, Any],
-                    device: torch.device, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """LPS Circle-of-Willis centre per series: ``locator_input`` -> locator -> ``heatmap_peak_lps`` (as the kernel)."""
+                    device: torch.device, batch_size: int = 8, region_cfg: Mapping[str, Any] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """LPS Circle-of-Willis centre per series: ``locator_input`` -> locator -> ``heatmap_peak_lps`` (as the kernel).
+
+    With ``region_cfg`` (the classifier section) each volume read here also goes to ``store.keep_region``.
+    """
     locator.eval()
     centres = {}
     for start in range(0, len(uids), batch_size):
         chunk = uids[start : start + batch_size]
-        inputs, affines = [], []
+        inputs, affines, volumes = [], [], []
         for uid in chunk:
             array, affine = store.volume(uid)
             inp, inp_affine = locator_input(array, affine, cfg["input_shape"], cfg["spacing_mm"])
             inputs.append(inp[None])
             affines.append(inp_affine)
+            volumes.append((array, affine))
         heatmaps = locator(torch.from_numpy(np.stack(inputs)).to(device)).float().cpu().numpy()
-        for uid, heatmap, inp_affine in zip(chunk, heatmaps, affines, strict=True):
+        for uid, heatmap, inp_affine, (array, affine) in zip(chunk, heatmaps, affines, volumes, strict=True):
             centres[uid] = heatmap_peak_lps(heatmap[0], inp_affine, int(cfg["output_stride"]))
+            if region_cfg is not None:
+                store.keep_region(uid, array, affine, centres[uid], region_cfg)
     return centres
 
 
@@ -364,8 +371,7 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
 
     # Stage 2: classifier on crops around the locator's predictions.
     cls_cfg = config["classifier"]
-    centres = predict_centres(locator, store, train_uids + val_uids, loc_cfg, device)
-    store.keep_regions(centres, cls_cfg)
+    centres = predict_centres(locator, store, train_uids + val_uids, loc_cfg, device, region_cfg=cls_cfg)
     coverage = localizers_in_crop([by_uid[u] for u in val_uids], centres, cls_cfg)
     if rank == 0:
         print(f"localizers inside the validation crops: {coverage['all']:.1%}", flush=True)
