@@ -262,6 +262,34 @@ def test_classifier_outputs_and_flip_equivariance_of_shapes() -> None:
     assert out["heatmap"].shape == (2, 13, 8, 8, 8) and out["seg"].shape == (2, 14, 8, 8, 8)
 
 
+def test_channels_last_layout_changes_speed_not_arithmetic() -> None:
+    """``train.channels_last`` only changes the memory layout: same outputs and gradients as the default layout,
+    and inference inputs follow the model's layout."""
+    from train_offline.train import _format_of, classifier_loss, memory_format
+
+    cfg = {"input_shape": [32, 32, 32], "channels": [4, 8, 8, 8], "dropout": 0.0, "heatmap_weight": 1.0,
+           "seg_weight": 0.5, "modality_weight": 0.2, "pos_weight_present": 1.0}
+    torch.manual_seed(0)
+    plain = build_classifier(cfg)
+    last = build_classifier(cfg)
+    last.load_state_dict(plain.state_dict())
+    last.to(memory_format=memory_format(True))
+    assert _format_of(plain) == torch.contiguous_format and _format_of(last) == torch.channels_last_3d
+    crop = torch.randn(2, 1, 32, 32, 32)
+    batch = {"labels": torch.zeros(2, 14), "heatmap": torch.zeros(2, 13, 8, 8, 8),
+             "seg": torch.randint(0, 14, (2, 8, 8, 8)), "modality": torch.tensor([0, 2])}
+    batch["labels"][0, [3, 13]] = 1.0
+    batch["heatmap"][0, 3, 4, 4, 4] = 1.0
+    losses = []
+    for model, fmt in ((plain, torch.contiguous_format), (last, torch.channels_last_3d)):
+        loss, _ = classifier_loss(model(crop.contiguous(memory_format=fmt)), batch, cfg)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    for (name, a), b in zip(plain.named_parameters(), last.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-5), name
+
+
 @pytest.mark.parametrize("crop_spacing", [SPACING, 3.0])
 def test_regions_store_gives_the_crops_of_whole_volumes(dataset: tuple[Path, Path], crop_spacing: float) -> None:
     """preload=regions keeps only a box around each centre, yet every jittered, flipped crop is bit-identical."""

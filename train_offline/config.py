@@ -75,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
         "amp": False,  # bf16/fp16 autocast on CUDA
         "num_workers": 0,
         "threads": 2,  # torch intra-op threads on CPU
+        "channels_last": False,  # channels-last 3D layout while training (faster oneDNN convolutions on the CPU)
         "log_every": 20,
     },
 }
