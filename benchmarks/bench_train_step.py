@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES  # noqa: E402
 from train_offline.config import load_config  # noqa: E402
 from train_offline.models import CLASSIFIER_STRIDE, build_classifier  # noqa: E402
 from train_offline.train import classifier_loss, memory_format  # noqa: E402
@@ -29,13 +30,15 @@ def random_batch(shape: list[int], batch: int, seed: int) -> dict[str, torch.Ten
     """Random crops with one localizer per sample and a random vessel map (the step's cost ignores content)."""
     g = torch.Generator().manual_seed(seed)
     cells = [s // CLASSIFIER_STRIDE for s in shape]
-    heatmap = torch.zeros(batch, 13, *cells)
+    n_loc = len(LOCATION_COLS)
+    heatmap = torch.zeros(batch, n_loc, *cells)
     for b in range(batch):
-        heatmap[b, b % 13, cells[0] // 2, cells[1] // 2, cells[2] // 2] = 1.0
-    labels = torch.zeros(batch, 14)
+        heatmap[b, b % n_loc, cells[0] // 2, cells[1] // 2, cells[2] // 2] = 1.0
+    labels = torch.zeros(batch, len(LABEL_COLS))
     labels[::2, -1] = 1.0
     return {"crop": torch.randn(batch, 1, *shape, generator=g), "labels": labels, "heatmap": heatmap,
-            "seg": torch.randint(0, 14, (batch, *cells), generator=g), "modality": torch.arange(batch) % 4}
+            "seg": torch.randint(0, n_loc + 1, (batch, *cells), generator=g),
+            "modality": torch.arange(batch) % len(MODALITY_NAMES)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,7 @@ def predict_centres(locator: nn.Module, store: SeriesStore, uids: Sequence[str],
     With ``region_cfg`` (the classifier section) each volume read here also goes to ``store.keep_region``.
     """
     locator.eval()
+    fmt = _format_of(locator)
     centres = {}
     for start in range(0, len(uids), batch_size):
         chunk = uids[start : start + batch_size]
@@ -136,7 +137,7 @@ def predict_centres(locator: nn.Module, store: SeriesStore, uids: Sequence[str],
             inputs.append(inp[None])
             affines.append(inp_affine)
             volumes.append((array, affine))
-        heatmaps = locator(torch.from_numpy(np.stack(inputs)).to(device)).float().cpu().numpy()
+        heatmaps = locator(torch.from_numpy(np.stack(inputs)).to(device, memory_format=fmt)).float().cpu().numpy()
         for uid, heatmap, inp_affine, (array, affine) in zip(chunk, heatmaps, affines, volumes, strict=True):
             centres[uid] = heatmap_peak_lps(heatmap[0], inp_affine, int(cfg["output_stride"]))
             if region_cfg is not None:
@@ -150,6 +151,7 @@ def predict_classifier(classifier: nn.Module, store: SeriesStore, uids: Sequence
                        flip_tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(N, 14) label and (N, 4) modality probabilities: ``crop_around`` + flip TTA mapped back, as the kernel."""
     classifier.eval()
+    fmt = _format_of(classifier)
     probs, modality = [], []
     for uid in uids:
         array, affine = store.region(uid)
@@ -158,7 +160,7 @@ def predict_classifier(classifier: nn.Module, store: SeriesStore, uids: Sequence
         batch = crop[None, None]
         if flip_tta:
             batch = np.concatenate([batch, batch[..., ::-1]], axis=0)
-        out = classifier(torch.from_numpy(np.ascontiguousarray(batch)).to(device, memory_format=_format_of(classifier)))
+        out = classifier(torch.from_numpy(np.ascontiguousarray(batch)).to(device, memory_format=fmt))
         p = torch.sigmoid(out["logits"].float()).cpu().numpy()
         if flip_tta:
             p[1] = p[1][LABEL_FLIP]
