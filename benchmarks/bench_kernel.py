@@ -66,7 +66,7 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 
 def _write_series(folder: Path, slices: int, seed: int) -> Path:
     """One uncompressed 512 x 512 CT series of ``slices`` slices (0.45 mm pixels, 0.625 mm slices)."""
-    from tests.dicom_factory import write_series
+    from testkit.dicom_factory import write_series
 
     target = folder / "series" / f"bench{seed}"
     write_series(target, n_slices=slices, rows=512, cols=512, slice_spacing=0.625, pixel_spacing=(0.45, 0.45),
@@ -115,9 +115,9 @@ def resolve_weights(arg: Path | None, work: Path) -> tuple[Path, str]:
             return out, "train_offline.export --random-init --config demo"
         except (subprocess.CalledProcessError, OSError) as exc:
             print(f"export failed ({exc}); using tiny test models", file=sys.stderr)
-    from tests.onnx_factory import write_random_weights
+    from testkit.onnx_factory import write_random_weights
 
-    return write_random_weights(out), "tests/onnx_factory.py (tiny models: model time not representative)"
+    return write_random_weights(out), "testkit/onnx_factory.py (tiny models: model time not representative)"
 
 
 def _child(code: str, args: list[str]) -> dict:

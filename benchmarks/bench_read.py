@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from kernel.dicom_io import read_series  # noqa: E402
 from kernel.preprocess import prepare_volume  # noqa: E402
-from tests.dicom_factory import smooth_field, write_series  # noqa: E402
+from testkit.dicom_factory import smooth_field, write_series  # noqa: E402
 
 
 def textured_field(lps: np.ndarray) -> np.ndarray:

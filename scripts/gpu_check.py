@@ -52,7 +52,7 @@ def run(work: Path) -> int:
     parser.add_argument("--n", type=int, default=4, help="full-size series to time")
     parser.add_argument("--slices", type=int, default=400, help="slices per series")
     args = parser.parse_args()
-    from tests.dicom_factory import write_series
+    from testkit.dicom_factory import write_series
 
     weights, note = resolve_weights(args.weights, work)
     manifest = load_manifest(weights)

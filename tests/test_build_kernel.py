@@ -25,8 +25,8 @@ from kernel import predict as kernel_predict
 from kernel.budget import TimeBudget
 from kernel.labels import ID_COL, LABEL_COLS
 from kernel.manifest import load_manifest
-from tests.kernel_data import write_test_split
-from tests.onnx_factory import write_random_weights
+from testkit.kernel_data import write_test_split
+from testkit.onnx_factory import write_random_weights
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINED_MARGIN = 0.1  # a trained ensemble must score within this of its recorded validation score

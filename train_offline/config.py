@@ -15,7 +15,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONFIG_DIR", "DEFAULTS", "ConfigError", "load_config", "merge", "resolve_config_path", "validate"]
+__all__ = [
+    "CONFIG_DIR", "DEFAULTS", "RETIRED_KEYS", "ConfigError", "drop_retired", "load_config", "merge",
+    "resolve_config_path", "validate",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -46,7 +49,6 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 1,  # validate every K epochs (and always after the last)
         "batch_size": 8,
         "lr": 0.003,
-        "scale_jitter": 0.0,
         "shift_mm": 15.0,  # random shift of the whole head inside the input (augmentation)
     },
     "classifier": {
@@ -76,9 +78,22 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "threads": 2,  # torch intra-op threads on CPU
         "channels_last": False,  # channels-last 3D layout while training (faster oneDNN convolutions on the CPU)
-        "log_every": 20,
     },
 }
+
+
+# Keys that configs saved by earlier versions may hold and that nothing reads any more: dropped when such a saved
+# config is loaded (``drop_retired``), refused in new config files like any unknown key.
+RETIRED_KEYS = (("locator", "scale_jitter"), ("train", "log_every"))
+
+
+def drop_retired(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a saved config without the ``RETIRED_KEYS`` (so runs trained before their removal still load)."""
+    out = copy.deepcopy(dict(config))
+    for section, key in RETIRED_KEYS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
 
 
 class ConfigError(ValueError):

@@ -21,7 +21,6 @@ from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES
 
 __all__ = [
     "CLASSIFIER_STRIDE", "Classifier", "ExportClassifier", "Locator", "build_classifier", "build_locator",
-    "count_parameters",
 ]
 
 CLASSIFIER_STRIDE = 4  # output stride of the classifier's auxiliary heads
@@ -154,7 +153,3 @@ def build_classifier(cfg: Mapping[str, Any]) -> Classifier:
     if any(int(s) % 16 for s in cfg["input_shape"]):
         raise ValueError(f"classifier input_shape {cfg['input_shape']} must divide by 16")
     return Classifier(tuple(int(c) for c in cfg["channels"]), float(cfg["dropout"]))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES, PRESENT_COL
 from kernel.preprocess import classifier_centre, crop_around, heatmap_peak_lps, locator_input
-from train_offline.config import ConfigError, load_config, validate
+from train_offline.config import ConfigError, drop_retired, load_config, validate
 from train_offline.data import (
     LABEL_FLIP,
     ClassifierDataset,
@@ -207,7 +207,7 @@ def _log(path: Path, record: Mapping[str, Any]) -> None:
 
 def load_fold_config(fold_dir: Path) -> dict[str, Any]:
     """The resolved config saved beside a fold's weights (validated again)."""
-    config = yaml.safe_load((Path(fold_dir) / "config.yaml").read_text())
+    config = drop_retired(yaml.safe_load((Path(fold_dir) / "config.yaml").read_text()))
     validate(config, absolute_ok=True)
     return config
 

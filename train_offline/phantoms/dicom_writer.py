@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -331,8 +330,3 @@ def write_series(
         odd[:, : min(c, image.shape[2])] = image[0, :r, : min(c, image.shape[2])]
         extra(positions[0] - acq.slice_spacing * normal, odd, iop, ps, nz + 2)
     return written
-
-
-def read_back(path: Path) -> Dataset:
-    """Parse one written file (tests and preview)."""
-    return pydicom.dcmread(path)

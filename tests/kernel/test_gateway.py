@@ -14,7 +14,7 @@ import pytest
 
 from kernel import gateway
 from kernel.labels import ID_COL, LABEL_COLS
-from tests.kernel_data import write_test_split
+from testkit.kernel_data import write_test_split
 
 
 @pytest.fixture(scope="module")

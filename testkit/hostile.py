@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from tests.dicom_factory import write_series
+from testkit.dicom_factory import write_series
 
 HostileCase = Callable[[Path], str]
 

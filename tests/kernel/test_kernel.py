@@ -16,9 +16,9 @@ from kernel.ensemble import CPU, CUDA, TENSORRT, Ensemble, Plan, choose_provider
 from kernel.labels import LABEL_COLS, flip_permutation
 from kernel.manifest import ManifestError, find_weights_dir, load_manifest, validate_manifest
 from kernel.preprocess import prepare_volume
-from tests.dicom_factory import write_series
-from tests.hostile import CASES
-from tests.onnx_factory import write_random_weights
+from testkit.dicom_factory import write_series
+from testkit.hostile import CASES
+from testkit.onnx_factory import write_random_weights
 
 PRIORS = [0.01 * (i + 1) for i in range(13)] + [0.43]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kernel.dicom_io import SeriesReadError, read_series
-from tests.hostile import CASES
+from testkit.hostile import CASES
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -13,7 +13,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from kernel.dicom_io import SeriesReadError, read_series
 from kernel.preprocess import localizer_to_lps, voxel_to_world
-from tests.dicom_factory import smooth_field, write_series
+from testkit.dicom_factory import smooth_field, write_series
 
 # (file, expected number of frames) from pydicom's wheel and the pydicom-data package, found offline.
 REAL_FILES = [

@@ -24,7 +24,7 @@ from kernel.preprocess import (
     voxel_to_world,
     world_to_voxel,
 )
-from tests.dicom_factory import smooth_field, write_series
+from testkit.dicom_factory import smooth_field, write_series
 
 
 def _smooth_volume(shape=(30, 40, 36)) -> np.ndarray:

@@ -24,7 +24,7 @@ def phantoms_available() -> bool:
 
 
 def _synthetic_split(out: Path, n: int, seed: int) -> None:
-    from tests.dicom_factory import write_series
+    from testkit.dicom_factory import write_series
 
     rng = np.random.default_rng(seed)
     uids, modalities = [], []

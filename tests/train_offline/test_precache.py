@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from kernel.preprocess import prepare_volume
-from tests.dicom_factory import write_series
+from testkit.dicom_factory import write_series
 from train_offline.cache import is_cached, load_cached
 from train_offline.precache_all import list_series, main, precache_all
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _layout(root: Path, n_good: int = 3) -> list[str]:

@@ -38,7 +38,7 @@ from train_offline.data import (
 )
 from train_offline.models import build_classifier
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPACING = 4.0
 SHAPE = (40, 40, 40)  # 160 mm cube at 4 mm
 # Canonical affine: z -> superior, y -> posterior, x -> patient left; centred on the LPS origin.
