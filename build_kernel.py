@@ -25,8 +25,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 COMPETITION = "rsna-intracranial-aneurysm-detection"
-# Bundled beside the kernel package: the metric, so the built file can score a local run (never imported on Kaggle).
-EXTRA_SOURCES = ("train_offline/metric.py",)
 # Wheels the kernel may need beyond Kaggle's image: import name -> pip requirement (GPU variant where it matters).
 KERNEL_WHEELS: dict[str, str] = {
     "onnxruntime": "onnxruntime-gpu",
@@ -132,15 +130,10 @@ if __name__ == "__main__":
 
 
 def kernel_sources(repo: Path = REPO) -> dict[str, str]:
-    """Relative path -> text of every file the kernel embeds, sorted (kernel/*.py + the metric when present)."""
+    """Relative path -> text of every file the kernel embeds, sorted: kernel/*.py, nothing else (the metric is
+    part of the kernel package, so the built file scores a local run on its own)."""
     files = sorted((repo / "kernel").glob("*.py"))
     sources = {f"kernel/{p.name}": p.read_text(encoding="utf-8") for p in files}
-    for rel in EXTRA_SOURCES:
-        path = repo / rel
-        if path.is_file():
-            sources[rel] = path.read_text(encoding="utf-8")
-            package_init = str(Path(rel).parent / "__init__.py")
-            sources.setdefault(package_init, '"""Bundled subset: the metric only."""\n')
     assert "kernel/predict.py" in sources and "kernel/gateway.py" in sources, f"kernel sources missing in {repo}"
     return dict(sorted(sources.items()))
 

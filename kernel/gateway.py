@@ -29,11 +29,12 @@ import numpy as np
 import polars as pl
 
 from kernel.labels import ID_COL, LABEL_COLS
+from kernel.metric import score, two_class_columns
 
 __all__ = [
     "GatewayError", "GatewayResult", "check_prediction", "find_kaggle_evaluation", "kernel_main", "main",
     "run_kaggle_evaluation", "run_local_gateway", "score_submission", "share_series", "timing_table",
-    "true_modalities", "two_class_columns",
+    "solution_columns", "true_modalities",
 ]
 
 COMPETITION = "rsna-intracranial-aneurysm-detection"
@@ -160,27 +161,25 @@ def run_local_gateway(
     return result
 
 
-def two_class_columns(solution_csv: str | os.PathLike[str]) -> list[str]:
+def _read_solution(solution_csv: str | os.PathLike[str]) -> pl.DataFrame:
+    return pl.read_csv(solution_csv, infer_schema_length=None).with_columns(pl.col(ID_COL).cast(pl.Utf8))
+
+
+def solution_columns(solution_csv: str | os.PathLike[str]) -> list[str]:
     """LABEL_COLS holding both classes in the solution (the AUC of any other column is undefined)."""
-    solution = pl.read_csv(solution_csv, infer_schema_length=None)
-    return [c for c in LABEL_COLS if solution[c].n_unique() == 2]
+    solution = _read_solution(solution_csv)
+    return two_class_columns(solution.select(LABEL_COLS).to_numpy())
 
 
 def score_submission(
     solution_csv: str | os.PathLike[str], submission: pl.DataFrame, columns: Sequence[str] = LABEL_COLS
-) -> float | None:
-    """Competition metric via ``train_offline.metric.score`` (imported lazily); None, with a message, if missing."""
-    try:
-        from train_offline.metric import score
-    except Exception as exc:  # the metric is not part of a kernel build
-        print(f"no score: cannot import train_offline.metric ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return None
-    solution = pl.read_csv(solution_csv, infer_schema_length=None).with_columns(pl.col(ID_COL).cast(pl.Utf8))
+) -> float:
+    """Competition metric (``kernel.metric.score``) of a submission against a solution CSV, rows matched by UID."""
+    solution = _read_solution(solution_csv)
     missing = set(solution[ID_COL]) - set(submission[ID_COL])
     if missing:
         raise GatewayError(f"{len(missing)} solution series have no prediction, e.g. {sorted(missing)[:3]}")
-    ordered = solution.select(ID_COL).join(submission, on=ID_COL, how="left", maintain_order="left")
-    return float(score(solution.to_pandas(), ordered.to_pandas(), columns=list(columns)))
+    return score(solution, submission, columns=list(columns))
 
 
 def timing_table(seconds: dict[str, float], groups: dict[str, str | None] | None = None) -> str:
@@ -289,16 +288,14 @@ def _report(result: GatewayResult, solution: Path | None, data_dir: Path | None 
     }
     print(timing_table(result.seconds, groups))
     if solution is not None:
-        columns = two_class_columns(solution)
+        columns = solution_columns(solution)
         if len(columns) == len(LABEL_COLS):
-            value = score_submission(solution, result.submission)
-            if value is not None:
-                print(f"score: {value:.4f}")
+            print(f"score: {score_submission(solution, result.submission):.4f}")
         else:  # a small split: the same metric over the columns where it is defined, said plainly
             single = [c for c in LABEL_COLS if c not in columns]
             print(f"score over all 14 columns undefined: single-class in the solution: {single}")
-            value = score_submission(solution, result.submission, columns) if columns else None
-            if value is not None:
+            if columns:
+                value = score_submission(solution, result.submission, columns)
                 print(f"score ({len(columns)} of 14 columns): {value:.4f}")
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES, PRESENT_COL
+from kernel.metric import column_aucs, score_arrays
 from kernel.preprocess import classifier_centre, crop_around, heatmap_peak_lps, locator_input
 from train_offline.config import ConfigError, drop_retired, load_config, validate
 from train_offline.data import (
@@ -44,7 +45,6 @@ from train_offline.data import (
     localizers_in_crop,
     records_from_index,
 )
-from train_offline.metric import column_aucs, score_arrays
 from train_offline.models import build_classifier, build_locator
 
 __all__ = ["evaluate_predictions", "load_fold_config", "main", "predict_centres", "predict_classifier", "train_fold"]

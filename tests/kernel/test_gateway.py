@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -108,25 +107,18 @@ def test_timing_table_percentiles() -> None:
     assert lines[4].startswith("| CTA | 10 | 5.500 |") and lines[5].endswith("| 20.000 |")
 
 
-def test_score_submission_aligns_rows_to_the_solution(split: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {}
-
-    def fake_score(solution: pd.DataFrame, submission: pd.DataFrame, columns: list[str]) -> float:
-        calls["solution"], calls["submission"], calls["columns"] = solution, submission, columns
-        return 0.75
-
-    module = types.ModuleType("train_offline.metric")
-    module.score = fake_score
-    monkeypatch.setitem(sys.modules, "train_offline.metric", module)
-    solution = pl.read_csv(split / "solution.csv")
-    shuffled = solution.select(ID_COL).reverse().with_columns([pl.lit(0.5).alias(c) for c in LABEL_COLS])
-    assert gateway.score_submission(split / "solution.csv", shuffled) == 0.75
-    assert calls["submission"][ID_COL].tolist() == solution[ID_COL].to_list() and calls["columns"] == LABEL_COLS
-    assert gateway.two_class_columns(split / "solution.csv") == LABEL_COLS  # the synthetic split has both classes
+def test_score_submission_aligns_rows_to_the_solution(split: Path) -> None:
+    """Rows are matched by UID: the solution's own labels as scores give 1.0 in any row order, their negation 0.0."""
+    solution = pl.read_csv(split / "solution.csv").with_columns(pl.col(ID_COL).cast(pl.Utf8))
+    perfect = solution.select(ID_COL, *[pl.col(c).cast(pl.Float64) for c in LABEL_COLS]).reverse()
+    assert gateway.solution_columns(split / "solution.csv") == LABEL_COLS  # the synthetic split has both classes
+    assert gateway.score_submission(split / "solution.csv", perfect) == 1.0
+    inverted = perfect.with_columns([(1.0 - pl.col(c)).alias(c) for c in LABEL_COLS])
+    assert gateway.score_submission(split / "solution.csv", inverted) == 0.0
+    present_only = gateway.score_submission(split / "solution.csv", perfect, ["Aneurysm Present"])
+    assert present_only == 1.0
     with pytest.raises(gateway.GatewayError, match="no prediction"):
-        gateway.score_submission(split / "solution.csv", shuffled.head(3))
-    monkeypatch.setitem(sys.modules, "train_offline.metric", None)  # import fails: no score, a message
-    assert gateway.score_submission(split / "solution.csv", shuffled) is None
+        gateway.score_submission(split / "solution.csv", perfect.head(3))
 
 
 def test_real_package_path_is_used_when_given(split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

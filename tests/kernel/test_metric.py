@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from kernel.labels import ID_COL, LABEL_COLS, PRESENT_COL
-from train_offline.metric import column_aucs, present_auc, score
+from kernel.metric import column_aucs, evaluate_predictions, present_auc, roc_auc, score, score_defined
 
 
 def _frames(n: int = 200, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -46,6 +46,36 @@ def test_columns_matched_by_name_and_rows_by_id_polars_too() -> None:
     assert score(pl.from_pandas(solution), pl.from_pandas(shuffled)) == pytest.approx(expected, abs=1e-12)
     # Without ids rows are positional: shuffling them changes the score.
     assert score(solution.drop(columns=ID_COL), shuffled.drop(columns=ID_COL)) != pytest.approx(expected)
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2])
+def test_roc_auc_with_ties_matches_sklearn(decimals: int) -> None:
+    """Rounded scores make many ties: average ranks must give scikit-learn's value exactly."""
+    rng = np.random.default_rng(decimals)
+    truth = (rng.random(500) < 0.2).astype(float)
+    pred = np.round(np.clip(truth * 0.3 + rng.random(500), 0, 1), decimals)
+    assert roc_auc(truth, pred) == pytest.approx(roc_auc_score(truth, pred), abs=1e-12)
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    with pytest.raises(ValueError, match="single class"):
+        roc_auc([1, 1], [0.2, 0.3])
+
+
+def test_score_defined_and_evaluation_leave_out_single_class_columns() -> None:
+    solution, submission = _frames()
+    truth, pred = solution[LABEL_COLS].to_numpy(float).copy(), submission[LABEL_COLS].to_numpy(float)
+    truth[:, 7] = 0  # Left ACA: no positive
+    value, undefined = score_defined(truth, pred)
+    kept = [j for j in range(14) if j != 7]
+    aucs = [roc_auc_score(truth[:, j], pred[:, j]) for j in kept]
+    assert undefined == ["Left Anterior Cerebral Artery"]
+    assert value == pytest.approx((13 * aucs[-1] + sum(aucs[:-1])) / (13 + 12), abs=1e-12)
+    modalities = ["CTA", "MRA"] * (len(truth) // 2)
+    result = evaluate_predictions(truth, pred, modalities)
+    assert result["score"] == pytest.approx(value, abs=1e-12)
+    assert result["undefined_columns"] == ["Left Anterior Cerebral Artery"]
+    cta = np.asarray(modalities) == "CTA"
+    assert result["per_modality"]["CTA"]["auc_present"] == pytest.approx(roc_auc_score(truth[cta, -1], pred[cta, -1]))
+    assert result["per_modality"]["CTA"]["n"] == int(cta.sum()) and "MRI T2" not in result["per_modality"]
 
 
 def test_perfect_and_inverted_predictions() -> None:
