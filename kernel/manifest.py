@@ -10,15 +10,15 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kernel.labels import LABEL_COLS, MODALITY_NAMES
 
 __all__ = [
-    "KAGGLE_INPUT", "MANIFEST_NAME", "WEIGHTS_ENV", "Manifest", "ManifestError", "find_weights_dir", "load_manifest",
-    "sha256_file", "validate_manifest",
+    "KAGGLE_INPUT", "MANIFEST_NAME", "WEIGHTS_ENV", "Manifest", "ManifestError", "ModelSpec", "find_weights_dir",
+    "load_manifest", "sha256_file", "validate_manifest",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -55,51 +55,117 @@ def _positive_list(value: Any, n: int, integer: bool) -> bool:
     )
 
 
-def _model_problems(i: int, model: Any) -> list[str]:
-    where = f"models[{i}]"
-    if not isinstance(model, dict):
-        return [f"{where} must be an object"]
-    problems = []
-    for key in ("name", "file", "role"):
-        if not isinstance(model.get(key), str) or not model.get(key):
-            problems.append(f"{where}.{key} must be a non-empty string")
-    role = model.get("role")
-    where = f"{where} ({model.get('name', '?')})"
-    if role not in _ROLES:
-        problems.append(f"{where}.role must be one of {_ROLES}, got {role!r}")
-    if isinstance(model.get("file"), str) and (os.path.isabs(model["file"]) or ".." in Path(model["file"]).parts):
-        problems.append(f"{where}.file must be a plain name inside the weights folder, got {model['file']!r}")
-    sha = model.get("sha256")
-    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-        problems.append(f"{where}.sha256 must be 64 lower-case hex digits")
-    if not isinstance(model.get("fold"), int) or isinstance(model.get("fold"), bool):
-        problems.append(f"{where}.fold must be an integer")
-    if not isinstance(model.get("input_name"), str):
-        problems.append(f"{where}.input_name must be a string")
-    if not _positive_list(model.get("input_shape"), 3, integer=True):
-        problems.append(f"{where}.input_shape must be 3 positive integers (z, y, x), got {model.get('input_shape')!r}")
-    if not _positive_list(model.get("spacing_mm"), 3, integer=False):
-        problems.append(f"{where}.spacing_mm must be 3 positive numbers (z, y, x), got {model.get('spacing_mm')!r}")
-    if role == "locator":
-        if not isinstance(model.get("output_name"), str):
-            problems.append(f"{where}.output_name must be a string")
-        stride = model.get("output_stride")
-        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-            problems.append(f"{where}.output_stride must be a positive integer")
-        elif _positive_list(model.get("input_shape"), 3, integer=True) and any(
-            s % stride for s in model["input_shape"]
-        ):
-            problems.append(f"{where}.input_shape {model['input_shape']} is not divisible by output_stride {stride}")
-    if role == "classifier":
-        names = model.get("output_names")
-        if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) for n in names)):
-            problems.append(f"{where}.output_names must be [logits, modality_logits] names")
-        if not isinstance(model.get("flip_tta", False), bool):
-            problems.append(f"{where}.flip_tta must be true or false")
-        offset = model.get("centre_offset_lps_mm", [0.0, 0.0, 0.0])
-        if not (isinstance(offset, list) and len(offset) == 3 and all(_is_number(v) for v in offset)):
-            problems.append(f"{where}.centre_offset_lps_mm must be 3 numbers (LPS mm), got {offset!r}")
-    return problems
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model entry of the manifest: its file and its input/output contract (docs/ARCHITECTURE.md).
+
+    Export writes it (``to_dict``), the manifest validates it (``parse``), the recipe reads its fields. Locators map a
+    whole-volume input to one heatmap at ``output_stride``; classifiers map a crop centred at the locator's centre +
+    ``centre_offset_lps_mm`` to (logits, modality_logits), with left/right flip TTA when ``flip_tta``.
+    """
+
+    name: str
+    role: str  # "locator" or "classifier"
+    fold: int
+    input_name: str
+    input_shape: tuple[int, int, int]  # (z, y, x)
+    spacing_mm: tuple[float, float, float]  # (z, y, x)
+    output_names: tuple[str, ...]  # locator: (heatmap,); classifier: (logits, modality_logits)
+    output_stride: int = 1  # locator heatmap cell = output_stride input voxels
+    flip_tta: bool = True  # classifier: also run the left/right mirrored crop, labels swapped back
+    centre_offset_lps_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # classifier crop centre - locator centre
+    file: str = ""  # ONNX file name inside the weights folder
+    sha256: str = ""
+    validation: dict[str, Any] = field(default_factory=dict)  # scores recorded at export
+    config: dict[str, Any] | None = None  # the training config (provenance; the kernel reads none of it)
+    git_commit: str = ""
+    opset: int | None = None
+    parity_max_abs: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON object for this model (locators keep the single ``output_name`` key)."""
+        out: dict[str, Any] = {
+            "name": self.name, "role": self.role, "file": self.file, "sha256": self.sha256,
+            "input_name": self.input_name, "input_shape": [int(v) for v in self.input_shape],
+            "spacing_mm": [float(v) for v in self.spacing_mm],
+        }
+        if self.role == "locator":
+            out.update(output_name=self.output_names[0], output_stride=int(self.output_stride))
+        else:
+            out.update(output_names=list(self.output_names), flip_tta=bool(self.flip_tta),
+                       centre_offset_lps_mm=[float(v) for v in self.centre_offset_lps_mm])
+        out.update(validation=dict(self.validation), parity_max_abs=self.parity_max_abs, fold=int(self.fold),
+                   config=self.config, git_commit=self.git_commit, opset=self.opset)
+        return out
+
+    @staticmethod
+    def parse(i: int, model: Any) -> tuple[ModelSpec | None, list[str]]:
+        """(spec, []) for a valid ``models[i]`` object, else (None, every problem found)."""
+        where = f"models[{i}]"
+        if not isinstance(model, dict):
+            return None, [f"{where} must be an object"]
+        problems = []
+        for key in ("name", "file", "role"):
+            if not isinstance(model.get(key), str) or not model.get(key):
+                problems.append(f"{where}.{key} must be a non-empty string")
+        role = model.get("role")
+        where = f"{where} ({model.get('name', '?')})"
+        if role not in _ROLES:
+            problems.append(f"{where}.role must be one of {_ROLES}, got {role!r}")
+        if isinstance(model.get("file"), str) and (os.path.isabs(model["file"]) or ".." in Path(model["file"]).parts):
+            problems.append(f"{where}.file must be a plain name inside the weights folder, got {model['file']!r}")
+        sha = model.get("sha256")
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            problems.append(f"{where}.sha256 must be 64 lower-case hex digits")
+        if not isinstance(model.get("fold"), int) or isinstance(model.get("fold"), bool):
+            problems.append(f"{where}.fold must be an integer")
+        if not isinstance(model.get("input_name"), str):
+            problems.append(f"{where}.input_name must be a string")
+        if not _positive_list(model.get("input_shape"), 3, integer=True):
+            problems.append(f"{where}.input_shape must be 3 positive integers (z, y, x), got "
+                            f"{model.get('input_shape')!r}")
+        if not _positive_list(model.get("spacing_mm"), 3, integer=False):
+            problems.append(f"{where}.spacing_mm must be 3 positive numbers (z, y, x), got {model.get('spacing_mm')!r}")
+        if role == "locator":
+            if not isinstance(model.get("output_name"), str):
+                problems.append(f"{where}.output_name must be a string")
+            stride = model.get("output_stride")
+            if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+                problems.append(f"{where}.output_stride must be a positive integer")
+            elif _positive_list(model.get("input_shape"), 3, integer=True) and any(
+                s % stride for s in model["input_shape"]
+            ):
+                problems.append(f"{where}.input_shape {model['input_shape']} is not divisible by output_stride "
+                                f"{stride}")
+        if role == "classifier":
+            names = model.get("output_names")
+            if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) for n in names)):
+                problems.append(f"{where}.output_names must be [logits, modality_logits] names")
+            if not isinstance(model.get("flip_tta", True), bool):
+                problems.append(f"{where}.flip_tta must be true or false")
+            offset = model.get("centre_offset_lps_mm", [0.0, 0.0, 0.0])
+            if not (isinstance(offset, list) and len(offset) == 3 and all(_is_number(v) for v in offset)):
+                problems.append(f"{where}.centre_offset_lps_mm must be 3 numbers (LPS mm), got {offset!r}")
+        validation = model.get("validation", {})
+        if not isinstance(validation, dict):
+            problems.append(f"{where}.validation must be an object")
+        if problems:
+            return None, problems
+        locator = role == "locator"
+        z, y, x = (int(v) for v in model["input_shape"])
+        dz, dy, dx = (float(v) for v in model["spacing_mm"])
+        off_l, off_p, off_s = (float(v) for v in model.get("centre_offset_lps_mm", (0.0, 0.0, 0.0)))
+        spec = ModelSpec(
+            name=model["name"], role=role, fold=int(model["fold"]), input_name=model["input_name"],
+            input_shape=(z, y, x), spacing_mm=(dz, dy, dx),
+            output_names=(model["output_name"],) if locator else tuple(model["output_names"]),
+            output_stride=int(model["output_stride"]) if locator else 1,
+            flip_tta=bool(model.get("flip_tta", True)), centre_offset_lps_mm=(off_l, off_p, off_s),
+            file=model["file"], sha256=model["sha256"], validation=dict(validation), config=model.get("config"),
+            git_commit=str(model.get("git_commit", "")), opset=model.get("opset"),
+            parity_max_abs=model.get("parity_max_abs"),
+        )
+        return spec, []
 
 
 def validate_manifest(manifest: dict[str, Any]) -> None:
@@ -130,7 +196,7 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
         problems.append("models must be a list")
         models = []
     for i, model in enumerate(models):
-        problems.extend(_model_problems(i, model))
+        problems.extend(ModelSpec.parse(i, model)[1])
     names = [m.get("name") for m in models if isinstance(m, dict)]
     duplicates = sorted({n for n in names if names.count(n) > 1 and isinstance(n, str)})
     if duplicates:
@@ -205,16 +271,17 @@ class Manifest:
         """Normalisation scheme for a DICOM Modality ("CT"/"MR"); anything else is treated as MR (no HU scale)."""
         return self.data["normalisation"]["CT" if dicom_modality == "CT" else "MR"]
 
-    def models(self, role: str) -> list[dict[str, Any]]:
+    def models(self, role: str) -> list[ModelSpec]:
         """Model entries of one role, in fold order."""
-        return sorted((m for m in self.data["models"] if m["role"] == role), key=lambda m: (m["fold"], m["name"]))
+        specs = [ModelSpec.parse(i, m)[0] for i, m in enumerate(self.data["models"]) if m["role"] == role]
+        return sorted((s for s in specs if s is not None), key=lambda s: (s.fold, s.name))
 
-    def model_path(self, model: dict[str, Any]) -> Path:
-        return self.weights_dir / model["file"]
+    def model_path(self, model: ModelSpec) -> Path:
+        return self.weights_dir / model.file
 
     def validation_score(self) -> float | None:
         """Mean classifier validation score recorded at export (None when absent): tells trained from random weights."""
-        scores = [m.get("validation", {}).get("score") for m in self.models("classifier")]
+        scores = [m.validation.get("score") for m in self.models("classifier")]
         scores = [float(s) for s in scores if _is_number(s)]
         return sum(scores) / len(scores) if scores else None
 

@@ -39,6 +39,8 @@ class CallRecord:
     level: str  # "full", "no_flip", "one_fold", or "fallback"
     reason: str | None = None  # why the fallback row was returned
     modality: str | None = None  # modality head's answer (CTA, MRA, MRI T2, MRI T1post)
+    read_s: float | None = None  # reading + preprocessing (None when the call did not get that far)
+    model_s: float | None = None  # the models (locate + classify)
 
 
 def on_kaggle() -> bool:
@@ -111,6 +113,7 @@ class Predictor:
         start = time.perf_counter()
         uid = os.path.basename(os.path.normpath(str(series_path)))
         level, reason, modality, frame = "fallback", None, None, None
+        read_s = model_s = None
         try:
             if self.ensemble is None:
                 raise RuntimeError(self.setup_error or "no ensemble")
@@ -149,7 +152,7 @@ class Predictor:
             LOG.warning("fallback uid=%s reason=%s", uid, reason)
         self.budget.count()
         record = CallRecord(uid=uid, seconds=time.perf_counter() - start, level=level, reason=reason,
-                            modality=modality)
+                            modality=modality, read_s=read_s, model_s=model_s)
         self.records.append(record)
         return frame, record
 

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
 from kernel.dicom_io import DEFAULT_MAX_VOXELS, Volume, read_series
 
 __all__ = [
-    "CENTRE_OFFSET_KEY", "NORMALISERS", "canonicalise", "classifier_centre", "crop_around", "downsample_mean",
-    "heatmap_peak_lps", "localizer_to_lps", "locator_input", "normalise", "prepare_volume", "reorient_to_canonical",
-    "resample_to_spacing", "spacing_of", "voxel_to_world", "world_to_voxel",
+    "NORMALISERS", "canonicalise", "crop_around", "downsample_mean", "localizer_to_lps", "normalise", "prepare_volume",
+    "reorient_to_canonical", "resample_to_spacing", "spacing_of", "voxel_to_world", "world_to_voxel",
 ]
-
-# Manifest/config key of a classifier's crop-centre offset from the locator's Circle-of-Willis centre (LPS mm).
-CENTRE_OFFSET_KEY = "centre_offset_lps_mm"
 
 # Canonical array axis i is aligned with LPS axis _CANONICAL_LPS_AXIS[i]: z -> S (2), y -> P (1), x -> L (0).
 _CANONICAL_LPS_AXIS = (2, 1, 0)
@@ -280,7 +275,7 @@ def localizer_to_lps(volume: Volume, sop_uid: str, x: float, y: float, frame: in
     raise KeyError(f"SOPInstanceUID {sop_uid} (frame {frame}) is not an image of series {volume.series_uid}")
 
 
-# --- model inputs ----------------------------------------------------------------------------------------------------
+# --- patches ----------------------------------------------------------------------------------------------------
 
 
 def crop_around(
@@ -313,53 +308,3 @@ def crop_around(
     new_affine[:3, :3] = affine[:3, :3] * ratio
     new_affine[:3, 3] = voxel_to_world(affine, starts[None])[0]
     return np.ascontiguousarray(out, dtype=np.float32), new_affine
-
-
-def classifier_centre(locator_centre_lps: Sequence[float], model: Mapping[str, Any]) -> np.ndarray:
-    """Where a classifier's crop is centred: the locator's centre plus the model's ``centre_offset_lps_mm``.
-
-    Aneurysm sites are not symmetric about the Circle of Willis (in the phantoms, posterior-circulation localizers lie
-    up to 42 mm below it, the highest ones, ACA, 25 mm above), so a crop can be shifted to cover them without growing.
-    The offset is in patient LPS millimetres and travels with the weights (default: none).
-    """
-    offset = np.asarray(model.get(CENTRE_OFFSET_KEY, (0.0, 0.0, 0.0)), dtype=np.float64)
-    return np.asarray(locator_centre_lps, dtype=np.float64) + offset
-
-
-def locator_input(
-    array: np.ndarray,
-    affine: np.ndarray,
-    shape_zyx: Sequence[int],
-    spacing_zyx_mm: Sequence[float],
-    fill: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-volume locator input: downsample to ``spacing_zyx_mm`` (block mean where the ratio is an integer, else
-    linear) and centre-crop/pad to ``shape_zyx`` around the middle of the field of view."""
-    old = spacing_of(affine)
-    ratio = np.asarray(spacing_zyx_mm, dtype=np.float64) / old
-    if np.allclose(ratio, ratio[0]) and abs(ratio[0] - round(ratio[0])) < 1e-3 and round(ratio[0]) >= 1:
-        small, small_affine = downsample_mean(array, affine, int(round(ratio[0])))
-    else:
-        small, small_affine = resample_to_spacing(array, affine, spacing_zyx_mm)
-    middle = voxel_to_world(affine, (np.asarray(array.shape, dtype=np.float64)[None] - 1) / 2.0)[0]
-    return crop_around(small, small_affine, middle, shape_zyx, fill=fill)
-
-
-def heatmap_peak_lps(heatmap: np.ndarray, affine: np.ndarray, stride: int = 1) -> np.ndarray:
-    """LPS point of a locator heatmap's peak, refined by the centroid of its 3x3x3 neighbourhood.
-
-    ``heatmap`` is (d, h, w) (leading singleton axes are squeezed); ``affine`` is that of the locator input;
-    heatmap voxel i covers input voxels [i * stride, (i + 1) * stride).
-    """
-    hm = np.asarray(heatmap, dtype=np.float64)
-    while hm.ndim > 3:
-        hm = hm[0]
-    peak = np.array(np.unravel_index(int(np.argmax(hm)), hm.shape))
-    lo = np.maximum(peak - 1, 0)
-    hi = np.minimum(peak + 2, hm.shape)
-    patch = hm[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    weights = np.exp(patch - patch.max())  # softmax over the neighbourhood: works for logits and probabilities
-    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), axis=-1)
-    refined = (grid * weights[..., None]).reshape(-1, 3).sum(0) / weights.sum()
-    input_index = (refined + 0.5) * stride - 0.5
-    return voxel_to_world(affine, input_index[None])[0]

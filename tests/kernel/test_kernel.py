@@ -16,6 +16,7 @@ from kernel.ensemble import CPU, CUDA, TENSORRT, Ensemble, Plan, choose_provider
 from kernel.labels import LABEL_COLS, flip_permutation
 from kernel.manifest import ManifestError, find_weights_dir, load_manifest, validate_manifest
 from kernel.preprocess import prepare_volume
+from kernel.recipe import classify
 from testkit.dicom_factory import write_series
 from testkit.hostile import CASES
 from testkit.onnx_factory import write_random_weights
@@ -67,7 +68,7 @@ def test_load_manifest_checks_hashes_and_location(weights: Path, tmp_path: Path,
     assert find_weights_dir(weights) == weights  # an explicit folder wins over the environment
     manifest = load_manifest()
     assert manifest.label_priors == pytest.approx(PRIORS)
-    assert [m["fold"] for m in manifest.models("locator")] == [0, 1]
+    assert [m.fold for m in manifest.models("locator")] == [0, 1]
     with open(copy / "classifier_f1.onnx", "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(ManifestError, match="classifier_f1.*sha256"):
@@ -110,11 +111,11 @@ def test_flip_tta_maps_a_mirrored_input_to_swapped_labels(weights: Path) -> None
     affine = np.diag([2.0, 2.0, 2.0, 1.0])  # classifier spacing: the crop is the whole array, no interpolation
     centre = np.array([15.5 * 2, 15.5 * 2, 15.5 * 2])[::-1]  # LPS of voxel (15.5, 15.5, 15.5)
     perm = flip_permutation()
-    probs, _ = ensemble.classify(array, affine, centre, Plan(None, True))
-    mirrored, _ = ensemble.classify(array[..., ::-1].copy(), affine, centre, Plan(None, True))
+    probs, _ = classify(array, affine, centre, ensemble.classifiers, ensemble.run, True)
+    mirrored, _ = classify(array[..., ::-1].copy(), affine, centre, ensemble.classifiers, ensemble.run, True)
     np.testing.assert_allclose(mirrored, probs[perm], atol=1e-6)
-    plain, _ = ensemble.classify(array, affine, centre, Plan(None, False))
-    plain_mirrored, _ = ensemble.classify(array[..., ::-1].copy(), affine, centre, Plan(None, False))
+    plain, _ = classify(array, affine, centre, ensemble.classifiers, ensemble.run, False)
+    plain_mirrored, _ = classify(array[..., ::-1].copy(), affine, centre, ensemble.classifiers, ensemble.run, False)
     assert not np.allclose(plain_mirrored, plain[perm], atol=1e-4), "the test model is symmetric: nothing tested"
 
 
@@ -154,10 +155,10 @@ def test_classifier_crop_follows_the_manifest_centre_offset(weights: Path, tmp_p
     centre = np.array([47.0, 47.0, 47.0])
     plain = Ensemble(load_manifest(weights))
     moved = Ensemble(load_manifest(shifted))
-    expected, _ = plain.classify(array, affine, centre + np.asarray(offset))
-    got, _ = moved.classify(array, affine, centre)
+    expected, _ = classify(array, affine, centre + np.asarray(offset), plain.classifiers, plain.run)
+    got, _ = classify(array, affine, centre, moved.classifiers, moved.run)
     np.testing.assert_allclose(got, expected, atol=1e-6)
-    unshifted, _ = plain.classify(array, affine, centre)
+    unshifted, _ = classify(array, affine, centre, plain.classifiers, plain.run)
     assert not np.allclose(got, unshifted, atol=1e-4), "the offset changed nothing: nothing tested"
     manifest["models"][1]["centre_offset_lps_mm"] = [0.0, "up", 1.0]
     with pytest.raises(ManifestError, match="centre_offset_lps_mm"):

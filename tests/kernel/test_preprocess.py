@@ -14,8 +14,6 @@ from scipy.spatial.transform import Rotation
 from kernel.preprocess import (
     crop_around,
     downsample_mean,
-    heatmap_peak_lps,
-    locator_input,
     normalise,
     prepare_volume,
     reorient_to_canonical,
@@ -24,6 +22,7 @@ from kernel.preprocess import (
     voxel_to_world,
     world_to_voxel,
 )
+from kernel.recipe import heatmap_peak_lps, locator_input
 from testkit.dicom_factory import smooth_field, write_series
 
 
