@@ -2,8 +2,8 @@
 
 Writes uncompressed 512 x 512 CT series (the reader tests' smooth synthetic field; ``--source phantom``: a full-size
 phantom test split instead), then, in fresh processes so nothing is shared: (1) a warmed-up ``Predictor`` runs
-every series, timing read + preprocess and the ensemble separately; (2) one process predicts the long series and
-reports its peak resident memory. Files are in the page cache (just written), as in performance-notes.md.
+every series once, its call record splitting read + preprocess from the models; (2) one process predicts the long
+series and reports its peak resident memory. Files are in the page cache (just written), as in performance-notes.md.
 
     python benchmarks/bench_kernel.py [--weights DIR] [--n 3] [--slices 400] [--long-slices 1000]
 """
@@ -25,11 +25,9 @@ sys.path.insert(0, str(REPO))
 
 CHILD_TIMES = """
 import json, sys, time
-import numpy as np
 from kernel.budget import TimeBudget
-from kernel.ensemble import Plan
 from kernel.predict import Predictor
-from kernel.preprocess import prepare_volume
+from kernel.recipe import Plan
 weights, warm, series = sys.argv[1], sys.argv[2], sys.argv[3:]
 predictor = Predictor(weights, budget=TimeBudget(limit_s=1e9, margin_s=0))
 predictor.predict(warm)
@@ -39,14 +37,7 @@ for path in series:
     frame, record = predictor.predict(path)
     total = time.perf_counter() - t0
     assert record.level == "full", record
-    t0 = time.perf_counter()
-    m = predictor.manifest
-    volume = prepare_volume(path, m.volume_spacing_mm, max_voxels=m.max_voxels)
-    read = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    predictor.ensemble.predict_volume(volume.array, volume.affine, volume.modality, Plan())
-    model = time.perf_counter() - t0
-    rows.append({"total": total, "read": read, "model": model, "shape": list(volume.array.shape)})
+    rows.append({"total": total, "read": record.read_s, "model": record.model_s})
 print(json.dumps({"rows": rows, "providers": predictor.ensemble.active_providers,
                   "runs": predictor.ensemble.runs(Plan())}))
 """

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES  # noqa: E402
 from train_offline.config import load_config  # noqa: E402
+from train_offline.loop import memory_format  # noqa: E402
+from train_offline.losses import classifier_loss  # noqa: E402
 from train_offline.models import CLASSIFIER_STRIDE, build_classifier  # noqa: E402
-from train_offline.train import classifier_loss, memory_format  # noqa: E402
 
 
 def random_batch(shape: list[int], batch: int, seed: int) -> dict[str, torch.Tensor]:

@@ -27,7 +27,8 @@ from kernel.preprocess import crop_around, downsample_mean, resample_to_spacing,
 
 __all__ = [
     "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify", "heatmap_peak_lps", "locate",
-    "locate_upright", "locator_base", "locator_input", "plan_runs", "predict_volume", "sigmoid", "softmax",
+    "locate_upright", "locator_base", "locator_input", "locator_input_from_base", "plan_runs", "predict_volume",
+    "sigmoid", "softmax",
 ]
 
 Runner = Callable[[ModelSpec, np.ndarray], Sequence[np.ndarray]]
@@ -89,12 +90,18 @@ def locator_base(array: np.ndarray, affine: np.ndarray,
 
 
 def locator_input(array: np.ndarray, affine: np.ndarray, shape_zyx: Sequence[int], spacing_zyx_mm: Sequence[float],
-                  fill: float = 0.0, shift_lps: np.ndarray | None = None,
-                  base: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Whole-volume locator input and its affine: ``locator_base`` centre-cropped/padded to ``shape_zyx`` around the
-    middle of the field of view (moved by ``shift_lps`` when given; ``base`` reuses a computed ``locator_base``)."""
-    small, small_affine, middle = base if base is not None else locator_base(array, affine, spacing_zyx_mm)
-    centre = middle if shift_lps is None else middle + np.asarray(shift_lps, dtype=np.float64)
+    middle of the field of view."""
+    return locator_input_from_base(locator_base(array, affine, spacing_zyx_mm), shape_zyx, fill)
+
+
+def locator_input_from_base(base: tuple[np.ndarray, np.ndarray, np.ndarray], shape_zyx: Sequence[int],
+                            fill: float = 0.0, shift_lps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``locator_input`` from a computed ``locator_base``, its field of view moved by ``shift_lps`` when given
+    (training's augmentation; the kernel never shifts)."""
+    small, small_affine, middle = base
+    centre = middle if shift_lps is None else middle + shift_lps
     return crop_around(small, small_affine, centre, shape_zyx, fill=fill)
 
 

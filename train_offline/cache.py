@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -19,7 +19,8 @@ import numpy as np
 from kernel.dicom_io import FrameGeometry, Volume
 
 __all__ = [
-    "atomic_write_bytes", "clean_stale_temp", "is_cached", "load_cached", "save_cached", "volume_metadata",
+    "CacheSpacingError", "atomic_write_bytes", "cache_spacing", "check_cache_spacing", "clean_stale_temp", "is_cached",
+    "load_cached", "save_cached", "volume_metadata",
 ]
 
 CACHE_FORMAT = 1
@@ -96,6 +97,7 @@ def volume_metadata(volume: Volume, **extra: object) -> dict:
         ],
         "dropped": [list(d) for d in volume.dropped],
         "notes": list(volume.notes),
+        "geometry_known": bool(volume.geometry_known),
         **extra,
     }
 
@@ -139,4 +141,40 @@ def load_cached(out_dir: str | os.PathLike[str], uid: str, *, mmap: bool = False
             for sop, frame, pos, row, col, sp in meta["frame_geometry"]
         },
         notes=list(meta.get("notes", [])),
+        geometry_known=bool(meta.get("geometry_known", True)),
     )
+
+
+class CacheSpacingError(ValueError):
+    """A cache was written at another spacing than the config trains at."""
+
+
+def cache_spacing(out_dir: str | os.PathLike[str], sample: int = 5) -> tuple[float, float, float] | None:
+    """The spacing a cache folder was written at (``cache_spacing`` of its entries; None when it holds none).
+
+    Raises CacheSpacingError when the sampled entries disagree (two runs at different spacings in one folder).
+    """
+    entries = sorted(p for p in Path(out_dir).glob("*.json") if not p.name.endswith(".failed.json"))
+    found = set()
+    for path in entries[:sample] + entries[-sample:]:
+        meta = json.loads(path.read_text())
+        value = meta.get("cache_spacing", meta.get("spacing"))
+        found.add(tuple(round(float(v), 6) for v in value))
+    if len(found) > 1:
+        raise CacheSpacingError(f"cache {out_dir} mixes spacings {sorted(found)}: re-cache into an empty folder")
+    return next(iter(found)) if found else None
+
+
+def check_cache_spacing(out_dir: str | os.PathLike[str], spacing_zyx_mm: Sequence[float]) -> None:
+    """Refuse a cache written at another spacing than ``spacing_zyx_mm`` (the config's ``volume_spacing_mm``).
+
+    Training on it would feed the models volumes they will never see in the kernel, which resamples to the spacing
+    in the manifest; nothing else would notice.
+    """
+    stored = cache_spacing(out_dir)
+    wanted = tuple(round(float(v), 6) for v in spacing_zyx_mm)
+    if stored is not None and stored != wanted:
+        raise CacheSpacingError(
+            f"cache {out_dir} holds volumes at {list(stored)} mm but the config's volume_spacing_mm is {list(wanted)}: "
+            f"re-cache with `python -m train_offline.precache_all --config <config> --data ... --out ...` "
+            f"or point data.cache at a cache of that spacing")

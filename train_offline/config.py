@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "CONFIG_DIR", "DEFAULTS", "RETIRED_KEYS", "ConfigError", "drop_retired", "load_config", "merge",
-    "resolve_config_path", "validate",
+    "CONFIG_DIR", "DEFAULTS", "RETIRED_KEYS", "ConfigError", "drop_retired", "load_config", "load_saved_config",
+    "merge", "resolve_config_path", "validate",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -175,6 +175,17 @@ def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{path}: base must be a relative file name, got {base!r}")
     parent = _load_raw(path.parent / base, (*seen, path))
     return merge(parent, data)
+
+
+def load_saved_config(path: str | Path) -> dict[str, Any]:
+    """A resolved config saved beside a checkpoint (``config.yaml``), without retired keys, validated again."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read saved config {path}: {exc}") from exc
+    config = drop_retired(config)
+    validate(config, absolute_ok=True)
+    return config
 
 
 def load_config(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

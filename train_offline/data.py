@@ -1,7 +1,8 @@
 """Training samples built with the kernel's own preprocessing: the model sees what it will see on Kaggle.
 
 Inputs come from the cache (``train_offline.cache.load_cached``) through ``kernel.preprocess.normalise``,
-``locator_input`` (via the same downsampling and ``crop_around``) and ``crop_around``. Augmentation: locator field-of-
+``kernel.recipe.locator_base``/``locator_input_from_base`` (the kernel's locator input, shifted for augmentation) and
+``crop_around`` around ``kernel.recipe.classifier_centre`` (jittered). Augmentation: locator field-of-
 view shifts; classifier crop-centre jitter, intensity gain/offset, and a patient left/right flip (array axis x) that
 swaps the paired labels (``kernel.labels.flip_permutation``), the heatmap channels and the vessel label values.
 """
@@ -22,22 +23,20 @@ from tqdm import tqdm
 
 from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, flip_permutation
 from kernel.preprocess import (
-    classifier_centre,
     crop_around,
-    downsample_mean,
     normalise,
-    resample_to_spacing,
     spacing_of,
     voxel_to_world,
     world_to_voxel,
 )
+from kernel.recipe import classifier_centre, locator_base, locator_input_from_base
 from train_offline.cache import load_cached
 from train_offline.models import CLASSIFIER_STRIDE
 
 __all__ = [
     "PRELOAD_MODES", "ClassifierDataset", "LocatorDataset", "SeriesRecord", "SeriesStore", "classifier_sample",
-    "flip_sample", "grid_points_lps", "label_priors", "localizers_in_crop", "locator_base", "locator_sample",
-    "records_from_index", "score_with_onnx", "seg_flip_lookup",
+    "flip_sample", "grid_points_lps", "label_priors", "localizers_in_crop", "locator_sample",
+    "records_from_index", "seg_flip_lookup",
 ]
 
 LOCATION_FLIP = flip_permutation(LOCATION_COLS)
@@ -88,15 +87,6 @@ def label_priors(records: Sequence[SeriesRecord]) -> list[float]:
     return np.mean([r.labels for r in records], axis=0).astype(float).tolist()
 
 
-def locator_base(array: np.ndarray, affine: np.ndarray, spacing_zyx_mm: Sequence[float]) -> tuple[np.ndarray,
-                                                                                                  np.ndarray]:
-    """The downsampled volume ``kernel.preprocess.locator_input`` crops from (same rule: block mean if integer)."""
-    ratio = np.asarray(spacing_zyx_mm, dtype=np.float64) / spacing_of(affine)
-    if np.allclose(ratio, ratio[0]) and abs(ratio[0] - round(ratio[0])) < 1e-3 and round(ratio[0]) >= 1:
-        return downsample_mean(array, affine, int(round(ratio[0])))
-    return resample_to_spacing(array, affine, spacing_zyx_mm)
-
-
 def grid_points_lps(affine: np.ndarray, shape: Sequence[int], stride: int) -> np.ndarray:
     """(d, h, w, 3) LPS centres of the stride-``stride`` output cells of an input with ``affine`` and ``shape``."""
     axes = [(np.arange(n // stride) + 0.5) * stride - 0.5 for n in shape]
@@ -104,13 +94,13 @@ def grid_points_lps(affine: np.ndarray, shape: Sequence[int], stride: int) -> np
     return voxel_to_world(affine, grid.reshape(-1, 3)).reshape(*grid.shape)
 
 
-def locator_sample(small: np.ndarray, small_affine: np.ndarray, middle_lps: np.ndarray, cfg: Mapping[str, Any],
+def locator_sample(base: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: Mapping[str, Any],
                    centre_lps: np.ndarray | None, shift_lps: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Locator input (as ``locator_input``, optionally with the field of view shifted) and its target distribution."""
+    """Locator input (``kernel.recipe.locator_input_from_base`` of a ``locator_base``, its field of view optionally
+    shifted) and its target distribution (a normalised Gaussian at the Circle-of-Willis centre)."""
     shape, stride = [int(s) for s in cfg["input_shape"]], int(cfg["output_stride"])
-    centre_fov = middle_lps if shift_lps is None else middle_lps + shift_lps
-    inp, inp_affine = crop_around(small, small_affine, centre_fov, shape)
+    inp, inp_affine = locator_input_from_base(base, shape, shift_lps=shift_lps)
     if centre_lps is None:
         return inp, inp_affine, None
     points = grid_points_lps(inp_affine, shape, stride)
@@ -159,7 +149,7 @@ def localizers_in_crop(records: Sequence[SeriesRecord], centres: Mapping[str, np
     for record in records:
         if record.uid not in centres:
             continue
-        box_centre = classifier_centre(centres[record.uid], cfg)
+        box_centre = classifier_centre(centres[record.uid], cfg["centre_offset_lps_mm"])
         for loc, lps in record.points:
             inside.setdefault(LOCATION_COLS[loc], []).append(bool(np.all(np.abs(lps - box_centre) <= half_lps)))
     every = [v for values in inside.values() for v in values]
@@ -239,7 +229,7 @@ class SeriesStore:
         extent = np.asarray(cfg["input_shape"], dtype=np.float64) * np.asarray(cfg["spacing_mm"], dtype=np.float64)
         spacing, size = spacing_of(affine), np.asarray(array.shape)
         half = extent / spacing / 2.0 + np.ceil(float(cfg["jitter_mm"]) / spacing) + 2
-        middle = world_to_voxel(affine, classifier_centre(centre, cfg)[None])[0]
+        middle = world_to_voxel(affine, classifier_centre(centre, cfg["centre_offset_lps_mm"])[None])[0]
         lo = np.clip(np.floor(middle - half), 0, size - 1).astype(int)
         hi = np.maximum(np.clip(np.ceil(middle + half) + 1, 0, size).astype(int), lo + 1)
         region_affine = affine.copy()
@@ -268,12 +258,9 @@ class LocatorDataset(Dataset):
         self.epoch = epoch
 
     def base(self, uid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(downsampled volume, its affine, field-of-view middle in LPS) as locator_input computes them."""
+        """``kernel.recipe.locator_base`` of a series (downsampled volume, affine, field-of-view middle), kept."""
         if uid not in self._bases:
-            array, affine = self.store.volume(uid)
-            small, small_affine = locator_base(array, affine, self.cfg["spacing_mm"])
-            middle = voxel_to_world(affine, (np.asarray(array.shape, dtype=np.float64)[None] - 1) / 2.0)[0]
-            self._bases[uid] = (small, small_affine, middle)
+            self._bases[uid] = locator_base(*self.store.volume(uid), self.cfg["spacing_mm"])
         return self._bases[uid]
 
     def __len__(self) -> int:
@@ -281,13 +268,11 @@ class LocatorDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         uid = self.uids[i]
-        small, small_affine, middle = self.base(uid)
         shift = None
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             shift = rng.uniform(-1, 1, 3) * float(self.cfg["shift_mm"])
-        inp, _, target = locator_sample(small, small_affine, middle, self.cfg, self.store.records[uid].centre_lps,
-                                        shift)
+        inp, _, target = locator_sample(self.base(uid), self.cfg, self.store.records[uid].centre_lps, shift)
         return {"volume": torch.from_numpy(inp[None]), "target": torch.from_numpy(target[None])}
 
 
@@ -309,7 +294,7 @@ class ClassifierDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         uid = self.uids[i]
         array, affine = self.store.region(uid)
-        centre = classifier_centre(self.centres[uid], self.cfg)
+        centre = classifier_centre(self.centres[uid], self.cfg["centre_offset_lps_mm"])
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
         if rng is not None:
             centre = centre + rng.uniform(-1, 1, 3) * float(self.cfg["jitter_mm"])
@@ -321,23 +306,3 @@ class ClassifierDataset(Dataset):
                 sample = flip_sample(sample)
         return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else torch.tensor(v)
                 for k, v in {**sample, "crop": sample["crop"][None].astype(np.float32)}.items()}
-
-
-def score_with_onnx(weights_dir: Path, config: Mapping[str, Any], uids: Sequence[str]) -> dict[str, float]:
-    """Re-score series through the kernel's onnxruntime ensemble on their cached volumes (the Kaggle path)."""
-    from kernel.ensemble import Ensemble
-    from kernel.manifest import load_manifest
-    from train_offline.index import load_index
-    from train_offline.train import evaluate_predictions
-
-    index = load_index(Path(config["data"]["index"])).set_index(ID_COL)
-    ensemble = Ensemble(load_manifest(weights_dir), providers=["CPUExecutionProvider"],
-                        threads=int(config["train"]["threads"]))
-    rows = []
-    for uid in uids:
-        volume = load_cached(Path(config["data"]["cache"]), uid)
-        out = ensemble.predict_volume(np.asarray(volume.array), volume.affine, volume.modality)
-        rows.append(out.probs)
-    labels = index.loc[list(uids), LABEL_COLS].to_numpy(dtype=np.float64)
-    metrics = evaluate_predictions(labels, np.asarray(rows), index.loc[list(uids), "Modality"].tolist())
-    return {"score": metrics["score"], "auc_present": metrics["auc_present"]}

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,10 @@ import torch
 from torch import nn
 
 from kernel.labels import LABEL_COLS, MODALITY_NAMES
-from kernel.manifest import MANIFEST_NAME, sha256_file, validate_manifest
-from train_offline.config import ConfigError, load_config
-from train_offline.models import ExportClassifier, build_classifier, build_locator
+from kernel.manifest import MANIFEST_NAME, ModelSpec, sha256_file, validate_manifest
+from train_offline.config import ConfigError, load_config, load_saved_config
+from train_offline.evaluate import score_with_onnx
+from train_offline.models import ExportClassifier, build_classifier, build_locator, classifier_spec, locator_spec
 
 __all__ = ["ATOL", "OPSET", "RTOL", "ExportError", "export_folds", "export_model", "export_random", "git_commit",
            "main", "onnx_parity"]
@@ -112,36 +114,28 @@ def _portable_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _entries(fold: int, locator: nn.Module, classifier: nn.Module, config: Mapping[str, Any], out: Path,
-             validation: Mapping[str, Any], commit: str) -> list[dict[str, Any]]:
-    loc_cfg, cls_cfg = config["locator"], config["classifier"]
-    loc_name, cls_name = f"locator_f{fold}", f"classifier_f{fold}"
-    loc_err = export_model(locator, out / f"{loc_name}.onnx", loc_cfg["input_shape"], "volume", ["heatmap"])
-    cls_err = export_model(ExportClassifier(classifier), out / f"{cls_name}.onnx", cls_cfg["input_shape"], "crop",
-                           ["logits", "modality_logits"])
-    portable = _portable_config(config)
-    common = {"fold": fold, "config": portable, "git_commit": commit, "opset": OPSET}
+             validation: Mapping[str, Any], commit: str) -> list[ModelSpec]:
+    """Export one fold's two models into ``out``; their manifest entries (contract from ``models.*_spec``)."""
+    loc_spec = locator_spec(config["locator"], fold)
+    cls_spec = classifier_spec(config["classifier"], fold)
+    loc_err = export_model(locator, out / f"{loc_spec.name}.onnx", loc_spec.input_shape, loc_spec.input_name,
+                           loc_spec.output_names)
+    cls_err = export_model(ExportClassifier(classifier), out / f"{cls_spec.name}.onnx", cls_spec.input_shape,
+                           cls_spec.input_name, cls_spec.output_names)
+    common = {"config": _portable_config(config), "git_commit": commit, "opset": OPSET}
+    centre_error = validation.get("centre_error_mm_median")
     return [
-        {"name": loc_name, "role": "locator", "file": f"{loc_name}.onnx",
-         "sha256": sha256_file(out / f"{loc_name}.onnx"),
-         "input_name": "volume", "input_shape": [int(s) for s in loc_cfg["input_shape"]],
-         "spacing_mm": [float(s) for s in loc_cfg["spacing_mm"]], "output_name": "heatmap",
-         "output_stride": int(loc_cfg["output_stride"]),
-         "validation": {"centre_error_mm_median": float(validation.get("centre_error_mm_median", float("nan")))
-                        if validation.get("centre_error_mm_median") is not None else None},
-         "parity_max_abs": loc_err, **common},
-        {"name": cls_name, "role": "classifier", "file": f"{cls_name}.onnx",
-         "sha256": sha256_file(out / f"{cls_name}.onnx"), "input_name": "crop",
-         "input_shape": [int(s) for s in cls_cfg["input_shape"]],
-         "spacing_mm": [float(s) for s in cls_cfg["spacing_mm"]], "output_names": ["logits", "modality_logits"],
-         "flip_tta": True,
-         "centre_offset_lps_mm": [float(v) for v in cls_cfg.get("centre_offset_lps_mm", (0.0, 0.0, 0.0))],
-         "validation": {k: validation.get(k) for k in ("score", "auc_present", "n_series", "score_onnx",
-                                                       "auc_present_onnx")},
-         "parity_max_abs": cls_err, **common},
+        replace(loc_spec, file=f"{loc_spec.name}.onnx", sha256=sha256_file(out / f"{loc_spec.name}.onnx"),
+                validation={"centre_error_mm_median": None if centre_error is None else float(centre_error)},
+                parity_max_abs=loc_err, **common),
+        replace(cls_spec, file=f"{cls_spec.name}.onnx", sha256=sha256_file(out / f"{cls_spec.name}.onnx"),
+                validation={k: validation.get(k) for k in ("score", "auc_present", "n_series", "score_onnx",
+                                                          "auc_present_onnx")},
+                parity_max_abs=cls_err, **common),
     ]
 
 
-def build_manifest(config: Mapping[str, Any], models: list[dict[str, Any]], priors: Sequence[float]) -> dict[str, Any]:
+def build_manifest(config: Mapping[str, Any], models: Sequence[ModelSpec], priors: Sequence[float]) -> dict[str, Any]:
     """Manifest dict per docs/ARCHITECTURE.md; validated by kernel.manifest."""
     manifest = {
         "format_version": 1,
@@ -153,7 +147,7 @@ def build_manifest(config: Mapping[str, Any], models: list[dict[str, Any]], prio
         "max_voxels": int(config["max_voxels"]),
         "opset": OPSET,
         "parity_tolerance": {"atol": ATOL, "rtol": RTOL},
-        "models": models,
+        "models": [spec.to_dict() for spec in models],
     }
     validate_manifest(manifest)
     return manifest
@@ -197,30 +191,26 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 def export_folds(run: Path, out: Path, rescore: bool = True) -> Path:
     """Export every trained fold under ``run`` into ``out`` and write the manifest (priors: mean over folds)."""
     dirs = fold_dirs(run)
-    from train_offline.train import load_fold_config
-
     out.mkdir(parents=True, exist_ok=True)
     models, priors, config = [], [], None
     commit = git_commit()
     for fold_dir in dirs:
         summary = json.loads((fold_dir / "summary.json").read_text())
-        config = load_fold_config(fold_dir)
+        config = load_saved_config(fold_dir / "config.yaml")
         locator, classifier = build_locator(config["locator"]), build_classifier(config["classifier"])
         locator.load_state_dict(_load_state(fold_dir / "locator.pt"))
         classifier.load_state_dict(_load_state(fold_dir / "classifier.pt"))
         validation = dict(summary["validation"])
         entries = _entries(int(summary["fold"]), locator, classifier, config, out, validation, commit)
         if rescore:
-            from train_offline.data import score_with_onnx
-
             with tempfile.TemporaryDirectory() as tmp:
                 fold_manifest = build_manifest(config, entries, summary["label_priors"])
                 for entry in entries:
-                    (Path(tmp) / entry["file"]).symlink_to((out / entry["file"]).resolve())
+                    (Path(tmp) / entry.file).symlink_to((out / entry.file).resolve())
                 write_manifest(Path(tmp), fold_manifest)
                 onnx_scores = score_with_onnx(Path(tmp), config, summary["val_uids"])
-            entries[1]["validation"]["score_onnx"] = onnx_scores["score"]
-            entries[1]["validation"]["auc_present_onnx"] = onnx_scores["auc_present"]
+            entries[1] = replace(entries[1], validation={**entries[1].validation, "score_onnx": onnx_scores["score"],
+                                                         "auc_present_onnx": onnx_scores["auc_present"]})
             print(f"fold {summary['fold']}: torch score {validation.get('score'):.4f}, "
                   f"onnxruntime score {onnx_scores['score']:.4f}", file=sys.stderr)
         models += entries

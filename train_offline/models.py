@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES
+from kernel.manifest import ModelSpec
 
 __all__ = [
     "CLASSIFIER_STRIDE", "Classifier", "ExportClassifier", "Locator", "build_classifier", "build_locator",
+    "classifier_spec", "locator_spec",
 ]
 
 CLASSIFIER_STRIDE = 4  # output stride of the classifier's auxiliary heads
@@ -153,3 +155,22 @@ def build_classifier(cfg: Mapping[str, Any]) -> Classifier:
     if any(int(s) % 16 for s in cfg["input_shape"]):
         raise ValueError(f"classifier input_shape {cfg['input_shape']} must divide by 16")
     return Classifier(tuple(int(c) for c in cfg["channels"]), float(cfg["dropout"]))
+
+
+def locator_spec(cfg: Mapping[str, Any], fold: int) -> ModelSpec:
+    """The locator's input/output contract from the config's ``locator`` section (export adds file and scores)."""
+    z, y, x = (int(s) for s in cfg["input_shape"])
+    dz, dy, dx = (float(s) for s in cfg["spacing_mm"])
+    return ModelSpec(name=f"locator_f{fold}", role="locator", fold=int(fold), input_name="volume",
+                     input_shape=(z, y, x), spacing_mm=(dz, dy, dx), output_names=("heatmap",),
+                     output_stride=int(cfg["output_stride"]))
+
+
+def classifier_spec(cfg: Mapping[str, Any], fold: int) -> ModelSpec:
+    """The classifier's contract from the config's ``classifier`` section: crop, offset, outputs, flip TTA."""
+    z, y, x = (int(s) for s in cfg["input_shape"])
+    dz, dy, dx = (float(s) for s in cfg["spacing_mm"])
+    off_l, off_p, off_s = (float(v) for v in cfg.get("centre_offset_lps_mm", (0.0, 0.0, 0.0)))
+    return ModelSpec(name=f"classifier_f{fold}", role="classifier", fold=int(fold), input_name="crop",
+                     input_shape=(z, y, x), spacing_mm=(dz, dy, dx), output_names=("logits", "modality_logits"),
+                     flip_tta=True, centre_offset_lps_mm=(off_l, off_p, off_s))

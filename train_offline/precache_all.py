@@ -1,6 +1,9 @@
 """Pre-cache every series of a competition-layout folder as canonical volumes, in parallel, resumably.
 
-    python -m train_offline.precache_all --data DIR --out DIR [--workers N] [--shard K/N] [--spacing 1 1 1]
+    python -m train_offline.precache_all --config demo --data DIR --out DIR [--workers N] [--shard K/N]
+    python -m train_offline.precache_all --data DIR --out DIR --spacing 1.5 1.5 1.5     # an explicit spacing
+
+The spacing is the config's ``volume_spacing_mm`` (what training needs and the kernel builds), or ``--spacing``.
 
 Each series goes through ``kernel.preprocess.prepare_volume`` (the kernel's own path) and is stored by
 ``train_offline.cache.save_cached``. Finished series are skipped on a rerun; every write is atomic; a series that
@@ -25,7 +28,15 @@ from tqdm import tqdm
 
 from kernel.dicom_io import DEFAULT_MAX_VOXELS
 from kernel.preprocess import prepare_volume
-from train_offline.cache import atomic_write_bytes, clean_stale_temp, is_cached, save_cached
+from train_offline.cache import (
+    CacheSpacingError,
+    atomic_write_bytes,
+    cache_spacing,
+    clean_stale_temp,
+    is_cached,
+    save_cached,
+)
+from train_offline.config import ConfigError, load_config
 
 __all__ = ["list_series", "precache_all", "precache_one", "parse_shard", "main"]
 
@@ -153,17 +164,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="cache folder (created if needed)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (default: cores)")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: every N-th series from K (0-based)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("Z", "Y", "X"),
-                        help="target spacing in mm (default 1 1 1)")
-    parser.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS, help="decode budget per series")
+    parser.add_argument("--config", help="training config (name or YAML): cache at its volume_spacing_mm and "
+                        "decode budget max_voxels")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="target spacing in mm; overrides --config (default: the config's, else 1 1 1)")
+    parser.add_argument("--max-voxels", type=int, help=f"decode budget per series (default: the config's, else "
+                        f"{DEFAULT_MAX_VOXELS})")
     parser.add_argument("--retry-failed", action="store_true", help="retry series that failed in an earlier run")
     args = parser.parse_args(argv)
     try:
+        spacing, max_voxels = (1.0, 1.0, 1.0), DEFAULT_MAX_VOXELS
+        if args.config is not None:
+            config = load_config(args.config)
+            spacing, max_voxels = tuple(config["volume_spacing_mm"]), int(config["max_voxels"])
+        spacing = tuple(args.spacing) if args.spacing is not None else spacing
+        max_voxels = args.max_voxels if args.max_voxels is not None else max_voxels
+        stored = cache_spacing(args.out) if args.out.is_dir() else None
+        if stored is not None and stored != tuple(round(float(v), 6) for v in spacing):
+            raise CacheSpacingError(f"{args.out} already holds volumes at {list(stored)} mm; asked for "
+                                    f"{list(spacing)} mm: use another --out")
+        print(f"caching at {list(spacing)} mm", file=sys.stderr)
         counts = precache_all(
-            args.data, args.out, workers=args.workers, shard=args.shard, spacing=args.spacing,
-            max_voxels=args.max_voxels, retry_failed=args.retry_failed,
+            args.data, args.out, workers=args.workers, shard=args.shard, spacing=spacing,
+            max_voxels=max_voxels, retry_failed=args.retry_failed,
         )
-    except (FileNotFoundError, NotADirectoryError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ConfigError, CacheSpacingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(

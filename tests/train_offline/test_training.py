@@ -19,7 +19,8 @@ import yaml
 
 from kernel.dicom_io import Volume
 from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, TRAIN_CSV_COLS
-from kernel.preprocess import locator_input, voxel_to_world
+from kernel.preprocess import voxel_to_world
+from kernel.recipe import locator_base, locator_input
 from train_offline import folds as folds_mod
 from train_offline import index as index_mod
 from train_offline.cache import save_cached
@@ -32,7 +33,6 @@ from train_offline.data import (
     classifier_sample,
     flip_sample,
     localizers_in_crop,
-    locator_base,
     locator_sample,
     records_from_index,
 )
@@ -193,18 +193,25 @@ def test_folds_group_patients_and_cover_locations() -> None:
 # --- samples: kernel-identical inputs and flips -------------------------------------------------------------------
 
 
-def test_locator_sample_equals_kernel_locator_input() -> None:
+def test_locator_sample_is_the_kernel_input_with_a_target_at_the_centre() -> None:
+    """Unshifted, the sample is the kernel's locator input; a shift of one input voxel moves the content by one voxel;
+    the target is a normalised Gaussian whose peak cell holds the Circle-of-Willis centre."""
     rng = np.random.default_rng(0)
     array = rng.random((50, 44, 36), dtype=np.float32)
     cfg = {"input_shape": [16, 16, 16], "spacing_mm": [8.0] * 3, "output_stride": 2, "sigma_mm": 10.0}
-    small, small_affine = locator_base(array, AFFINE, cfg["spacing_mm"])
-    middle = voxel_to_world(AFFINE, (np.asarray(array.shape)[None] - 1) / 2.0)[0]
-    centre = middle + np.array([10.0, -5.0, 3.0])
-    inp, inp_affine, target = locator_sample(small, small_affine, middle, cfg, centre)
+    base = locator_base(array, AFFINE, cfg["spacing_mm"])
+    centre = base[2] + np.array([10.0, -5.0, 3.0])
+    inp, inp_affine, target = locator_sample(base, cfg, centre)
     expected, expected_affine = locator_input(array, AFFINE, cfg["input_shape"], cfg["spacing_mm"])
     np.testing.assert_array_equal(inp, expected)
     np.testing.assert_allclose(inp_affine, expected_affine)
     assert target.shape == (8, 8, 8) and target.sum() == pytest.approx(1.0, abs=1e-5)
+    peak = np.array(np.unravel_index(int(np.argmax(target)), target.shape))
+    peak_lps = voxel_to_world(inp_affine, ((peak + 0.5) * cfg["output_stride"] - 0.5)[None])[0]
+    assert np.all(np.abs(peak_lps - centre) <= cfg["output_stride"] * 8.0 / 2 + 1e-6)
+    step = voxel_to_world(base[1], [[1.0, 0.0, 0.0]])[0] - voxel_to_world(base[1], [[0.0, 0.0, 0.0]])[0]
+    moved, _, _ = locator_sample(base, cfg, centre, shift_lps=step)  # one input voxel along array axis z
+    np.testing.assert_array_equal(moved[:-1], inp[1:])
 
 
 def test_flip_swaps_labels_heatmaps_and_vessel_values() -> None:
@@ -265,7 +272,8 @@ def test_classifier_outputs_and_flip_equivariance_of_shapes() -> None:
 def test_channels_last_layout_changes_speed_not_arithmetic() -> None:
     """``train.channels_last`` only changes the memory layout: same outputs and gradients as the default layout,
     and inference inputs follow the model's layout."""
-    from train_offline.train import _format_of, classifier_loss, memory_format
+    from train_offline.loop import format_of, memory_format
+    from train_offline.losses import classifier_loss
 
     cfg = {"input_shape": [32, 32, 32], "channels": [4, 8, 8, 8], "dropout": 0.0, "heatmap_weight": 1.0,
            "seg_weight": 0.5, "modality_weight": 0.2, "pos_weight_present": 1.0}
@@ -274,7 +282,7 @@ def test_channels_last_layout_changes_speed_not_arithmetic() -> None:
     last = build_classifier(cfg)
     last.load_state_dict(plain.state_dict())
     last.to(memory_format=memory_format(True))
-    assert _format_of(plain) == torch.contiguous_format and _format_of(last) == torch.channels_last_3d
+    assert format_of(plain) == torch.contiguous_format and format_of(last) == torch.channels_last_3d
     crop = torch.randn(2, 1, 32, 32, 32)
     batch = {"labels": torch.zeros(2, 14), "heatmap": torch.zeros(2, 13, 8, 8, 8),
              "seg": torch.randint(0, 14, (2, 8, 8, 8)), "modality": torch.tensor([0, 2])}
@@ -376,7 +384,7 @@ def test_torchrun_two_gloo_processes(dataset: tuple[Path, Path], tmp_path: Path)
 
 
 def test_heatmap_focal_loss_rewards_hits_and_punishes_false_peaks() -> None:
-    from train_offline.train import heatmap_focal_loss
+    from train_offline.losses import heatmap_focal_loss
 
     target = torch.zeros(2, 13, 6, 6, 6)
     target[0, 3, 2, 2, 2] = 0.9
