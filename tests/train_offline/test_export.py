@@ -84,3 +84,32 @@ def test_export_random_with_shipped_demo_config_writes_manifest(tmp_path: Path) 
     data = json.loads(path.read_text())
     assert data["models"][1]["input_shape"] == data["models"][1]["config"]["classifier"]["input_shape"]
     assert main(["--run", str(tmp_path / "nothing")]) == 2  # clear failure, no traceback
+
+
+def test_torch_run_and_onnx_run_give_the_same_row_through_the_recipe(tiny_weights: Path) -> None:
+    """Training's validation (torch modules through ``torch_runner``) and the kernel (onnxruntime sessions) share
+    ``kernel.recipe``: the same weights give the same 14 probabilities, both folds, with flip TTA."""
+    from kernel import recipe
+    from kernel.preprocess import normalise
+    from train_offline.config import load_config
+    from train_offline.evaluate import torch_runner
+    from train_offline.models import build_classifier, build_locator
+
+    manifest = load_manifest(tiny_weights)
+    config = load_config(tiny_weights.parent / "tiny.yaml")
+    modules = {}
+    for fold in range(2):  # export_random's seeds: the same modules it exported
+        torch.manual_seed(fold)
+        modules[f"locator_f{fold}"] = build_locator(config["locator"])
+        modules[f"classifier_f{fold}"] = build_classifier(config["classifier"])
+    volume = np.random.default_rng(2).normal(40, 200, (40, 48, 48)).astype(np.float32)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    ensemble = Ensemble(manifest, providers=["CPUExecutionProvider"], threads=1)
+    onnx_out = ensemble.predict_volume(volume, affine, "CT")
+    run = torch_runner(modules, torch.device("cpu"))
+    torch_out = recipe.predict_volume(normalise(volume, manifest.scheme("CT")), affine, ensemble.locators,
+                                      ensemble.classifiers, run)
+    np.testing.assert_allclose(torch_out.centre_lps, onnx_out.centre_lps, atol=1e-3)
+    np.testing.assert_allclose(torch_out.probs, onnx_out.probs, atol=1e-5)
+    np.testing.assert_allclose(torch_out.modality_probs, onnx_out.modality_probs, atol=1e-5)
+    assert torch_out.runs == onnx_out.runs == 2 + 2 * 2
