@@ -304,8 +304,15 @@ def _site(rng: np.random.Generator, location: str, lines: dict[tuple[str, int], 
     return cl, i, _perturb(rng, cl.tangent(i) + np.array([s * 0.5, 0, 0.3]), 0.4)
 
 
-def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: float = 0.8) -> Anatomy:
-    """Sample one head: pose, jittered tree with variants, aneurysms at ``locations`` and hard mimics."""
+def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: float = 0.8,
+                  dome_mm: float | None = None) -> Anatomy:
+    """Sample one head: pose, jittered tree with variants, aneurysms at ``locations`` and hard mimics.
+
+    ``dome_mm`` makes every sac a sphere of that diameter in the patient (LPS mm, the head scale undone; aspect 1, no
+    bleb, the drawn neck/dome ratio kept). The generator draws exactly as without it: the same head, pose, vessels,
+    variants and mimics as the series with a drawn dome. ``Aneurysm.dome_mm`` stays in the head frame (patient
+    diameter / ``scale``), as for drawn domes.
+    """
     scale = float(rng.uniform(0.9, 1.1))
     rot = _rotation(rng, 15.0)
     trans = np.clip(rng.normal(0, 5.0, 3), -12, 12)
@@ -409,6 +416,9 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         dome = float(np.clip(np.exp(np.log(4.5) + 0.45 * rng.normal()), 2.0, 25.0))
         neck = dome * float(rng.uniform(0.5, 0.9))
         aspect = float(rng.uniform(1.0, 2.0))
+        if dome_mm is not None:
+            neck *= dome_mm / scale / dome
+            dome, aspect = dome_mm / scale, 1.0
         radius = dome / 2
         elong = radius * 0.25 * (aspect - 1.0)
         centre = parent + u * (0.6 * rp + radius + elong + float(rng.uniform(0, 0.4)) * radius)
@@ -421,6 +431,8 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         if bleb:
             w = _unit(u + 0.8 * _unit(np.cross(u, rng.normal(size=3))))
             rb = dome * float(rng.uniform(0.2, 0.35))
+            bleb = dome_mm is None  # drawn either way: a requested dome leaves the generator's stream unchanged
+        if bleb:
             c2 = centre + w * (radius + elong * 0.5 + 0.3 * rb)
             caps.append((c2, c2, rb, rb, int(cl.labels[i]), sac_flow, KIND_ANEURYSM, group))
         lps = _to_lps(head_to_lps, np.array([centre, parent]))

@@ -1,6 +1,6 @@
 """Command line: write a phantom dataset in the competition layout.
 
-python -m train_offline.phantoms --out DIR --n N --seed S [--split train|test] [--size small|full] [--workers W]
+python -m train_offline.phantoms --out DIR --n N --seed S [--split train|test] [--size small|full|real] [--workers W]
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=SPLITS, default="train",
                    help="train: train.csv + localizers + segmentations; test: test.csv + solution.csv, tags stripped")
     p.add_argument("--size", choices=SIZES, default="small",
-                   help="small: ~100-160 px, 24-120 slices (tests, quick training); full: 512 px, hundreds of slices")
+                   help="small: ~100-160 px at 1.2-2.5 mm, 24-120 slices (tests, quick training); full: 512 px, "
+                        "hundreds of slices; real: real voxel sizes at lower cost (CTA/TOF <= 0.7 mm in-plane and "
+                        "<= 0.9 mm slices, 3D MR ~1 mm, 2D MR 4-6 mm slices with 0.45-0.9 mm pixels; ~1-2 s a "
+                        "series) (default small)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2; output does not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

@@ -98,11 +98,13 @@ def generate_series(
     transfer_syntax: str | None = None,
     n_slices: int | None = None,
     quirks_override: dict[str, object] | None = None,
+    dome_mm: float | None = None,
 ) -> SeriesResult:
     """Generate series ``index`` of dataset ``seed`` under ``out/series/<uid>/``; returns its labels and ground truth.
 
-    Optional overrides (modality, locations, transfer syntax, slice count, quirks) are for tests and benchmarks; by
-    default everything is drawn from the series generator.
+    Optional overrides (modality, locations, transfer syntax, slice count, quirks, ``dome_mm``: every sac a sphere of
+    that diameter in patient mm, see ``anatomy.build_anatomy``) are for tests and benchmarks; by default everything is
+    drawn from the series generator.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -114,7 +116,7 @@ def generate_series(
     locations = sample_locations(rng) if locations is None else list(locations)
     if with_segmentation is None:
         with_segmentation = split == "train" and bool(rng.random() < SEG_FRACTION)
-    anatomy = build_anatomy(rng, locations)
+    anatomy = build_anatomy(rng, locations, dome_mm=dome_mm)
     acq = sample_acquisition(rng, modality, anatomy, size)
     if n_slices is not None:
         shift = (n_slices - acq.shape[0]) / 2 * acq.slice_spacing

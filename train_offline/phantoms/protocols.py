@@ -1,7 +1,10 @@
 """Acquisition protocols: geometry, tissue values, noise and encoding of CTA, TOF-MRA, MRI T2 and MRI T1post.
 
 Numbers follow ``shared/docs/phantom-spec.md`` (full size) or a scaled-down version for tests (small size: 96-160 px,
-about 1.2-2.5 mm, 24-120 slices). Every draw comes from the series' own generator, so a series is reproducible.
+about 1.2-2.5 mm, 24-120 slices). The ``real`` size (``REAL_TABLE``) keeps real voxel sizes where they matter for
+small domes (CTA and TOF under 0.7 mm in-plane and 0.9 mm slices, 3D MR about 1 mm, 2D MR 4-6 mm slices with
+0.45-0.9 mm pixels) with fewer pixels than ``full``, and renders its smooth background on a coarse grid
+(``REAL_SMOOTH_MM``). Every draw comes from the series' own generator, so a series is reproducible.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from train_offline.phantoms.render import Grid, Tissue
 
 # Share of each protocol in the competition's train.csv (1804 / 1252 / 982 / 310 series).
 MODALITY_SHARES: dict[str, float] = {"CTA": 0.415, "MRA": 0.288, "MRI T2": 0.226, "MRI T1post": 0.071}
-SIZES = ("small", "full")
+SIZES = ("small", "full", "real")
 
 PLANES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "axial": ((1, 0, 0), (0, 1, 0)),
@@ -24,6 +27,23 @@ PLANES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]]
 }
 COW_CENTRE_RAS = np.array([0.0, -5.0, -24.0])  # Circle-of-Willis region
 HEAD_CENTRE_RAS = np.array([0.0, -12.0, -8.0])
+REAL_SMOOTH_MM = 1.5  # ``real``: smooth background on an in-plane grid of at most 1.5 mm, upsampled
+REAL_HEAD_CENTRE_RAS = np.array([0.0, -12.0, 8.0])  # whole-head coverage: below the skull base to the vertex
+
+# ``real`` size: ranges drawn per series (mm; the pixel is an upper bound, see ``_matrix_for``). Every 3D protocol
+# resolves a 3 mm dome with at least 3 voxels along each axis; 2D T2/T1post keep thick slices with real pixels.
+REAL_TABLE: dict[str, dict[str, tuple[float, float]]] = {
+    "CTA": {"fov": (200, 235), "pixel": (0.55, 0.7), "slice": (0.65, 0.9), "coverage": (170, 190), "n": (180, 300)},
+    "MRA": {"fov": (160, 190), "pixel": (0.35, 0.5), "slice": (0.5, 0.8), "coverage": (55, 80), "n": (80, 160)},
+    "MRI T2 3D": {"fov": (220, 245), "pixel": (0.9, 0.96), "slice": (0.85, 1.0), "coverage": (150, 180),
+                  "n": (150, 210)},
+    "MRI T2 2D": {"fov": (200, 240), "pixel": (0.45, 0.9), "slice": (4.0, 6.0), "coverage": (130, 170),
+                  "n": (24, 40)},
+    "MRI T1post 3D": {"fov": (230, 250), "pixel": (0.9, 0.98), "slice": (0.85, 1.0), "coverage": (150, 180),
+                      "n": (150, 210)},
+    "MRI T1post 2D": {"fov": (200, 250), "pixel": (0.45, 0.9), "slice": (4.0, 5.5), "coverage": (120, 170),
+                      "n": (24, 40)},
+}
 
 
 @dataclass
@@ -42,6 +62,7 @@ class Acquisition:
     n_sub: int
     tilt_deg: float
     three_d: bool
+    smooth_mm: float | None = None  # render.Grid.smooth_mm (``real`` size)
 
     @property
     def dicom_modality(self) -> str:
@@ -63,7 +84,7 @@ class Acquisition:
 
     @property
     def grid(self) -> Grid:
-        return Grid(self.shape, self.affine, self.n_sub)
+        return Grid(self.shape, self.affine, self.n_sub, self.smooth_mm)
 
 
 def sample_modality(rng: np.random.Generator) -> str:
@@ -88,13 +109,57 @@ def _pick(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
+def _matrix_for(rng: np.random.Generator, fov: tuple[float, float], pixel: tuple[float, float],
+                step: int) -> tuple[int, float]:
+    """(matrix, field of view): a pixel drawn in ``pixel`` (mm), the matrix rounded up to a multiple of ``step`` (at
+    most 512), so the pixel actually used (fov / matrix) is never coarser than the one drawn."""
+    width = _pick(rng, *fov)
+    matrix = min(int(np.ceil(width / _pick(rng, *pixel) / step)) * step, 512)
+    return matrix, width
+
+
+def _real_geometry(rng: np.random.Generator, modality: str) -> tuple:
+    """(plane, tilt, three_d, matrix, fov, dz, coverage, n_range, centre_ras) of the ``real`` size (REAL_TABLE)."""
+    plane, tilt, three_d = "axial", 0.0, True
+    if modality == "CTA":
+        g = REAL_TABLE["CTA"]
+        matrix, fov = _matrix_for(rng, g["fov"], g["pixel"], 16)
+        dz, coverage = _pick(rng, *g["slice"]), _pick(rng, *g["coverage"])
+        if rng.random() < 0.15:
+            tilt = _pick(rng, -12, 12)  # gantry tilt
+        return plane, tilt, three_d, matrix, fov, dz, coverage, g["n"], REAL_HEAD_CENTRE_RAS
+    if modality == "MRA":
+        g = REAL_TABLE["MRA"]
+        matrix, fov = _matrix_for(rng, g["fov"], g["pixel"], 16)
+        dz, coverage = _pick(rng, *g["slice"]), _pick(rng, *g["coverage"])
+        if rng.random() < 0.3:
+            tilt = _pick(rng, -15, 15)  # oblique slab
+        return plane, tilt, three_d, matrix, fov, dz, coverage, g["n"], COW_CENTRE_RAS
+    if modality not in ("MRI T2", "MRI T1post"):
+        raise ValueError(f"unknown modality {modality!r}")
+    t1 = modality == "MRI T1post"
+    three_d = rng.random() < (0.35 if t1 else 0.3)
+    g = REAL_TABLE[f"{modality} {'3D' if three_d else '2D'}"]
+    matrix, fov = _matrix_for(rng, g["fov"], g["pixel"], 16 if three_d else 32)
+    dz, coverage = _pick(rng, *g["slice"]), _pick(rng, *g["coverage"])
+    if three_d:
+        plane = "sagittal" if t1 else "axial"
+    elif t1:
+        plane = str(rng.choice(["axial", "coronal", "sagittal"], p=[0.5, 0.3, 0.2]))
+    if t1 and rng.random() < 0.35:
+        tilt = _pick(rng, -20, 20)
+    return plane, tilt, three_d, matrix, fov, dz, coverage, g["n"], REAL_HEAD_CENTRE_RAS
+
+
 def sample_acquisition(rng: np.random.Generator, modality: str, anatomy: Anatomy, size: str) -> Acquisition:
     """Geometry of one series of ``modality``; the field of view always contains every aneurysm."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     small = size == "small"
     plane, tilt, three_d = "axial", 0.0, True
-    if modality == "CTA":
+    if size == "real":
+        plane, tilt, three_d, matrix, fov, dz, coverage, n_range, centre_ras = _real_geometry(rng, modality)
+    elif modality == "CTA":
         matrix = int(rng.choice([112, 128, 144, 160])) if small else 512
         fov = _pick(rng, 190, 240) if small else _pick(rng, 0.39, 0.49) * 512
         dz = _pick(rng, 1.25, 2.5) if small else _pick(rng, 0.5, 1.0)
@@ -173,11 +238,14 @@ def sample_acquisition(rng: np.random.Generator, modality: str, anatomy: Anatomy
 
     origin = centre - (cols - 1) / 2 * ps * row_dir - (rows - 1) / 2 * ps * col_dir - (n - 1) / 2 * dz * normal
     thickness = dz if three_d else dz * float(rng.choice([1.0, 0.9, 0.8]))
-    n_sub = int(np.clip(round(thickness / max(ps, 1.0)), 1, 5)) if thickness > 1.5 * ps else 1
+    if size == "real":  # sub-planes at most ~0.75 mm apart: thick slices keep in-plane edges near the pixel size
+        n_sub = int(np.clip(round(thickness / max(ps, 0.75)), 1, 8)) if thickness > 1.5 * ps else 1
+    else:
+        n_sub = int(np.clip(round(thickness / max(ps, 1.0)), 1, 5)) if thickness > 1.5 * ps else 1
     return Acquisition(
         modality_name=modality, plane=plane, row_dir=row_dir, col_dir=col_dir, pixel_spacing=(ps, ps),
         slice_spacing=dz, slice_thickness=thickness, shape=(n, rows, cols), origin=origin, n_sub=n_sub,
-        tilt_deg=tilt, three_d=three_d,
+        tilt_deg=tilt, three_d=three_d, smooth_mm=REAL_SMOOTH_MM if size == "real" else None,
     )
 
 
