@@ -46,3 +46,16 @@ def test_train_rejects_unknown_config_key(typo_config: Path) -> None:
     proc = _run("train_offline.train", "--config", str(typo_config), "--fold", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown key classifier.epochz" in proc.stderr
+
+
+def test_train_refuses_a_cache_at_another_spacing(tmp_path: Path) -> None:
+    """A 2 mm cache with the 1.5 mm demo config: refused before anything is read or written, naming both spacings."""
+    cache = tmp_path / "cache2mm"
+    cache.mkdir()
+    (cache / "1.2.3.json").write_text('{"cache_spacing": [2.0, 2.0, 2.0], "spacing": [2.0, 2.0, 2.0]}')
+    out = tmp_path / "run"
+    proc = _run("train_offline.train", "--config", "demo", "--fold", "0", "--out", str(out),
+                "--set", f"data.cache={cache}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "holds volumes at [2.0, 2.0, 2.0] mm but the config's volume_spacing_mm is [1.5, 1.5, 1.5]" in proc.stderr
+    assert not out.exists()

@@ -85,3 +85,26 @@ def test_sigkill_and_restart_leave_no_partial_files(tmp_path: Path) -> None:
     for uid in uids:
         assert load_cached(out, uid).array.size > 0  # every file loads whole
     assert not (out / "1.2.3.bad.npy").exists() and (out / "1.2.3.bad.failed.json").exists()
+
+
+def test_config_spacing_is_cached_and_checked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--config`` caches at the config's volume_spacing_mm; a cache of another spacing is refused by precache
+    (no second spacing in one folder) and by training's check, with a message that names both spacings."""
+    from train_offline.cache import CacheSpacingError, cache_spacing, check_cache_spacing
+    from train_offline.config import load_config
+
+    _layout(tmp_path / "data", n_good=2)
+    out = tmp_path / "cache"
+    assert main(["--config", "demo", "--data", str(tmp_path / "data"), "--out", str(out), "--workers", "1"]) == 0
+    demo = load_config("demo")["volume_spacing_mm"]
+    assert cache_spacing(out) == tuple(demo) == (1.5, 1.5, 1.5)
+    assert np.allclose(load_cached(out, "1.2.3.0").spacing, demo)
+    check_cache_spacing(out, demo)  # the same spacing passes
+    with pytest.raises(CacheSpacingError, match=r"\[1.5, 1.5, 1.5\] mm but the config's volume_spacing_mm is "
+                                                r"\[1.0, 1.0, 1.0\]"):
+        check_cache_spacing(out, [1.0, 1.0, 1.0])
+    capsys.readouterr()
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--spacing", "2", "2", "2"]) == 2
+    assert "already holds volumes at [1.5, 1.5, 1.5] mm" in capsys.readouterr().err
+    assert main(["--config", "no-such-config", "--data", str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert load_cached(out, "1.2.3.0").geometry_known  # the reader's flag survives the cache
