@@ -1,0 +1,45 @@
+"""The typed model entry: the shipped manifest's entries parse into ModelSpecs and write back unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kernel.manifest import ModelSpec, load_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_entries_round_trip_through_model_spec() -> None:
+    raw = json.loads((REPO / "weights" / "manifest.json").read_text())
+    for i, entry in enumerate(raw["models"]):
+        spec, problems = ModelSpec.parse(i, entry)
+        assert problems == [] and spec is not None
+        assert spec.to_dict() == entry, entry["name"]
+    manifest = load_manifest(REPO / "weights")
+    (locator,) = manifest.models("locator")
+    (classifier,) = manifest.models("classifier")
+    assert locator.output_names == ("heatmap",)
+    assert locator.output_stride == entry_value(raw, "locator", "output_stride")
+    assert classifier.centre_offset_lps_mm == tuple(entry_value(raw, "classifier", "centre_offset_lps_mm"))
+    assert classifier.input_shape == tuple(entry_value(raw, "classifier", "input_shape")) and classifier.flip_tta
+
+
+def entry_value(raw: dict, role: str, key: str):
+    return next(m[key] for m in raw["models"] if m["role"] == role)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("input_shape", [32, 32], "input_shape must be 3 positive integers"),
+    ("output_stride", 3, "not divisible by output_stride 3"),
+    ("sha256", "ABC", "sha256 must be 64 lower-case hex digits"),
+    ("file", "../x.onnx", "plain name inside the weights folder"),
+    ("role", "segmenter", "role must be one of"),
+])
+def test_bad_locator_fields_are_named(field: str, value: object, message: str) -> None:
+    raw = json.loads((REPO / "weights" / "manifest.json").read_text())
+    entry = dict(next(m for m in raw["models"] if m["role"] == "locator"), **{field: value})
+    spec, problems = ModelSpec.parse(0, entry)
+    assert spec is None and any(message in p for p in problems), problems
