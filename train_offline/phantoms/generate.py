@@ -80,7 +80,8 @@ def nifti_affine(affine_zyx: np.ndarray) -> np.ndarray:
 
 
 def _write_nifti(path: Path, array_zyx: np.ndarray, affine_zyx: np.ndarray) -> None:
-    img = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), nifti_affine(affine_zyx))
+    # A transposed view, no copy: nibabel writes Fortran order, i.e. the (Z, Y, X) array's own memory order.
+    img = nib.Nifti1Image(array_zyx.transpose(2, 1, 0), nifti_affine(affine_zyx))
     img.header.set_xyzt_units("mm")
     nib.save(img, str(path))
 

@@ -33,8 +33,8 @@ REAL_HEAD_CENTRE_RAS = np.array([0.0, -12.0, 8.0])  # whole-head coverage: below
 # ``real`` size: ranges drawn per series (mm; the pixel is an upper bound, see ``_matrix_for``). Every 3D protocol
 # resolves a 3 mm dome with at least 3 voxels along each axis; 2D T2/T1post keep thick slices with real pixels.
 REAL_TABLE: dict[str, dict[str, tuple[float, float]]] = {
-    "CTA": {"fov": (200, 235), "pixel": (0.55, 0.7), "slice": (0.65, 0.9), "coverage": (170, 190), "n": (180, 300)},
-    "MRA": {"fov": (160, 190), "pixel": (0.35, 0.5), "slice": (0.5, 0.8), "coverage": (55, 80), "n": (80, 160)},
+    "CTA": {"fov": (200, 230), "pixel": (0.58, 0.7), "slice": (0.7, 0.9), "coverage": (170, 190), "n": (180, 280)},
+    "MRA": {"fov": (160, 190), "pixel": (0.38, 0.5), "slice": (0.55, 0.8), "coverage": (55, 80), "n": (70, 150)},
     "MRI T2 3D": {"fov": (220, 245), "pixel": (0.9, 0.96), "slice": (0.85, 1.0), "coverage": (150, 180),
                   "n": (150, 210)},
     "MRI T2 2D": {"fov": (200, 240), "pixel": (0.45, 0.9), "slice": (4.0, 6.0), "coverage": (130, 170),
