@@ -5,6 +5,15 @@ the ImageOrientationPatient vectors), never by file name or InstanceNumber. The 
 matrix and pixel spacing) is kept; scouts, blank images, odd shapes and duplicate positions are dropped and reported.
 Only the tags of the competition's test-time allow-list are relied on.
 
+Sizing before allocation (one rule, ``_GridPlan`` and ``_frames_held``): nothing is allocated or decoded before the
+output grid is known from header facts. A file's frame count is what its pixel data can hold (a larger
+NumberOfFrames is corrected, an image that cannot hold one frame is refused); a file decoded whole through pydicom
+must fit the byte budget (a deflated file is inflated as a stream and refused once it passes the budget); slices
+separated from the stack's run by a gap many times the median are a separate stack and dropped; and the output grid
+(slices after gap resampling x rows x columns) must fit ``max_voxels``, by an in-plane step, or the series is
+refused. Images under 16 pixels a side are not a head. One folder gives one series: when several SeriesInstanceUIDs
+are mixed, the one with the dominant stack is kept. Nested subfolders are read.
+
 Decoding: uncompressed little-endian pixel data is read straight from the file at its offset (the fast path, ~5x a
 plain pydicom loop); everything else, and anything the fast path refuses, goes through pydicom's decoders (pylibjpeg
 plugins for JPEG, JPEG-LS, JPEG 2000, RLE). Compressed series are decoded in a process pool when that pays.
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from kernel.fast_header import scan_header
+from kernel.fast_header import DEFLATED_LE, file_meta, scan_header
 
 __all__ = ["SeriesReadError", "Volume", "FrameGeometry", "read_series", "DEFAULT_MAX_VOXELS"]
 
@@ -42,6 +52,14 @@ _SLOW_CODECS = {
     "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
 }
 _CT_HU_RANGE = (-1024.0, 4095.0)
+# Smallest image side that can hold a head (also keeps resampling from producing empty axes).
+MIN_IMAGE_SIDE = 16
+# A gap along the slice normal this many times the median gap splits the stack into runs; the largest run is kept.
+_RUN_GAP_FACTOR = 10.0
+# Bounds on what one folder may hold: files listed, subfolder depth, frames (images) kept after parsing headers.
+_MAX_FILES = 10_000
+_MAX_DEPTH = 8
+_MAX_FRAMES = 10_000
 
 
 class SeriesReadError(Exception):
@@ -119,6 +137,8 @@ class _Frame:
     fast_offset: int | None = None  # byte offset of uncompressed pixel data, when the fast path applies
     transfer_syntax: str = ""
     fast_dtype: str | None = None
+    series_uid: str = ""
+    modality: str = ""
 
 
 def _floats(value: object, n: int) -> tuple[float, ...] | None:
@@ -172,30 +192,63 @@ def _seq_item(ds: Dataset, seq: str, idx: int = 0) -> Dataset | None:
         return None
 
 
-def _frame_count(ds: Dataset, rows: int, cols: int, bits: int, samples: int) -> int:
-    """Number of frames, from NumberOfFrames when present, else from the pixel data's size (tag not allow-listed)."""
-    n = ds.get("NumberOfFrames")
-    try:
-        if n is not None and int(n) >= 1:
-            return int(n)
-    except (TypeError, ValueError):
-        pass
+def _budget_bytes(max_voxels: int | None) -> int | None:
+    """Largest single decode or inflate allowed: the float32 volume the voxel budget describes."""
+    return None if max_voxels is None else 4 * int(max_voxels)
+
+
+def _pixel_data_bytes(ds: Dataset, path: str) -> tuple[int, int | None]:
+    """(bytes of pixel data the file really holds, the declared length when larger): the declared length is cut to
+    what lies between the element's offset and the end of the file (a declared length is a claim, the size a fact).
+    """
     elem = ds.get_item("PixelData", keep_deferred=True)
     if elem is None:
-        return 0
-    tsyntax = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
-    frame_bytes = rows * cols * samples * max(bits // 8, 1)
-    if UID(tsyntax).is_compressed:
-        try:
-            return max(_count_encapsulated_frames(ds.PixelData, UID(tsyntax)), 1)
-        except Exception:  # noqa: BLE001 - malformed encapsulation: the decoder reports it later
-            return 1
-    length = getattr(elem, "length", None)
+        return 0, None
+    value = getattr(elem, "value", None)
+    if isinstance(value, bytes | bytearray):
+        return len(value), None
+    length, tell = getattr(elem, "length", None), getattr(elem, "value_tell", None)
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0
+    avail = max(size - int(tell), 0) if tell is not None else size
     if length in (None, 0xFFFFFFFF):
-        length = len(ds.PixelData)
-    if frame_bytes > 0 and length >= 2 * frame_bytes:
-        return length // frame_bytes
-    return 1
+        return avail, None
+    return min(int(length), avail), (int(length) if int(length) > avail else None)
+
+
+def _frames_held(
+    ds: Dataset, rows: int, cols: int, bits: int, samples: int, data_bytes: int, tsyntax: UID
+) -> tuple[int, str | None]:
+    """The frame count a file's pixel data can hold, and a note when NumberOfFrames claims more.
+
+    Uncompressed: whole frames in the bytes the file really holds (raises when not even one fits); without
+    NumberOfFrames (not allow-listed) that is the count. Encapsulated: NumberOfFrames when the data could hold that
+    many items, else (or without the tag) the codestreams that open a fragment.
+    """
+    declared: int | None = None
+    try:
+        n = ds.get("NumberOfFrames")
+        declared = int(n) if n is not None and int(n) >= 1 else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        declared = None
+    if not tsyntax.is_compressed:
+        held = data_bytes * 8 // (rows * cols * samples * bits)
+        if held < 1:
+            raise ValueError(f"pixel data too short ({data_bytes} bytes hold less than one {rows} x {cols} frame)")
+        if declared is None or declared <= held:
+            return declared or held, None
+        return held, f"NumberOfFrames {declared} but the pixel data holds {held}: {held} read"
+    if declared is not None and declared * 8 <= data_bytes:  # every frame needs at least one 8-byte item
+        return declared, None
+    try:
+        counted = max(_count_encapsulated_frames(ds.PixelData, tsyntax), 1)
+    except Exception:  # noqa: BLE001 - malformed encapsulation: the decoder reports it later
+        counted = 1
+    if declared is None or declared <= counted:
+        return declared or counted, None
+    return counted, f"NumberOfFrames {declared} but the pixel data holds {counted} codestreams: {counted} read"
 
 
 def _count_encapsulated_frames(pixel_data: bytes, tsyntax: UID) -> int:
@@ -216,13 +269,21 @@ def _count_encapsulated_frames(pixel_data: bytes, tsyntax: UID) -> int:
     return sum(1 for frag in fragments if starts(bytes(frag[:8])))
 
 
-def _header_frames(path: str, ds: Dataset) -> tuple[list[_Frame], str, str]:
-    """Frames of one parsed file (pixel data not decoded), its modality and series UID."""
+def _header_frames(
+    path: str, ds: Dataset, budget_bytes: int | None = None, notes: list[str] | None = None
+) -> tuple[list[_Frame], str, str]:
+    """Frames of one parsed file (pixel data not decoded), its modality and series UID.
+
+    The frame count is what the pixel data can hold (``_frames_held``); a file decoded whole through pydicom must fit
+    ``budget_bytes``. Corrections are appended to ``notes``.
+    """
     if "PixelData" not in ds:
         raise ValueError("no pixel data (not an image)")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows <= 0 or cols <= 0:
         raise ValueError(f"zero-sized image ({rows} x {cols})")
+    if rows < MIN_IMAGE_SIDE or cols < MIN_IMAGE_SIDE:
+        raise ValueError(f"image too small to be a head ({rows} x {cols} pixels, under {MIN_IMAGE_SIDE} a side)")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples != 1:
         raise ValueError(f"colour image (SamplesPerPixel={samples})")
@@ -237,9 +298,17 @@ def _header_frames(path: str, ds: Dataset) -> tuple[list[_Frame], str, str]:
     intercept = _float(ds.get("RescaleIntercept", 0.0), None)
     if modality not in ("CT", "MR"):
         modality = "CT" if (intercept is not None and intercept <= -1000) else "MR"
-    n_frames = _frame_count(ds, rows, cols, bits, samples)
-    if n_frames < 1:
-        raise ValueError("no frames")
+    if bits not in (1, 8, 16, 32, 64):
+        raise ValueError(f"unsupported BitsAllocated {bits}")
+    tsyntax = UID(ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian))
+    data_bytes, claimed = _pixel_data_bytes(ds, path)
+    n_frames, correction = _frames_held(ds, rows, cols, bits, samples, data_bytes, tsyntax)
+    if claimed is not None and notes is not None:
+        notes.append(f"{os.path.basename(path)}: PixelData declares {claimed:,} bytes, the file holds {data_bytes:,}")
+    if correction is not None and notes is not None:
+        notes.append(f"{os.path.basename(path)}: {correction}")
+    if n_frames > _MAX_FRAMES:
+        raise ValueError(f"{n_frames} frames, more than the {_MAX_FRAMES} a series may hold")
     sop_uid = str(ds.get("SOPInstanceUID", os.path.basename(path)))
     try:
         instance = int(ds.get("InstanceNumber", 0) or 0)
@@ -252,7 +321,6 @@ def _header_frames(path: str, ds: Dataset) -> tuple[list[_Frame], str, str]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
 
     fast_offset, fast_dtype = None, None
-    tsyntax = UID(ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian))
     elem = ds.get_item("PixelData", keep_deferred=True)
     tell = getattr(elem, "value_tell", None)
     if (
@@ -264,6 +332,11 @@ def _header_frames(path: str, ds: Dataset) -> tuple[list[_Frame], str, str]:
     ):
         fast_offset = int(tell)
         fast_dtype = ("<i" if signed else "<u") + str(bits // 8)
+    decoded_bytes = n_frames * rows * cols * max(bits // 8, 1)
+    if fast_offset is None and budget_bytes is not None and decoded_bytes > budget_bytes:
+        raise ValueError(f"decodes to {decoded_bytes / 2**20:,.0f} MB at once, over the "
+                         f"{budget_bytes / 2**20:,.0f} MB budget")
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
 
     frames = []
     for f in range(n_frames):
@@ -300,29 +373,77 @@ def _header_frames(path: str, ds: Dataset) -> tuple[list[_Frame], str, str]:
                 slope=f_slope, intercept=f_intercept, monochrome1=photometric == "MONOCHROME1",
                 bits_stored=bits_stored, signed=signed, instance_number=instance,
                 spacing_between=spacing_between, fast_offset=fast_offset, fast_dtype=fast_dtype,
-                transfer_syntax=str(tsyntax),
+                transfer_syntax=str(tsyntax), series_uid=series_uid, modality=modality,
             )
         )
-    return frames, modality, str(ds.get("SeriesInstanceUID", ""))
+    return frames, modality, series_uid
 
 
 def _list_files(series_dir: Path, dropped: list[tuple[str, str]]) -> list[str]:
-    files = []
-    try:
-        entries = sorted(os.scandir(series_dir), key=lambda e: e.name)
-    except OSError as exc:
-        raise SeriesReadError(f"{series_dir}: cannot list folder ({exc.strerror or exc})") from exc
-    for entry in entries:
+    """Files under ``series_dir``, nested subfolders included (depth and count bounded, each folder listed once so
+    a link loop ends), in sorted order. What is not a regular file is reported in ``dropped``."""
+    files: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(folder: str, rel: str, depth: int) -> None:
         try:
-            if not entry.is_file():
-                if not entry.is_dir():
-                    dropped.append((entry.name, "not a regular file"))
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                dropped.append((rel.rstrip("/") or ".", "folder listed before (link loop)"))
+                return
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            if depth == 0:
+                raise SeriesReadError(f"{series_dir}: cannot list folder ({exc.strerror or exc})") from exc
+            dropped.append((rel.rstrip("/"), f"unreadable folder ({exc.strerror or exc})"))
+            return
+        subfolders = []
+        for entry in entries:
+            name = rel + entry.name
+            try:
+                if entry.is_dir():
+                    subfolders.append(entry)
+                    continue
+                if not entry.is_file():
+                    dropped.append((name, "not a regular file"))
+                    continue
+            except OSError as exc:  # broken link, link loop, permission
+                dropped.append((name, f"unreadable ({exc.strerror or exc})"))
                 continue
-        except OSError as exc:  # broken link, link loop, permission
-            dropped.append((entry.name, f"unreadable ({exc.strerror or exc})"))
-            continue
-        files.append(entry.path)
+            if len(files) >= _MAX_FILES:
+                dropped.append((name, f"beyond the first {_MAX_FILES:,} files"))
+                continue
+            files.append(entry.path)
+        for entry in subfolders:
+            if depth + 1 > _MAX_DEPTH:
+                dropped.append((rel + entry.name, f"folder nested deeper than {_MAX_DEPTH}"))
+            else:
+                walk(entry.path, rel + entry.name + "/", depth + 1)
+
+    walk(str(series_dir), "", 0)
     return files
+
+
+class _Refused(ValueError):
+    """A file refused by the size rules (its message is the reason)."""
+
+
+def _check_inflated(path: str, offset: int, budget_bytes: int | None) -> None:
+    """Inflate a deflated dataset as a stream, keeping nothing, and refuse it once it passes ``budget_bytes``."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while not inflater.eof:
+            data = fh.read(1 << 20)
+            if not data:
+                break
+            while data:
+                total += len(inflater.decompress(data, 1 << 24))
+                if budget_bytes is not None and total > budget_bytes:
+                    raise _Refused(f"deflated data inflates beyond the {budget_bytes / 2**20:,.0f} MB budget")
+                data = inflater.unconsumed_tail
 
 
 class _FastDataset:
@@ -345,19 +466,28 @@ class _FastDataset:
 
 
 def _parse_headers(
-    files: list[str], dropped: list[tuple[str, str]]
-) -> tuple[list[_Frame], list[str], list[str], dict[str, Dataset]]:
-    """Frames of every readable file, their modalities, the series UIDs seen, and the pydicom datasets parsed
-    (kept so an in-process decode does not parse those files twice)."""
+    files: list[str], dropped: list[tuple[str, str]], budget_bytes: int | None = None, notes: list[str] | None = None
+) -> tuple[list[_Frame], dict[str, Dataset]]:
+    """Frames of every readable file (at most ``_MAX_FRAMES``) and the pydicom datasets parsed (kept so an
+    in-process decode does not parse those files twice)."""
     frames: list[_Frame] = []
-    modalities: list[str] = []
-    series_uids: list[str] = []
     datasets: dict[str, Dataset] = {}
     for path in files:
         name = os.path.basename(path)
         try:
             fast = scan_header(path)
-            ds = _FastDataset(fast) if fast is not None else pydicom.dcmread(path, defer_size=1024)
+            if fast is not None:
+                ds = _FastDataset(fast)
+            else:
+                meta = file_meta(path)
+                if meta is not None and meta[0] == DEFLATED_LE:
+                    _check_inflated(path, meta[1], budget_bytes)
+                    ds = pydicom.dcmread(path)  # whole: a deferred read cannot seek inside a deflated stream
+                else:
+                    ds = pydicom.dcmread(path, defer_size=1024)
+        except _Refused as exc:
+            dropped.append((name, str(exc)))
+            continue
         except (InvalidDicomError, EOFError) as exc:
             dropped.append((name, f"not DICOM ({str(exc)[:80]})"))
             continue
@@ -365,16 +495,36 @@ def _parse_headers(
             dropped.append((name, f"unreadable DICOM ({type(exc).__name__}: {str(exc)[:80]})"))
             continue
         try:
-            file_frames, modality, series_uid = _header_frames(path, ds)
+            file_frames, _, _ = _header_frames(path, ds, budget_bytes, notes)
         except Exception as exc:  # noqa: BLE001
             dropped.append((name, str(exc)[:120]))
             continue
+        if len(frames) + len(file_frames) > _MAX_FRAMES:
+            dropped.append((name, f"beyond the {_MAX_FRAMES:,} images a series may hold"))
+            continue
         frames.extend(file_frames)
-        modalities.extend([modality] * len(file_frames))
-        series_uids.append(series_uid)
         if isinstance(ds, Dataset):
             datasets[path] = ds
-    return frames, modalities, series_uids, datasets
+    return frames, datasets
+
+
+def _one_series(frames: list[_Frame], dropped: list[tuple[str, str]], notes: list[str]) -> tuple[list[_Frame], str]:
+    """Frames of one SeriesInstanceUID: the one whose dominant stack is largest (images without the tag join it)."""
+    uids = Counter(f.series_uid for f in frames if f.series_uid)
+    if len(uids) <= 1:
+        return frames, next(iter(uids), "")
+
+    def stack_size(uid: str) -> int:
+        keys = Counter(_stack_key(f) if f.geometry is not None else (f.rows, f.cols)
+                       for f in frames if f.series_uid == uid)
+        return keys.most_common(1)[0][1]
+
+    best = max(sorted(uids), key=lambda u: (stack_size(u), uids[u]))
+    for f in frames:
+        if f.series_uid not in ("", best):
+            _drop(dropped, f, f"another series in the folder (SeriesInstanceUID {f.series_uid[:64]})")
+    notes.append(f"{len(uids)} series in the folder: kept {best} ({uids[best]} images)")
+    return [f for f in frames if f.series_uid in ("", best)], best
 
 
 def _stack_key(fr: _Frame) -> tuple:
@@ -428,27 +578,52 @@ def _select_stack(frames: list[_Frame], dropped: list[tuple[str, str]], notes: l
     if len(kept) > 1 and float(dist[-1] - dist[0]) < 1e-3:
         notes.append("all slices share one position: ordered by InstanceNumber, spaced by SpacingBetweenSlices")
         return sorted(kept, key=lambda f: (f.instance_number, f.path, f.frame))
-    out = [kept[0]]
+    out, out_dist = [kept[0]], [dist[0]]
     for i in range(1, len(kept)):
         if dist[i] - dist[i - 1] < 1e-3:
             _drop(dropped, kept[i], "duplicate slice position")
         else:
             out.append(kept[i])
-    return out
+            out_dist.append(dist[i])
+    return _largest_run(out, np.asarray(out_dist), dropped, notes)
 
 
-def _decode_file(path: str, step: int = 1, ds: Dataset | None = None) -> np.ndarray:
+def _largest_run(
+    stack: list[_Frame], dist: np.ndarray, dropped: list[tuple[str, str]], notes: list[str]
+) -> list[_Frame]:
+    """Split the ordered stack where a gap along the normal is ``_RUN_GAP_FACTOR`` times the median gap or more;
+    keep the run with the most slices (the lowest of equals). A far-off slice would otherwise stretch the grid."""
+    if len(stack) < 3:
+        return stack
+    gaps = np.diff(dist)
+    median = float(np.median(gaps))
+    cuts = np.flatnonzero(gaps >= _RUN_GAP_FACTOR * median) + 1
+    if not len(cuts):
+        return stack
+    bounds = [0, *cuts.tolist(), len(stack)]
+    runs = list(zip(bounds[:-1], bounds[1:], strict=True))
+    lo, hi = max(runs, key=lambda r: r[1] - r[0])
+    widest = float(gaps[cuts - 1].max())
+    reason = (f"separate stack along the slice normal (a {widest:,.1f} mm gap, {widest / median:,.0f} x the "
+              f"median {median:.3g} mm)")
+    for f in stack[:lo] + stack[hi:]:
+        _drop(dropped, f, reason)
+    notes.append(f"stack split at {len(cuts)} gap(s) of {_RUN_GAP_FACTOR:g}x the median or more: kept slices "
+                 f"{lo}-{hi - 1} of {len(stack)}")
+    return stack[lo:hi]
+
+
+def _decode_file(path: str, step: int = 1, ds: Dataset | None = None, n_frames: int | None = None) -> np.ndarray:
     """All frames of one file as a raw (N, rows, cols) array through pydicom's decoders, every ``step``-th pixel.
 
     ``ds``: the file's dataset from the header pass (its deferred pixel data is read now), else the file is parsed.
+    ``n_frames``: the frame count the header pass worked out (``_frames_held``); the decoder is told that count, so a
+    NumberOfFrames the data cannot hold never sizes an allocation.
     """
     if ds is None:
         ds = pydicom.dcmread(path)
-    if "NumberOfFrames" not in ds:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        n = _frame_count(ds, rows, cols, int(ds.get("BitsAllocated", 16)), 1)
-        if n > 1:
-            ds.NumberOfFrames = n
+    if n_frames is not None and (n_frames > 1 or "NumberOfFrames" in ds):
+        ds.NumberOfFrames = n_frames
     arr = ds.pixel_array
     if arr.ndim == 2:
         arr = arr[None]
@@ -487,29 +662,67 @@ def _to_values(raw: np.ndarray, fr: _Frame, out: np.ndarray, clip: tuple[float, 
 
 
 def _decode_many(
-    paths: list[str], workers: int, step: int, datasets: dict[str, Dataset]
+    paths: list[str], workers: int, step: int, datasets: dict[str, Dataset], n_frames: dict[str, int]
 ) -> dict[str, np.ndarray | Exception]:
     """Decode files through pydicom, in a process pool when there are enough of them to pay for it."""
     if workers <= 1 or len(paths) < _PARALLEL_MIN_FILES:
-        return {p: _decode_file_safe(p, step, datasets.get(p)) for p in paths}
+        return {p: _decode_file_safe(p, step, datasets.get(p), n_frames.get(p)) for p in paths}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(_decode_file_safe, paths, [step] * len(paths), chunksize=8)
+        results = pool.map(_decode_file_safe, paths, [step] * len(paths), [None] * len(paths),
+                           [n_frames.get(p) for p in paths], chunksize=8)
         return dict(zip(paths, results, strict=True))
 
 
-def _decode_file_safe(path: str, step: int = 1, ds: Dataset | None = None) -> np.ndarray | Exception:
+def _decode_file_safe(
+    path: str, step: int = 1, ds: Dataset | None = None, n_frames: int | None = None
+) -> np.ndarray | Exception:
     try:
-        return _decode_file(path, step, ds)
+        return _decode_file(path, step, ds, n_frames)
     except Exception as exc:  # noqa: BLE001
         return ValueError(f"{type(exc).__name__}: {str(exc)[:100]}")
 
 
-def _uniform_positions(dist: np.ndarray) -> tuple[float, bool]:
-    """Median slice gap and whether the gaps are uniform (within 1% or 0.01 mm)."""
+def _normal_positions(stack: list[_Frame]) -> tuple[np.ndarray, np.ndarray]:
+    """Slice normal of the stack's first image and every image's position along it (mm)."""
+    g0 = stack[0].geometry
+    assert g0 is not None
+    normal = np.cross(g0.row_dir, g0.col_dir)
+    return normal, np.array([float(np.dot(f.geometry.position, normal)) for f in stack])  # type: ignore[union-attr]
+
+
+def _slice_grid(dist: np.ndarray) -> tuple[float, bool, int]:
+    """(median gap, uniform, output slices) for ordered positions along the normal: the one place the z grid is
+    sized. Non-uniform gaps are resampled at the median gap over the whole span; uniform means within 1% or 0.01 mm.
+    """
+    if len(dist) < 2 or float(dist[-1] - dist[0]) < 1e-3:
+        return 0.0, True, len(dist)
     gaps = np.diff(dist)
     step = float(np.median(gaps))
     uniform = bool(np.all(np.abs(gaps - step) <= max(0.01 * step, 0.01)))
-    return step, uniform
+    return step, uniform, len(dist) if uniform else int(round(float(dist[-1] - dist[0]) / step)) + 1
+
+
+def _grid_plan(stack: list[_Frame], max_voxels: int | None, series_dir: Path, notes: list[str]) -> tuple[int, int]:
+    """(in-plane step, most slices) of the output grid, from header facts, before anything is decoded.
+
+    The grid is the larger of the decoded stack and its gap-resampled version; an in-plane step keeps it inside
+    ``max_voxels``. When even images of ``MIN_IMAGE_SIDE`` pixels a side would not fit, the series is refused.
+    """
+    rows, cols = stack[0].rows, stack[0].cols
+    slices = len(stack)
+    if stack[0].geometry is not None:
+        slices = max(slices, _slice_grid(_normal_positions(stack)[1])[2])
+    step = 1
+    if max_voxels is not None and slices * rows * cols > max_voxels:
+        step = math.ceil(math.sqrt(slices * rows * cols / max_voxels))
+        while slices * math.ceil(rows / step) * math.ceil(cols / step) > max_voxels:
+            step += 1
+        if min(math.ceil(rows / step), math.ceil(cols / step)) < MIN_IMAGE_SIDE:
+            raise SeriesReadError(
+                f"{series_dir}: a grid of {slices:,} slices x {rows} x {cols} does not fit the voxel budget "
+                f"({max_voxels:,}) even at {MIN_IMAGE_SIDE} pixels a side")
+        notes.append(f"over the voxel budget ({slices * rows * cols:,} > {max_voxels:,}): in-plane step {step}")
+    return step, slices
 
 
 def read_series(
@@ -531,14 +744,18 @@ def read_series(
     dropped: list[tuple[str, str]] = []
     notes: list[str] = []
     files = _list_files(series_dir, dropped)
-    frames, modalities, series_uids, datasets = _parse_headers(files, dropped)
+    frames, datasets = _parse_headers(files, dropped, _budget_bytes(max_voxels), notes)
     if not frames:
         reasons = Counter(r.split(" (")[0] for _, r in dropped).most_common(3)
         why = "; ".join(f"{r} x{c}" for r, c in reasons) or "no files"
         raise SeriesReadError(f"{series_dir}: no readable image in {len(files)} file(s): {why}")
-    modality = Counter(modalities).most_common(1)[0][0]
+    frames, series_uid = _one_series(frames, dropped, notes)
+    modality = Counter(f.modality for f in frames).most_common(1)[0][0]
     frame_geometry = {(f.sop_uid, f.frame): f.geometry for f in frames if f.geometry is not None}
     stack = _select_stack(frames, dropped, notes)
+    step_yx, max_slices = _grid_plan(stack, max_voxels, series_dir, notes)
+    for path in {f.path for f in frames} - {f.path for f in stack}:
+        datasets.pop(path, None)
 
     # Decode: fast path for plain files, pydicom for the rest (in a pool when there are many).
     slow_paths = sorted({f.path for f in stack if f.fast_offset is None})
@@ -546,11 +763,8 @@ def read_series(
         workers = min(2, os.cpu_count() or 1)
     pool_workers = workers if any(f.transfer_syntax in _SLOW_CODECS for f in stack) else 1
     rows, cols = stack[0].rows, stack[0].cols
-    step_yx = 1
-    if max_voxels is not None and len(stack) * rows * cols > max_voxels:
-        step_yx = math.ceil(math.sqrt(len(stack) * rows * cols / max_voxels))
-        notes.append(f"over the voxel budget ({len(stack) * rows * cols:,} > {max_voxels:,}): in-plane step {step_yx}")
-    decoded = _decode_many(slow_paths, pool_workers, step_yx, datasets) if slow_paths else {}
+    n_frames = {f.path: f.n_frames for f in stack}
+    decoded = _decode_many(slow_paths, pool_workers, step_yx, datasets, n_frames) if slow_paths else {}
     datasets.clear()
     out_rows, out_cols = len(range(0, rows, step_yx)), len(range(0, cols, step_yx))
     array = np.empty((len(stack), out_rows, out_cols), dtype=np.float32)  # filled slice by slice: no stack copy
@@ -587,7 +801,8 @@ def read_series(
             _drop(dropped, fr, st)
     decoded_ok = [i for i, st in enumerate(status) if st in (None, "blank")]
     if not decoded_ok:
-        raise SeriesReadError(f"{series_dir}: {len(stack)} image(s) found but none could be decoded")
+        why, count = Counter(status).most_common(1)[0]
+        raise SeriesReadError(f"{series_dir}: {len(stack)} image(s) found but none could be decoded: {why} x{count}")
     blank = [i for i in decoded_ok if status[i] == "blank"]
     keep = decoded_ok
     # Blank images (constant) are dropped unless that would leave too little.
@@ -595,18 +810,20 @@ def read_series(
         for i in blank:
             _drop(dropped, stack[i], "blank image (constant value)")
         keep = [i for i in decoded_ok if status[i] != "blank"]
-    if len(keep) < len(stack):
-        array = array[keep]
+    if len(keep) < len(stack):  # compact in place (keep is ascending): no second copy of the stack
+        for j, i in enumerate(keep):
+            if i != j:
+                array[j] = array[i]
+        array = array[: len(keep)]
     good = [stack[i] for i in keep]
 
-    affine, slice_index, array = _stack_affine(good, array, step_yx, notes)
+    affine, slice_index, array = _stack_affine(good, array, step_yx, notes, max_slices)
     slice_lookup = {(f.sop_uid, f.frame): int(slice_index[i]) for i, f in enumerate(good)}
-    uid = Counter(u for u in series_uids if u).most_common(1)
     return Volume(
         array=np.ascontiguousarray(array, dtype=np.float32),
         affine=affine,
         modality=modality,
-        series_uid=uid[0][0] if uid else series_dir.name,
+        series_uid=series_uid or series_dir.name,
         slice_lookup=slice_lookup,
         source_affine=affine.copy(),
         source_shape=tuple(array.shape),
@@ -618,9 +835,10 @@ def read_series(
 
 
 def _stack_affine(
-    stack: list[_Frame], array: np.ndarray, step_yx: int, notes: list[str]
+    stack: list[_Frame], array: np.ndarray, step_yx: int, notes: list[str], max_slices: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Affine of the ordered stack; resamples non-uniform gaps. Returns (affine, slice index per frame, array)."""
+    """Affine of the ordered stack; resamples non-uniform gaps (never to more than ``max_slices``, the planned grid).
+    Returns (affine, slice index per frame, array)."""
     g0 = stack[0].geometry
     n = len(stack)
     if g0 is None:  # no geometry anywhere: axis-aligned axial stack, spacing from tags
@@ -628,8 +846,7 @@ def _stack_affine(
         affine = np.eye(4)
         affine[:3, :3] = np.array([[0.0, 0.0, step_yx], [0.0, step_yx, 0.0], [dz, 0.0, 0.0]])
         return affine, np.arange(n), array
-    normal = np.cross(g0.row_dir, g0.col_dir)
-    dist = np.array([float(np.dot(f.geometry.position, normal)) for f in stack])  # type: ignore[union-attr]
+    normal, dist = _normal_positions(stack)
     affine = np.eye(4)
     affine[:3, 1] = np.asarray(g0.col_dir) * g0.pixel_spacing[0] * step_yx
     affine[:3, 2] = np.asarray(g0.row_dir) * g0.pixel_spacing[1] * step_yx
@@ -638,20 +855,23 @@ def _stack_affine(
         dz = stack[0].spacing_between or 1.0
         affine[:3, 0] = normal * dz
         return affine, np.arange(n), array
-    step, uniform = _uniform_positions(dist)
+    step, uniform, n_out = _slice_grid(dist)
     # Slice direction from the first to the last position: keeps a gantry tilt (sheared stack) exact.
     first = np.asarray(stack[0].geometry.position)  # type: ignore[union-attr]
     last = np.asarray(stack[-1].geometry.position)  # type: ignore[union-attr]
     if uniform:
         affine[:3, 0] = (last - first) / (n - 1)
         return affine, np.arange(n), array
-    span = float(dist[-1] - dist[0])
-    n_out = int(round(span / step)) + 1
+    if max_slices is not None and n_out > max_slices:
+        raise SeriesReadError(f"resampling the gaps would need {n_out} slices, beyond the planned {max_slices}")
     targets = dist[0] + np.arange(n_out) * step
     hi = np.clip(np.searchsorted(dist, targets, side="right"), 1, n - 1)
     lo = hi - 1
     w = np.clip((targets - dist[lo]) / (dist[hi] - dist[lo]), 0.0, 1.0).astype(np.float32)
-    out = array[lo] * (1 - w)[:, None, None] + array[hi] * w[:, None, None]
+    out = np.empty((n_out, *array.shape[1:]), dtype=np.float32)
+    for k in range(n_out):  # slice by slice: no temporaries the size of the grid
+        np.multiply(array[lo[k]], 1 - w[k], out=out[k])
+        out[k] += array[hi[k]] * w[k]
     affine[:3, 0] = normal * step
     notes.append(f"non-uniform slice gaps ({np.diff(dist).min():.3f}-{np.diff(dist).max():.3f} mm): "
                  f"resampled to {n_out} slices at {step:.3f} mm")

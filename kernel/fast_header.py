@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["FastHeader", "scan_header"]
+__all__ = ["DEFLATED_LE", "FastHeader", "file_meta", "scan_header"]
 
 _READ_BYTES = 65536
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the dataset after the meta is zlib
 
 # (group, element) -> (name, kind) for the tags we keep. kind: "str", "ds" (decimal strings), "us" (uint16), "is".
 _WANTED: dict[int, tuple[str, str]] = {
@@ -108,12 +109,21 @@ def _skip_undefined(buf: bytes, pos: int, explicit: bool, depth: int = 0) -> int
             pos = _skip_undefined(buf, start, explicit, depth + 1) if length == 0xFFFFFFFF else start + length
 
 
-def _scan(buf: bytes) -> FastHeader | None:
+def file_meta(path: str) -> tuple[str, int] | None:
+    """(TransferSyntaxUID, byte offset where the dataset starts) from a file's meta group; ``None`` if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            buf = fh.read(_READ_BYTES)
+        return _meta(buf)
+    except (OSError, ValueError, struct.error, UnicodeDecodeError, IndexError):
+        return None
+
+
+def _meta(buf: bytes) -> tuple[str, int] | None:
+    """Transfer syntax and the position after the file meta group (always explicit VR little endian)."""
     if len(buf) < 140 or buf[128:132] != b"DICM":
         return None
     pos = 132
-    out = FastHeader()
-    # File meta group: always explicit VR little endian.
     tsyntax = None
     while pos + 8 <= len(buf):
         group, elem = struct.unpack_from("<HH", buf, pos)
@@ -131,6 +141,15 @@ def _scan(buf: bytes) -> FastHeader | None:
         if elem == 0x0010:
             tsyntax = buf[start : start + length].decode("ascii").strip("\x00 ")
         pos = start + length
+    return (tsyntax, pos) if tsyntax else None
+
+
+def _scan(buf: bytes) -> FastHeader | None:
+    meta = _meta(buf)
+    if meta is None:
+        return None
+    tsyntax, pos = meta
+    out = FastHeader()
     if tsyntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
         return None
     explicit = tsyntax == _EXPLICIT_LE

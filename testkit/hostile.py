@@ -2,19 +2,31 @@
 
 Each case writes one series folder and says what a correct reader does with it: ``"volume"`` (a usable volume
 must come back, the bad parts dropped and reported) or ``"error"`` (``SeriesReadError`` with a reason).
+
+Some cases attack the reader's size rules (a slice 10 km away, a 5 m gap, NumberOfFrames 999,999,999, a declared
+pixel data length of 4 GB, a deflated file that inflates to 4 GB, 1-pixel images) and would cost gigabytes or
+minutes without them. ``HOOKED`` cases are plain RLE series whose ``ImageComments`` ask a test-only decoder hook
+(``install_worker_hooks``, loaded into the read worker by ``RSNA_READ_WORKER_HOOK``) to segfault, hang or eat
+memory: without the hook they read normally.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import struct
+import time
+import zlib
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.uid import generate_uid
+from pydicom.uid import RLELossless, generate_uid
 
-from testkit.dicom_factory import write_series
+from testkit.dicom_factory import smooth_field, write_series
 
 HostileCase = Callable[[Path], str]
 
@@ -156,7 +168,7 @@ def unreadable_file(folder: Path) -> str:
 
 
 def thousands_of_slices(folder: Path) -> str:
-    write_series(folder, n_slices=3000, rows=8, cols=8, slice_spacing=0.1)
+    write_series(folder, n_slices=3000, rows=16, cols=16, slice_spacing=0.1)
     return "volume"
 
 
@@ -201,12 +213,237 @@ def empty_folder(folder: Path) -> str:
     return "error"
 
 
+# --- size before allocation ----------------------------------------------------------------------------------------
+
+
+def _periodic_field(lps: np.ndarray) -> np.ndarray:
+    """The factory's pattern, periodic along z: a slice kilometres away still holds an image, not a blank."""
+    return smooth_field(np.concatenate([lps[..., :2], lps[..., 2:] % 40.0], axis=-1))
+
+
+def far_slice(folder: Path) -> str:
+    """16 slices of 256^2, one of them 10 km away along the normal: gap resampling would build a grid of 5,015
+    slices (1.3 GB, and 4x that in temporaries)."""
+    write_series(folder, gaps=[2.0] * 14 + [10_000.0], rows=256, cols=256, field=_periodic_field)
+    return "volume"
+
+
+def huge_gap(folder: Path) -> str:
+    """Two runs of 8 slices (256^2) 5 m apart."""
+    write_series(folder, gaps=[2.0] * 7 + [5_000.0] + [2.0] * 7, rows=256, cols=256, field=_periodic_field)
+    return "volume"
+
+
+def huge_frame_count(folder: Path) -> str:
+    """An Enhanced MR file of 12 frames whose NumberOfFrames says 999,999,999."""
+    write_series(folder, n_slices=12, multiframe=True, modality="MR")
+    for path in _files(folder):
+        ds = pydicom.dcmread(path)
+        ds.NumberOfFrames = 999_999_999
+        ds.save_as(path)
+    return "volume"
+
+
+def huge_pixel_length(folder: Path) -> str:
+    """Every file's PixelData element declares 4 GB; the files hold one frame each."""
+    write_series(folder, n_slices=8)
+    for path in _files(folder):
+        data = bytearray(path.read_bytes())
+        at = data.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")
+        assert at > 0, "PixelData element not found"
+        data[at + 8 : at + 12] = struct.pack("<I", 0xFFFFFFF0)
+        path.write_bytes(bytes(data))
+    return "volume"
+
+
+def deflate_bomb(folder: Path, inflated_mib: int = 4095) -> str:
+    """A good series plus one Deflated Explicit VR file (4 MB on disk) that inflates to 4 GB of pixel data."""
+    write_series(folder, n_slices=10)
+    ds = pydicom.dcmread(_files(folder)[0])
+    del ds.PixelData
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    head = BytesIO()
+    head.write(b"\0" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(head, ds.file_meta, enforce_standard=True)
+    body = pydicom.filebase.DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(body, ds)
+    body.write(b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", inflated_mib << 20))
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = deflate.compress(body.getvalue()) + deflate.flush(zlib.Z_FULL_FLUSH)
+    # After a full flush the stream is byte-aligned with no history: one compressed MiB of zeros can be repeated.
+    mib = deflate.compress(bytes(1 << 20)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    final = b"\x03\x00"  # an empty final block
+    (folder / "bomb.dcm").write_bytes(head.getvalue() + start + mib * inflated_mib + final)
+    return "volume"
+
+
+def tiny_images(folder: Path) -> str:
+    """A 1 x 1 image and a 1-pixel-wide one: not a head."""
+    write_series(folder, n_slices=2)
+    for path, (rows, cols) in zip(_files(folder), [(1, 1), (300, 1)], strict=True):
+        ds = pydicom.dcmread(path)
+        ds.Rows, ds.Columns = rows, cols
+        ds.PixelData = np.full(rows * cols, 1000, np.uint16).tobytes()
+        ds.save_as(path)
+    return "error"
+
+
+def interleaved_series(folder: Path) -> str:
+    """Two SeriesInstanceUIDs in one folder, their slices interleaved along the same normal (12 and 8 slices)."""
+    write_series(folder, n_slices=12, seed=1)
+    write_series(folder, n_slices=8, seed=2, origin=(-15.0, -12.0, -13.0))
+    return "volume"
+
+
+def nested_subfolders(folder: Path) -> str:
+    """The series sits two folders down."""
+    write_series(folder / "study" / "series", n_slices=10)
+    return "volume"
+
+
+# --- cases for the read worker's limits (test-only decoder hooks) --------------------------------------------------
+
+HOOK_TAG = "hostile:"
+
+
+def _hooked(folder: Path, action: str) -> str:
+    write_series(folder, n_slices=8, transfer_syntax=RLELossless)
+    for path in _files(folder):
+        ds = pydicom.dcmread(path)
+        ds.ImageComments = HOOK_TAG + action
+        ds.save_as(path)
+    return "volume"
+
+
+def decoder_segfault(folder: Path) -> str:
+    """With the hook: the decoder dereferences NULL (a real SIGSEGV)."""
+    return _hooked(folder, "segfault")
+
+
+def decoder_hang(folder: Path) -> str:
+    """With the hook: the decoder sleeps forever."""
+    return _hooked(folder, "hang")
+
+
+def decoder_memory_hog(folder: Path) -> str:
+    """With the hook: the decoder touches shared memory (not counted by RLIMIT_DATA) until something stops it."""
+    return _hooked(folder, "hog")
+
+
+def decoder_memory_error(folder: Path) -> str:
+    """With the hook: the decoder asks numpy for 64 GB (refused by the worker's data limit: a MemoryError)."""
+    return _hooked(folder, "alloc")
+
+
+# What each hooked case does inside a worker that loaded the hooks: the worker dies, hangs, is killed for memory, or
+# raises MemoryError. Everywhere else these series read normally.
+HOOKED: dict[str, str] = {
+    "decoder_segfault": "crash", "decoder_hang": "hang", "decoder_memory_hog": "memory",
+    "decoder_memory_error": "memory_error",
+}
+
+
+def _hook_action(action: str) -> None:
+    if action == "segfault":
+        ctypes.string_at(0)  # reads address 0: SIGSEGV in native code
+    elif action == "hang":
+        while True:
+            time.sleep(3600)
+    elif action == "hog":
+        held = []
+        while True:
+            block = mmap.mmap(-1, 32 << 20)  # MAP_SHARED | MAP_ANONYMOUS
+            np.frombuffer(block, np.uint8)[::4096] = 1
+            held.append(block)
+    elif action == "alloc":
+        np.ones(64 << 30, np.uint8)
+
+
+def install_worker_hooks() -> None:
+    """Test-only: wrap the reader's pydicom decode so that a file whose ImageComments is ``hostile:<action>`` does
+    that action. The read worker calls it at start when ``RSNA_READ_WORKER_HOOK`` names it
+    (``testkit.hostile:install_worker_hooks``).
+    """
+    import kernel.dicom_io as dicom_io
+
+    original = dicom_io._decode_file
+
+    def hooked(path: str, step: int = 1, ds: pydicom.Dataset | None = None, n_frames: int | None = None) -> np.ndarray:
+        comments = str(ds.get("ImageComments", "")) if ds is not None else ""
+        if comments.startswith(HOOK_TAG):
+            _hook_action(comments[len(HOOK_TAG):])
+        return original(path, step, ds, n_frames)
+
+    dicom_io._decode_file = hooked
+
+
 CASES: dict[str, HostileCase] = {
     fn.__name__: fn
     for fn in (
         truncated_files, some_truncated, random_bytes, dicom_without_pixels, wrong_rows_columns, nan_rescale,
         absurd_rescale, unsupported_transfer_syntax, single_slice, all_at_one_position, zero_sized, colour_rgb,
         four_d_frames, symlink_loop, unreadable_file, thousands_of_slices, huge_file, non_image_objects,
-        mixed_with_non_images, empty_folder,
+        mixed_with_non_images, empty_folder, far_slice, huge_gap, huge_frame_count, huge_pixel_length, deflate_bomb,
+        tiny_images, interleaved_series, nested_subfolders, decoder_segfault, decoder_hang, decoder_memory_hog,
+        decoder_memory_error,
     )
 }
+
+
+class TreePeak:
+    """Peak RSS of this process and all its descendants while the ``with`` block runs, measured from /proc.
+
+    Two measurements, the larger is kept: the summed RSS of the process tree sampled every ``period_s`` (sees
+    children that come and go), and this process's VmHWM (reset on entry) plus the largest peak a child reported
+    through ``add_child_peak`` (a VmHWM sees what sampling misses).
+    """
+
+    def __init__(self, period_s: float = 0.005) -> None:
+        self.period_s = period_s
+        self.baseline = 0
+        self.sampled = 0
+        self.child_peak = 0
+        self.own_peak = 0
+        self._stop = None
+        self._thread = None
+
+    def __enter__(self) -> TreePeak:
+        import threading
+
+        from kernel.isolation import reset_peak_rss, rss_bytes, tree_rss_bytes
+
+        self.baseline = rss_bytes()
+        reset_peak_rss()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.sampled = max(self.sampled, tree_rss_bytes())
+                self._stop.wait(self.period_s)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def add_child_peak(self, peak_bytes: int) -> None:
+        self.child_peak = max(self.child_peak, int(peak_bytes))
+
+    def __exit__(self, *exc: object) -> None:
+        from kernel.isolation import peak_rss_bytes
+
+        self._stop.set()
+        self._thread.join()
+        self.own_peak = peak_rss_bytes()
+
+    @property
+    def peak(self) -> int:
+        """Peak bytes of the whole tree (upper bound: pages shared between processes count in each)."""
+        return max(self.sampled, self.own_peak + self.child_peak)
+
+    @property
+    def growth(self) -> int:
+        """Peak beyond this process's RSS on entry (the models, the test harness)."""
+        return self.peak - self.baseline

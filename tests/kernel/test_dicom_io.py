@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from kernel.dicom_io import SeriesReadError, read_series
 from kernel.preprocess import localizer_to_lps, voxel_to_world
 from testkit.dicom_factory import smooth_field, write_series
+from testkit.hostile import CASES as CASES_HOSTILE
 
 # (file, expected number of frames) from pydicom's wheel and the pydicom-data package, found offline.
 REAL_FILES = [
@@ -156,3 +159,81 @@ def test_agrees_with_simpleitk(case: str, tmp_path: Path) -> None:
         lps = voxel_to_world(volume.affine, [[z, y, x]])[0]
         i, j, k = image.TransformPhysicalPointToIndex(tuple(float(v) for v in lps))  # (x, y, z) order
         assert abs(ref[k, j, i] - volume.array[z, y, x]) < 1e-3
+
+
+# --- size before allocation, one series per folder ----------------------------------------------------------------
+
+
+def test_slices_far_off_the_run_are_a_separate_stack(tmp_path: Path) -> None:
+    CASES_HOSTILE["far_slice"](tmp_path / "far")
+    volume = read_series(tmp_path / "far")
+    assert volume.array.shape == (15, 256, 256) and volume.spacing[0] == pytest.approx(2.0)
+    assert [r for _, r in volume.dropped] == ["separate stack along the slice normal (a 10,000.0 mm gap, 5,000 x the "
+                                              "median 2 mm)"]
+    CASES_HOSTILE["huge_gap"](tmp_path / "gap")  # two runs of 8: the lower one is kept, the other 8 reported
+    volume = read_series(tmp_path / "gap")
+    assert volume.array.shape == (8, 256, 256) and sum("separate stack" in r for _, r in volume.dropped) == 8
+    # A wide gap under the factor is still resampled, not split.
+    write_series(tmp_path / "wide", gaps=[2.0] * 8 + [18.0] + [2.0] * 6)
+    volume = read_series(tmp_path / "wide")
+    assert volume.array.shape[0] == round((16 + 18 + 12) / 2) + 1 and not volume.dropped
+
+
+def test_frame_count_and_length_are_what_the_data_holds(tmp_path: Path) -> None:
+    CASES_HOSTILE["huge_frame_count"](tmp_path / "frames")
+    volume = read_series(tmp_path / "frames")
+    assert volume.array.shape == (12, 24, 28)
+    assert any("NumberOfFrames 999999999 but the pixel data holds 12" in n for n in volume.notes)
+    CASES_HOSTILE["huge_pixel_length"](tmp_path / "length")
+    volume = read_series(tmp_path / "length")
+    assert volume.array.shape == (8, 24, 28)
+    assert sum("PixelData declares 4,294,967,280 bytes" in n for n in volume.notes) == 8
+    _check_analytic(volume, tol=0.51)
+
+
+def test_deflated_files_are_read_and_bombs_refused(tmp_path: Path) -> None:
+    write_series(tmp_path / "plain", n_slices=6)
+    for path in (tmp_path / "plain").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    _check_analytic(read_series(tmp_path / "plain"), tol=0.51)
+    CASES_HOSTILE["deflate_bomb"](tmp_path / "bomb")
+    start = time.perf_counter()
+    volume = read_series(tmp_path / "bomb", max_voxels=10_000_000)
+    assert time.perf_counter() - start < 5.0  # inflated as a stream up to the 38 MB budget, then refused
+    assert volume.array.shape == (10, 24, 28)
+    assert ("bomb.dcm", "deflated data inflates beyond the 38 MB budget") in volume.dropped
+
+
+def test_grid_is_sized_before_decoding(tmp_path: Path) -> None:
+    gaps = [1.0] * 6 + [5.0] + [1.0] * 6  # 14 slices resampled to 18 at the median gap
+    write_series(tmp_path / "s", gaps=gaps, rows=32, cols=32)
+    volume = read_series(tmp_path / "s", max_voxels=16 * 32 * 32)  # fits the 14 decoded, not the 18 resampled
+    assert volume.array.shape == (18, 16, 16) and volume.array.size <= 16 * 32 * 32
+    with pytest.raises(SeriesReadError, match="does not fit the voxel budget"):
+        read_series(tmp_path / "s", max_voxels=1000)
+    # A file decoded whole by pydicom (here RLE, 12 frames) must fit the byte budget (4 bytes per voxel).
+    write_series(tmp_path / "mf", n_slices=12, multiframe=True, modality="MR", transfer_syntax=RLELossless)
+    with pytest.raises(SeriesReadError, match="over the 0 MB budget"):
+        read_series(tmp_path / "mf", max_voxels=2000)
+
+
+def test_images_too_small_to_be_a_head(tmp_path: Path) -> None:
+    CASES_HOSTILE["tiny_images"](tmp_path / "tiny")
+    with pytest.raises(SeriesReadError, match=r"image too small to be a head x2"):
+        read_series(tmp_path / "tiny")
+
+
+def test_one_series_per_folder_and_nested_folders(tmp_path: Path) -> None:
+    first = write_series(tmp_path / "mixed", n_slices=12, seed=1)
+    write_series(tmp_path / "mixed", n_slices=8, seed=2, origin=(-15.0, -12.0, -13.0))
+    volume = read_series(tmp_path / "mixed")
+    assert volume.series_uid == first["series_uid"] and volume.array.shape == (12, 24, 28)
+    assert sum("another series in the folder" in r for _, r in volume.dropped) == 8
+    _check_analytic(volume, tol=0.51)
+    info = write_series(tmp_path / "nested" / "a" / "b", n_slices=10)
+    os.symlink(tmp_path / "nested", tmp_path / "nested" / "a" / "loop")  # a folder link back up: listed once
+    volume = read_series(tmp_path / "nested")
+    assert volume.array.shape == (10, 24, 28) and volume.series_uid == info["series_uid"]
+    assert ("a/loop", "folder listed before (link loop)") in volume.dropped

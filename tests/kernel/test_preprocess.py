@@ -194,7 +194,7 @@ def test_dicom_round_trip_keeps_the_affine(plane, tilt, reverse, slice_spacing, 
         return 200.0 + 3.0 * lps[..., 0] - 2.0 * lps[..., 1] + 1.5 * lps[..., 2]
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_series(Path(tmp), n_slices=10, rows=12, cols=14, slice_spacing=slice_spacing,
+        write_series(Path(tmp), n_slices=10, rows=16, cols=18, slice_spacing=slice_spacing,
                      pixel_spacing=(pixel, pixel), plane=plane, tilt_deg=tilt, reverse=reverse,
                      field=linear_field)
         volume = prepare_volume(tmp, (target, target, target), backend="numpy")
