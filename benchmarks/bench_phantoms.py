@@ -8,7 +8,8 @@ seconds per series, bytes written, and its peak resident memory (``resource.getr
 The extra cost of the compressed transfer syntaxes is measured on the first series of each protocol: a sample of its
 slices is re-encoded in memory with each syntax of ``dicom_writer.TRANSFER_SYNTAXES``, and the difference to the
 uncompressed write, per pixel, is scaled to the series and weighted by the syntax's share. The projection for a
-dataset weights the protocols by their share in train.csv and divides by the worker count.
+dataset weights the protocols by their share in train.csv and divides by the worker count. DICOM MB is the series
+folder (uncompressed unless ``--encoding drawn``); NIfTI MB the segmentation folder, averaged over all series.
 
     python benchmarks/bench_phantoms.py [--size real] [--n 4] [--seed 0] [--encoding uncompressed|drawn]
         [--dataset 1200] [--cores 2]
@@ -48,6 +49,7 @@ for i in range(n):
     rows.append({"cpu": cpu, "wall": wall, "shape": r.truth["shape_zyx"], "three_d": r.truth["three_d"],
                  "pixel": r.truth["pixel_spacing"][0], "slice": r.truth["slice_spacing"],
                  "mb": sum(p.stat().st_size for p in files) / 1e6, "seg": r.truth["segmentation"],
+                 "seg_mb": sum(p.stat().st_size for p in seg.iterdir()) / 1e6 if seg.exists() else 0.0,
                  "ts": r.truth["quirks"]["transfer_syntax"]})
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 # Codec cost: re-encode a sample of the first series' slices in memory with each transfer syntax.
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t_start = time.perf_counter()
     lines = ["| protocol | share | series | shape (z x y x) | pixel mm | slice mm | s/series CPU (mean, max) | "
-             "s/series wall | + codec mix s | MB/series | peak RSS MB |", "|---" * 11 + "|"]
+             "s/series wall | + codec mix s | DICOM MB/series | + NIfTI MB/series | peak RSS MB |", "|---" * 12 + "|"]
     projected_cpu = 0.0
     shares = {m: MODALITY_SHARES[m] for m in args.modalities}
     total_share = sum(shares.values())
@@ -148,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"| {modality} | {shares[modality]:.1%} | {len(rows)} | {_shape_range(rows)} | {pix[0]}-{pix[-1]} | "
             f"{sl[0]}-{sl[-1]} | {sum(cpu) / len(cpu):.2f}, {max(cpu):.2f} | {sum(wall) / len(wall):.2f} | "
-            f"{codec:.2f} | {sum(r['mb'] for r in rows) / len(rows):.0f} | {rep['peak_mb']:.0f} |")
+            f"{codec:.2f} | {sum(r['mb'] for r in rows) / len(rows):.0f} | "
+            f"{sum(r['seg_mb'] for r in rows) / len(rows):.0f} ({sum(r['seg'] for r in rows)} with seg) | "
+            f"{rep['peak_mb']:.0f} |")
         if extra:
             codec_rows.append(f"| {modality} | " + " | ".join(
                 f"{extra.get(str(k), 0.0) * mean_px:.2f}" for k in TRANSFER_SYNTAXES) + " |")

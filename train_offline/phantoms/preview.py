@@ -54,12 +54,12 @@ def _inset(ax: plt.Axes, img: np.ndarray, point: tuple[float, float], half: tupl
     n_rows, n_cols = img.shape
     r0, r1 = int(max(np.floor(r - half[0]), 0)), int(min(np.ceil(r + half[0]) + 1, n_rows))
     c0, c1 = int(max(np.floor(c - half[1]), 0)), int(min(np.ceil(c + half[1]) + 1, n_cols))
-    x = 0.02 if c > n_cols / 2 else 0.58  # keep the marked point visible in the main view
-    y = 0.58 if r > n_rows / 2 else 0.02  # axes fraction, from the bottom
-    axin = ax.inset_axes((x, y, 0.4, 0.4))
+    x = 0.01 if c > n_cols / 2 else 0.54  # keep the marked point visible in the main view
+    y = 0.54 if r > n_rows / 2 else 0.01  # axes fraction, from the bottom
+    axin = ax.inset_axes((x, y, 0.45, 0.45))
     axin.imshow(img[r0:r1, c0:c1], cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect,
                 interpolation="nearest", extent=(c0 - 0.5, c1 - 0.5, r1 - 0.5, r0 - 0.5))
-    axin.plot(c, r, "+", ms=6, mec="red", mew=0.8, color="red")
+    axin.plot(c, r, "o", ms=16, mfc="none", mec="red", mew=0.8)  # around the point: the dome stays visible
     axin.set_xticks([])
     axin.set_yticks([])
     for side in axin.spines.values():

@@ -39,8 +39,8 @@ REAL_TABLE: dict[str, dict[str, tuple[float, float]]] = {
                   "n": (150, 210)},
     "MRI T2 2D": {"fov": (200, 240), "pixel": (0.45, 0.9), "slice": (4.0, 6.0), "coverage": (130, 170),
                   "n": (24, 40)},
-    "MRI T1post 3D": {"fov": (230, 250), "pixel": (0.9, 0.98), "slice": (0.85, 1.0), "coverage": (150, 180),
-                      "n": (150, 210)},
+    "MRI T1post 3D": {"fov": (230, 250), "pixel": (0.9, 0.98), "slice": (0.85, 1.0), "coverage": (170, 200),
+                      "n": (170, 240)},  # sagittal: the slab spans the head from ear to ear
     "MRI T1post 2D": {"fov": (200, 250), "pixel": (0.45, 0.9), "slice": (4.0, 5.5), "coverage": (120, 170),
                       "n": (24, 40)},
 }
