@@ -475,24 +475,42 @@ class ReadWorker:
                  self.limits.timeout_s)
 
     def _request(self, series_dir, spacing_zyx_mm, max_voxels) -> Volume:
-        state = self._state
-        assert state.conn is not None and state.proc is not None
-        self._seq += 1
-        name = f"rsna_read_{os.getpid()}_{state.proc.pid}_{self._seq}.f32"
-        dirs = _handover_dirs()
-        state.files.update(os.path.join(d, name) for d in dirs)
-        request = {"op": "prepare", "series_dir": os.fspath(series_dir), "max_voxels": max_voxels,
-                   "spacing": None if spacing_zyx_mm is None else [float(s) for s in spacing_zyx_mm],
-                   "name": name, "dirs": dirs}
-        start = time.perf_counter()
-        stats = ReadStats()
         label = os.path.basename(os.path.normpath(os.fspath(series_dir)))
+        stats = ReadStats()
+        start = time.perf_counter()
         try:
-            state.conn.send_bytes(json.dumps(request).encode())
-            reply = self._wait(start, stats, label)
+            for attempt in range(2):
+                state = self._state
+                assert state.conn is not None and state.proc is not None
+                self._seq += 1
+                name = f"rsna_read_{os.getpid()}_{state.proc.pid}_{self._seq}.f32"
+                dirs = _handover_dirs()
+                state.files.update(os.path.join(d, name) for d in dirs)
+                request = {"op": "prepare", "series_dir": os.fspath(series_dir), "max_voxels": max_voxels,
+                           "spacing": None if spacing_zyx_mm is None else [float(s) for s in spacing_zyx_mm],
+                           "name": name, "dirs": dirs}
+                start = time.perf_counter()
+                try:
+                    state.conn.send_bytes(json.dumps(request).encode())
+                except OSError:
+                    pass  # a dead worker: no acknowledgement below
+                if self._wait(start, stats, label, ack=True) is not None:
+                    reply = self._wait(start, stats, label)
+                    break
+                # Gone before it took the request (killed between calls): not this series' doing, so one retry.
+                LOG.warning("read worker pid=%d was gone before it took %s (%s): retrying on a new one",
+                            state.proc.pid, label, _signal_name(state.proc.poll()))
+                state.kill()
+                self.restarts += 1
+                if attempt == 0:
+                    self._ensure_ready()
+            else:
+                stats.outcome = "crash"
+                raise WorkerCrashed(f"read workers died twice before taking {label}")
         finally:
             stats.seconds = time.perf_counter() - start
             self.last = stats
+        state = self._state
         stats.worker_peak_rss = int(reply.get("peak_rss", 0))
         stats.tree_peak_rss = max(stats.tree_peak_rss, stats.worker_peak_rss)
         stats.max_voxels = reply.get("max_voxels")
@@ -506,24 +524,34 @@ class ReadWorker:
         finally:
             state.remove_files()
 
-    def _wait(self, start: float, stats: ReadStats, label: str) -> dict:
-        """The worker's reply, watching its wall-clock time and the RSS of its process tree meanwhile."""
+    def _wait(self, start: float, stats: ReadStats, label: str, ack: bool = False) -> dict | None:
+        """The worker's next message, watching its wall-clock time and the RSS of its process tree meanwhile.
+
+        ``ack``: the acknowledgement of a request; ``None`` when the worker is gone before it (nothing was started).
+        """
         state = self._state
         assert state.conn is not None and state.proc is not None
         pid, limit = state.proc.pid, self.limits.memory_mb * 2**20
         while True:
             if state.conn.poll(_POLL_S):
                 try:
-                    return json.loads(state.conn.recv_bytes())
+                    message = json.loads(state.conn.recv_bytes())
+                    if not ack or message.get("op") == "ack":
+                        return message
+                    raise ValueError(f"expected an acknowledgement, got {message}")
                 except (EOFError, OSError, ValueError):
                     try:
                         state.proc.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         pass
+                    if ack:
+                        return None
                     return self._fail("crash", stats, WorkerCrashed(
                         f"read worker pid={pid} died with {_signal_name(state.proc.poll())} after "
                         f"{time.perf_counter() - start:.1f} s on {label}; replaced"))
             if state.proc.poll() is not None:
+                if ack:
+                    return None
                 return self._fail("crash", stats, WorkerCrashed(
                     f"read worker pid={pid} died with {_signal_name(state.proc.returncode)} after "
                     f"{time.perf_counter() - start:.1f} s on {label}; replaced"))
@@ -709,6 +737,7 @@ def _worker_main() -> None:
             break
         if request.get("op") != "prepare":
             break
+        conn.send_bytes(b'{"op": "ack"}')
         conn.send_bytes(json.dumps(_serve(request, memory_mb, baseline)).encode())
     os._exit(0)
 

@@ -87,6 +87,7 @@ class Predictor:
         self.priors: list[float] | None = None
         self.manifest = None
         self.ensemble = None
+        self.reader = None  # kernel.isolation.ReadWorker: reading and preprocessing in a worker process
         self.setup_error: str | None = None
         try:
             from kernel.manifest import load_manifest
@@ -96,6 +97,9 @@ class Predictor:
             from kernel.ensemble import Ensemble
 
             self.ensemble = Ensemble(self.manifest, providers=providers)
+            from kernel.isolation import ReadLimits, ReadWorker
+
+            self.reader = ReadWorker(ReadLimits.resolve(self.manifest.data.get("read_limits", {})))
             LOG.info("models ready: %d sessions in %s on %s", len(self.ensemble.sessions), self.manifest.weights_dir,
                      ",".join(self.ensemble.active_providers))
         except Exception as exc:  # the kernel must still answer every series
@@ -125,9 +129,8 @@ class Predictor:
                     f"cheapest plan needs ~{self.budget.estimate(self.ensemble.runs(plans[-1][1])):.1f} s"
                 )
             name, plan = plans[choice]
-            from kernel.preprocess import prepare_volume
-
-            volume = prepare_volume(series_path, self.manifest.volume_spacing_mm, max_voxels=self.manifest.max_voxels)
+            volume = self.reader.prepare(series_path, self.manifest.volume_spacing_mm,
+                                         max_voxels=self.manifest.max_voxels)
             read_s = time.perf_counter() - start
             out = self.ensemble.predict_volume(volume.array, volume.affine, volume.modality, plan,
                                                superior_known=volume.geometry_known)

@@ -1,0 +1,205 @@
+"""Read worker: same volume as in-process, limits from manifest/environment, and every hostile series (crash, hang,
+memory) costs one fallback row while the next series still scores and the process tree stays under its limit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kernel import isolation
+from kernel import predict as kernel_predict
+from kernel.budget import TimeBudget
+from kernel.dicom_io import SeriesReadError
+from kernel.isolation import HOOK_ENV, MEMORY_ENV, TIMEOUT_ENV, ReadLimits, ReadWorker
+from kernel.labels import LABEL_COLS
+from kernel.preprocess import prepare_volume
+from testkit.dicom_factory import write_series
+from testkit.hostile import CASES, HOOKED, TreePeak
+from testkit.onnx_factory import write_random_weights
+
+MEMORY_MB = 1024  # the worker tree's limit in these tests (default 3072)
+TIMEOUT_S = 4.0  # per series (default 120)
+TREE_LIMIT_MB = MEMORY_MB + 512  # whole process tree beyond the models: the worker's limit + the parent's share
+HOOK = "testkit.hostile:install_worker_hooks"
+PRIORS = [0.01 * (i + 1) for i in range(13)] + [0.43]
+REASON = {"error": "SeriesReadError", "crash": "WorkerCrashed: read worker pid=", "hang": "WorkerTimeout",
+          "memory": "WorkerOutOfMemory", "memory_error": "MemoryError"}
+
+
+def _same_volume(a, b) -> None:
+    assert a.array.dtype == b.array.dtype == np.float32 and a.array.shape == b.array.shape
+    assert np.array_equal(a.array, b.array)
+    for name in ("affine", "source_affine"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for name in ("modality", "series_uid", "slice_lookup", "source_shape", "dropped", "frame_geometry", "notes",
+                 "geometry_known"):
+        assert getattr(a, name) == getattr(b, name), name
+
+
+def test_worker_volume_is_the_in_process_volume(tmp_path: Path) -> None:
+    write_series(tmp_path / "s", plane="sagittal", reverse=True, gaps=[2.0] * 6 + [3.0] + [2.0] * 5, scout=True,
+                 blank=True, odd_size=True)
+    worker = ReadWorker(ReadLimits(memory_mb=MEMORY_MB, timeout_s=30))
+    try:
+        for spacing in ((1.5, 1.5, 1.5), None):
+            _same_volume(worker.prepare(tmp_path / "s", spacing, max_voxels=10**7),
+                         prepare_volume(tmp_path / "s", spacing, max_voxels=10**7))
+            assert worker.last.outcome == "ok" and worker.last.worker_peak_rss > 0
+        # A reader error comes back with its type and message; nothing is left in the handover folders.
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(SeriesReadError) as remote:
+            worker.prepare(tmp_path / "empty", None)
+        with pytest.raises(SeriesReadError) as local:
+            prepare_volume(tmp_path / "empty", None)
+        assert str(remote.value) == str(local.value)
+        assert not list(Path("/dev/shm").glob(f"rsna_read_{os.getpid()}_*"))
+        assert worker.pid in isolation.process_tree()
+    finally:
+        worker.close()
+    assert worker.pid is None
+
+
+def test_limits_environment_over_manifest_over_defaults(caplog: pytest.LogCaptureFixture) -> None:
+    assert ReadLimits.resolve({}, {}) == ReadLimits(3072, 120.0, True)
+    manifest = {"memory_mb": 2048, "timeout_s": 30, "isolated": False}
+    assert ReadLimits.resolve(manifest, {}) == ReadLimits(2048, 30.0, False)
+    env = {MEMORY_ENV: "1500", TIMEOUT_ENV: "9.5", "RSNA_READ_ISOLATION": "1"}
+    assert ReadLimits.resolve(manifest, env) == ReadLimits(1500, 9.5, True)
+    with caplog.at_level("WARNING", logger="rsna.kernel"):  # a typo is logged and ignored, never fatal
+        assert ReadLimits.resolve({"memory_mb": 100}, {TIMEOUT_ENV: "soon"}) == ReadLimits()
+    assert sum("ignoring" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_proc_measurements_see_children() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(64 << 20); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while isolation.rss_bytes(child.pid) < 64 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.pid in isolation.process_tree()
+        assert isolation.tree_rss_bytes() >= isolation.rss_bytes() + (64 << 20)
+        assert isolation.peak_rss_bytes(child.pid) >= 64 << 20
+    finally:
+        child.kill()
+        child.wait()
+    if isolation.reset_peak_rss():
+        assert isolation.peak_rss_bytes() <= isolation.rss_bytes() + (8 << 20)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+    write_series(tmp_path / "s", n_slices=6)
+    worker = ReadWorker(ReadLimits(memory_mb=MEMORY_MB, timeout_s=30))
+    try:
+        worker.prepare(tmp_path / "s", None)
+        first = worker.pid
+        os.kill(first, signal.SIGKILL)  # killed between calls (the OOM killer, an operator) ...
+        worker.prepare(tmp_path / "s", None)  # ... just now: it never acknowledges the request, which is retried
+        second = worker.pid
+        assert second != first and worker.restarts == 1 and worker.last.outcome == "ok"
+        os.kill(second, signal.SIGKILL)  # ... a while ago: found dead before the request is sent
+        time.sleep(0.5)
+        worker.prepare(tmp_path / "s", None)
+        assert worker.pid not in (first, second) and worker.restarts == 2 and worker.last.outcome == "ok"
+    finally:
+        worker.close()
+
+
+def test_a_worker_that_cannot_start_falls_back_to_the_main_process(tmp_path: Path) -> None:
+    write_series(tmp_path / "s", n_slices=6)
+    worker = ReadWorker(ReadLimits(memory_mb=MEMORY_MB, timeout_s=30), hook="no_such_module:install")
+    volume = worker.prepare(tmp_path / "s", None)
+    assert worker.in_process and volume.array.shape == (6, 24, 28)
+    worker.close()
+
+
+def test_the_worker_ends_with_its_parent(tmp_path: Path) -> None:
+    """A parent killed without any cleanup leaves no worker behind."""
+    write_series(tmp_path / "s", n_slices=4)
+    code = ("import os, sys; from kernel.isolation import ReadWorker, ReadLimits; w = ReadWorker(ReadLimits()); "
+            f"w.prepare({str(tmp_path / 's')!r}, None); print(w.pid, flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pid = int(out.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), f"worker {pid} outlived its parent"
+
+
+# --- hostile series end to end, through Predictor ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory):
+    weights = write_random_weights(tmp_path_factory.mktemp("weights"), folds=1, seed=5, priors=PRIORS)
+    with pytest.MonkeyPatch.context() as mp:  # limits and the test-only decoder hooks through the environment
+        mp.setenv(MEMORY_ENV, str(MEMORY_MB))
+        mp.setenv(TIMEOUT_ENV, str(TIMEOUT_S))
+        mp.setenv(HOOK_ENV, HOOK)
+        predictor = kernel_predict.Predictor(str(weights), budget=TimeBudget(limit_s=1e6, n_series=100, margin_s=0))
+        assert predictor.reader.limits == ReadLimits(MEMORY_MB, TIMEOUT_S, True)
+        yield predictor
+        predictor.reader.close()
+
+
+@pytest.fixture(scope="module")
+def good_series(tmp_path_factory: pytest.TempPathFactory, predictor) -> tuple[Path, np.ndarray]:
+    folder = tmp_path_factory.mktemp("good") / "1.2.3.9"
+    write_series(folder, n_slices=30, rows=40, cols=44, allowlist_only=True)
+    frame, record = predictor.predict(str(folder))
+    assert record.level == "full", record
+    return folder, np.array(frame.row(0))
+
+
+def _row(frame: pl.DataFrame) -> np.ndarray:
+    assert isinstance(frame, pl.DataFrame) and frame.height == 1 and frame.columns == LABEL_COLS
+    values = np.array(frame.row(0), dtype=np.float64)
+    assert np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1))
+    return values
+
+
+# thousands_of_slices (3,000 files to write) and huge_file (its 6,666^2-pixel volume takes the models ~10 s) are
+# covered at the reader in test_hostile.py.
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"thousands_of_slices", "huge_file"}))
+def test_hostile_series_cost_one_row(case: str, predictor, good_series, tmp_path: Path,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / f"uid_{case}"
+    outcome = HOOKED.get(case) or CASES[case](folder)
+    if case in HOOKED:
+        CASES[case](folder)
+    with caplog.at_level("WARNING", logger="rsna.kernel"), TreePeak() as peak:
+        frame, record = predictor.predict(str(folder))
+        peak.add_child_peak(max(predictor.reader.last.tree_peak_rss, predictor.reader.last.worker_peak_rss))
+    values = _row(frame)
+    read = predictor.reader.last
+    assert read.seconds < TIMEOUT_S + 1.0, (read, record)  # the hang is cut at TIMEOUT_S, everything else is quick
+    if outcome == "volume":
+        assert record.level == "full", record
+    else:
+        assert record.level == "fallback" and REASON[outcome] in (record.reason or ""), record
+        np.testing.assert_allclose(values, PRIORS)
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fallback uid=")]
+        assert lines == [f"fallback uid=uid_{case} reason={record.reason}"], lines
+    assert peak.growth < TREE_LIMIT_MB * 2**20, f"process tree peak {peak.growth / 2**20:.0f} MB beyond the models"
+    # The next series is predicted normally (by a replacement worker after a crash, hang or kill).
+    folder, expected = good_series
+    frame, record = predictor.predict(str(folder))
+    assert record.level == "full", record
+    np.testing.assert_array_equal(_row(frame), expected)
