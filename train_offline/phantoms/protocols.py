@@ -214,6 +214,8 @@ def sample_acquisition(rng: np.random.Generator, modality: str, anatomy: Anatomy
     normal = np.cross(row_dir, col_dir)
     ps = fov / matrix
     rows = matrix if rng.random() < 0.8 else int(matrix * rng.choice([0.75, 0.875]) // 8 * 8)
+    if size == "real" and modality != "MRA":
+        rows = matrix  # whole head: a shorter field of view along the rows would cut it (TOF: a slab, it may)
     cols = matrix
     n = int(np.clip(round(coverage / dz), *n_range))
     centre = anatomy.head_to_lps[:3, :3] @ centre_ras + anatomy.head_to_lps[:3, 3]
