@@ -56,6 +56,10 @@ _CT_HU_RANGE = (-1024.0, 4095.0)
 MIN_IMAGE_SIDE = 16
 # A gap along the slice normal this many times the median gap splits the stack into runs; the largest run is kept.
 _RUN_GAP_FACTOR = 10.0
+# Largest field of view along any axis (mm): no head is near it (images without PixelSpacing are taken at 1 mm, so
+# 1,024-pixel photographs pass); beyond it PixelSpacing or the positions are wrong, and resampling to the model
+# spacing would build a volume (and model inputs) of that extent.
+MAX_EXTENT_MM = 2000.0
 # Bounds on what one folder may hold: files listed, subfolder depth, frames (images) kept after parsing headers.
 _MAX_FILES = 10_000
 _MAX_DEPTH = 8
@@ -706,12 +710,23 @@ def _grid_plan(stack: list[_Frame], max_voxels: int | None, series_dir: Path, no
     """(in-plane step, most slices) of the output grid, from header facts, before anything is decoded.
 
     The grid is the larger of the decoded stack and its gap-resampled version; an in-plane step keeps it inside
-    ``max_voxels``. When even images of ``MIN_IMAGE_SIDE`` pixels a side would not fit, the series is refused.
+    ``max_voxels``. When even images of ``MIN_IMAGE_SIDE`` pixels a side would not fit, or the field of view is
+    larger than ``MAX_EXTENT_MM`` along an axis, the series is refused.
     """
     rows, cols = stack[0].rows, stack[0].cols
     slices = len(stack)
-    if stack[0].geometry is not None:
-        slices = max(slices, _slice_grid(_normal_positions(stack)[1])[2])
+    g0 = stack[0].geometry
+    pixel = g0.pixel_spacing if g0 is not None else (1.0, 1.0)
+    depth = len(stack) * (stack[0].spacing_between or 1.0)
+    if g0 is not None:
+        step_z, _, n_out = _slice_grid(_normal_positions(stack)[1])
+        slices = max(slices, n_out)
+        depth = n_out * step_z if step_z > 0 else depth
+    extent = (depth, rows * pixel[0], cols * pixel[1])
+    if max(extent) > MAX_EXTENT_MM:
+        raise SeriesReadError(
+            f"{series_dir}: field of view {extent[0]:,.0f} x {extent[1]:,.0f} x {extent[2]:,.0f} mm, larger than any "
+            f"head ({MAX_EXTENT_MM:,.0f} mm): PixelSpacing or the slice positions are wrong")
     step = 1
     if max_voxels is not None and slices * rows * cols > max_voxels:
         step = math.ceil(math.sqrt(slices * rows * cols / max_voxels))

@@ -9,7 +9,9 @@ process (the models stay in the main process) and turns each of those into one e
 - **memory**: the worker sets ``RLIMIT_DATA`` on itself (an allocation past it is a ``MemoryError`` inside the worker,
   which survives it), and the parent polls the RSS of the worker's whole process tree from ``/proc``; past
   ``memory_mb`` the tree is killed, ``WorkerOutOfMemory``, replaced. The voxel budget the reader works to is also
-  cut to what ``memory_mb`` can hold, so large series are subsampled rather than refused.
+  cut to what ``memory_mb`` can hold, so large series are subsampled rather than refused, and the prepared volume
+  handed back is sized before resampling (at most ``MAX_OUTPUT_VOXELS``), so the models in the main process never
+  get a volume that would take them past their own memory.
 - errors the reader raises (``SeriesReadError``, ``ValueError``, ...) come back as the same type and message.
 
 The worker is a plain ``python -c`` subprocess (not ``multiprocessing``): it gets the parent's ``sys.path`` (so the
@@ -78,6 +80,11 @@ START_TIMEOUT_S = 120.0  # imports (numpy, pydicom, torch) and a warm-up resampl
 # Peak bytes the worker needs per voxel of the native grid: measured 4.0-4.5 on a 400 x 512 x 512 CTA (float32
 # stack + resampled output) and 8.1-8.6 with gap resampling and a reoriented copy (a second full-size array).
 BYTES_PER_VOXEL = 10
+# Largest prepared (canonical, resampled) volume handed to the main process: 512 MB of float32, ~10x a 1 mm CTA, and
+# at most 2,048 voxels a side (model inputs are cut axis by axis: a 64-slice crop of a 2,048^2 plane is 1 GB on the
+# way). Sized before resampling, so a volume the models would choke on never reaches them.
+MAX_OUTPUT_VOXELS = 128_000_000
+MAX_OUTPUT_SIDE = 2048
 _POLL_S = 0.02  # watchdog period while a request runs
 _MAX_START_FAILURES = 2
 _CONFIG_ENV = "RSNA_READ_WORKER_CONFIG"
@@ -673,9 +680,27 @@ def _write_volume(array: np.ndarray, name: str, dirs: Sequence[str]) -> str:
     raise OSError(f"cannot hand the volume over ({'; '.join(errors) or 'no folder'})")
 
 
-def _serve(request: Mapping[str, Any], memory_mb: int, baseline: int) -> dict[str, Any]:
-    from kernel.preprocess import prepare_volume
+def _prepare(series_dir: str, spacing: Sequence[float] | None, max_voxels: int) -> Volume:
+    """``kernel.preprocess.prepare_volume`` (read, then canonicalise) with the prepared grid sized in between."""
+    from kernel.dicom_io import read_series
+    from kernel.preprocess import canonicalise
 
+    volume = read_series(series_dir, max_voxels=max_voxels)
+    if spacing is not None:  # from extents in mm: the same under any reorientation (finest target spacing per side)
+        extents = [n * s for n, s in zip(volume.array.shape, volume.spacing, strict=True)]
+        voxels = math.prod(extents) / math.prod(spacing)
+        side = max(extents) / min(spacing)
+        at = "x".join(f"{s:g}" for s in spacing)
+        if voxels > MAX_OUTPUT_VOXELS:
+            raise SeriesReadError(f"{series_dir}: at {at} mm the volume would hold {voxels:,.0f} voxels, over the "
+                                  f"{MAX_OUTPUT_VOXELS:,} handed to the models")
+        if side > MAX_OUTPUT_SIDE:
+            raise SeriesReadError(f"{series_dir}: at {at} mm the volume would be {side:,.0f} voxels long, over the "
+                                  f"{MAX_OUTPUT_SIDE:,} a side handed to the models")
+    return canonicalise(volume, spacing)
+
+
+def _serve(request: Mapping[str, Any], memory_mb: int, baseline: int) -> dict[str, Any]:
     reset_peak_rss()
     start = time.perf_counter()
     max_voxels = request.get("max_voxels")
@@ -684,8 +709,7 @@ def _serve(request: Mapping[str, Any], memory_mb: int, baseline: int) -> dict[st
     reply: dict[str, Any] = {"max_voxels": max_voxels}
     try:
         spacing = request.get("spacing")
-        volume = prepare_volume(request["series_dir"], None if spacing is None else tuple(spacing),
-                                max_voxels=max_voxels)
+        volume = _prepare(request["series_dir"], None if spacing is None else tuple(spacing), max_voxels)
         reply.update(ok=True, file=_write_volume(volume.array, request["name"], request["dirs"]),
                      shape=list(volume.array.shape), volume=_volume_meta(volume))
         del volume

@@ -173,10 +173,11 @@ def thousands_of_slices(folder: Path) -> str:
 
 
 def huge_file(folder: Path) -> str:
-    """One 200 MB single-frame image (10000 x 10000 x 16 bit)."""
+    """One 200 MB single-frame image (10000 x 10000 x 16 bit, 0.03 mm pixels: a 300 mm field of view)."""
     folder.mkdir(parents=True)
     ds = pydicom.dcmread(_first_file(folder.parent / (folder.name + "_src")))
     ds.Rows = ds.Columns = 10_000
+    ds.PixelSpacing = [0.03, 0.03]
     ds.PixelData = (np.arange(10_000, dtype=np.uint16)[None] * np.ones((10_000, 1), np.uint16)).tobytes()
     ds.save_as(folder / "huge.dcm")
     return "volume"
@@ -278,6 +279,13 @@ def deflate_bomb(folder: Path, inflated_mib: int = 4095) -> str:
     final = b"\x03\x00"  # an empty final block
     (folder / "bomb.dcm").write_bytes(head.getvalue() + start + mib * inflated_mib + final)
     return "volume"
+
+
+def huge_field_of_view(folder: Path) -> str:
+    """64 x 64 images with 40 mm pixels (a 2.6 m field of view): resampled to 1 mm that is a 2,560^2 volume per slice
+    and model inputs to match, in the main process."""
+    write_series(folder, n_slices=4, rows=64, cols=64, pixel_spacing=(40.0, 40.0))
+    return "error"
 
 
 def tiny_images(folder: Path) -> str:
@@ -387,8 +395,8 @@ CASES: dict[str, HostileCase] = {
         absurd_rescale, unsupported_transfer_syntax, single_slice, all_at_one_position, zero_sized, colour_rgb,
         four_d_frames, symlink_loop, unreadable_file, thousands_of_slices, huge_file, non_image_objects,
         mixed_with_non_images, empty_folder, far_slice, huge_gap, huge_frame_count, huge_pixel_length, deflate_bomb,
-        tiny_images, interleaved_series, nested_subfolders, decoder_segfault, decoder_hang, decoder_memory_hog,
-        decoder_memory_error,
+        huge_field_of_view, tiny_images, interleaved_series, nested_subfolders, decoder_segfault, decoder_hang,
+        decoder_memory_hog, decoder_memory_error,
     )
 }
 
