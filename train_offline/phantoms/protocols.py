@@ -240,7 +240,7 @@ def sample_acquisition(rng: np.random.Generator, modality: str, anatomy: Anatomy
 
     origin = centre - (cols - 1) / 2 * ps * row_dir - (rows - 1) / 2 * ps * col_dir - (n - 1) / 2 * dz * normal
     thickness = dz if three_d else dz * float(rng.choice([1.0, 0.9, 0.8]))
-    if size == "real":  # sub-planes at most ~0.75 mm apart: thick slices keep in-plane edges near the pixel size
+    if size == "real":  # sub-planes ~max(pixel, 0.75 mm) apart: thick slices keep in-plane edges near the pixel
         n_sub = int(np.clip(round(thickness / max(ps, 0.75)), 1, 8)) if thickness > 1.5 * ps else 1
     else:
         n_sub = int(np.clip(round(thickness / max(ps, 1.0)), 1, 5)) if thickness > 1.5 * ps else 1
