@@ -26,8 +26,13 @@ __all__ = ["atomic_torch_save", "barrier", "format_of", "log_jsonl", "memory_for
 
 
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises the process group under torchrun (gloo on CPU, nccl on CUDA)."""
+    """(rank, world size, device); initialises the process group under torchrun (gloo on CPU, nccl on CUDA).
+
+    Under torchrun the group is initialised even for one process (``--nproc_per_node 1``), so the stages run in
+    DistributedDataParallel over NCCL/gloo exactly as on N GPUs; a plain ``python -m`` run stays without a group.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it for every worker
     rank = int(os.environ.get("RANK", "0"))
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -36,7 +41,7 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    if launched and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return rank, world, device
 
@@ -86,7 +91,8 @@ def run_stage(stage: str, model: nn.Module, dataset: Any, cfg: Mapping[str, Any]
     rank, world, device, seed = ctx["rank"], ctx["world"], ctx["device"], ctx["seed"]
     fmt = memory_format(bool(ctx["channels_last"]))
     model.to(device, memory_format=fmt)
-    if world > 1:
+    backend = dist.get_backend() if dist.is_initialized() else None
+    if backend is not None:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     epochs = int(cfg["epochs"])
     val_every = max(1, int(cfg["val_every"]))
@@ -138,7 +144,10 @@ def run_stage(stage: str, model: nn.Module, dataset: Any, cfg: Mapping[str, Any]
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         record = {"stage": stage, "epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2),
+                  "steps": len(losses), "ddp": backend,
                   **{f"train_{k}": v / max(len(losses), 1) for k, v in part_sums.items()}}
+        if device.type == "cuda":  # peak so far in this process (scripts/gpu_check.py reports it)
+            record["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         if rank == 0:
             if (epoch + 1) % val_every == 0 or epoch + 1 == epochs:
                 record.update(validate_fn(epoch))
