@@ -254,11 +254,13 @@ def _parse_bool(value: object) -> bool:
 
 @dataclass
 class ReadStats:
-    """What the last ``prepare`` call cost: seconds, the worker's own peak RSS (VmHWM, reset per request) and the
-    sampled peak of its whole process tree, both in bytes; ``outcome`` is "ok", "error", "crash", "timeout",
-    "memory" or "in_process"."""
+    """What the last ``prepare`` call cost: seconds (in all; inside the worker: read, preprocess and the hand-over
+    write; that write alone), the worker's own peak RSS (VmHWM, reset per request) and the sampled peak of its whole
+    process tree, both in bytes; ``outcome`` is "ok", "error", "crash", "timeout", "memory" or "in_process"."""
 
     seconds: float = 0.0
+    worker_seconds: float = 0.0
+    write_seconds: float = 0.0
     worker_peak_rss: int = 0
     tree_peak_rss: int = 0
     outcome: str = ""
@@ -519,6 +521,8 @@ class ReadWorker:
             self.last = stats
         state = self._state
         stats.worker_peak_rss = int(reply.get("peak_rss", 0))
+        stats.worker_seconds = float(reply.get("seconds", 0.0))
+        stats.write_seconds = float(reply.get("write_seconds", 0.0))
         stats.tree_peak_rss = max(stats.tree_peak_rss, stats.worker_peak_rss)
         stats.max_voxels = reply.get("max_voxels")
         if not reply.get("ok"):
@@ -710,13 +714,14 @@ def _serve(request: Mapping[str, Any], memory_mb: int, baseline: int) -> dict[st
     try:
         spacing = request.get("spacing")
         volume = _prepare(request["series_dir"], None if spacing is None else tuple(spacing), max_voxels)
+        written = time.perf_counter()
         reply.update(ok=True, file=_write_volume(volume.array, request["name"], request["dirs"]),
-                     shape=list(volume.array.shape), volume=_volume_meta(volume))
+                     write_seconds=time.perf_counter() - written, shape=list(volume.array.shape),
+                     volume=_volume_meta(volume))
         del volume
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent as type + message
         reply.update(ok=False, type=type(exc).__name__, message=" ".join(str(exc).split())[:2000])
     reply.update(seconds=time.perf_counter() - start, peak_rss=peak_rss_bytes())
-    _trim()
     return reply
 
 
@@ -763,6 +768,7 @@ def _worker_main() -> None:
             break
         conn.send_bytes(b'{"op": "ack"}')
         conn.send_bytes(json.dumps(_serve(request, memory_mb, baseline)).encode())
+        _trim()  # after the reply: the parent does not wait for it
     os._exit(0)
 
 
