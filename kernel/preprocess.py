@@ -301,7 +301,10 @@ def crop_around(
     same = np.isclose(ratio, 1.0, rtol=1e-6)
     starts = np.where(same, np.floor(starts + 0.5), starts)  # round half up: the same rule for every parity
     out = np.asarray(array, dtype=np.float32)
-    for ax in range(3):
+    # The axis that shrinks most goes first, so no intermediate grows past input and output (a 1-slice 6666^2 image
+    # cropped to 64^3 z-first made a 64 x 6666^2 array). Each pass is exact on its axis, so the order changes only
+    # float rounding where two axes interpolate; voxel-grid crops (ratio 1) are identical in any order.
+    for ax in sorted(range(3), key=lambda a: shape[a] / max(array.shape[a], 1)):
         src = starts[ax] + np.arange(shape[ax]) * ratio[ax]
         out = _interp_axis(out, ax, src, fill=fill)
     new_affine = affine.copy()
