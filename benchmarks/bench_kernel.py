@@ -2,8 +2,10 @@
 
 Writes uncompressed 512 x 512 CT series (the reader tests' smooth synthetic field; ``--source phantom``: a full-size
 phantom test split instead), then, in fresh processes so nothing is shared: (1) a warmed-up ``Predictor`` runs
-every series once, its call record splitting read + preprocess from the models; (2) one process predicts the long
-series and reports its peak resident memory. Files are in the page cache (just written), as in performance-notes.md.
+every series once, its call record splitting read + preprocess from the models, once reading in the isolated worker
+(the default) and once in-process (``RSNA_READ_ISOLATION=0``), so the isolation cost is measured in one run; (2) one
+process predicts the long series and reports the peak resident memory of its whole process tree (worker included).
+Files are in the page cache (just written), as in performance-notes.md.
 
     python benchmarks/bench_kernel.py [--weights DIR] [--n 3] [--slices 400] [--long-slices 1000]
 """
@@ -43,16 +45,21 @@ print(json.dumps({"rows": rows, "providers": predictor.ensemble.active_providers
 """
 
 CHILD_MEMORY = """
-import json, resource, sys, time
+import json, sys, time
 from kernel.budget import TimeBudget
 from kernel.predict import Predictor
+from testkit.hostile import TreePeak
 predictor = Predictor(sys.argv[1], budget=TimeBudget(limit_s=1e9, margin_s=0))
-t0 = time.perf_counter()
-frame, record = predictor.predict(sys.argv[2])
-seconds = time.perf_counter() - t0
-print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds,
-                  "level": record.level, "reason": record.reason}))
+with TreePeak() as peak:
+    t0 = time.perf_counter()
+    frame, record = predictor.predict(sys.argv[2])
+    seconds = time.perf_counter() - t0
+    if predictor.reader is not None:
+        peak.add_child_peak(predictor.reader.last.worker_peak_rss)
+print(json.dumps({"peak_mb": peak.peak / 2**20, "seconds": seconds, "level": record.level, "reason": record.reason}))
 """
+
+READING = {"1": "isolated worker (default)", "0": "in-process"}
 
 
 def _write_series(folder: Path, slices: int, seed: int) -> Path:
@@ -111,8 +118,8 @@ def resolve_weights(arg: Path | None, work: Path) -> tuple[Path, str]:
     return write_random_weights(out), "testkit/onnx_factory.py (tiny models: model time not representative)"
 
 
-def _child(code: str, args: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def _child(code: str, args: list[str], isolation: str = "1") -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), RSNA_READ_ISOLATION=isolation)
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
@@ -143,22 +150,30 @@ def main() -> int:
             labelled = [(_write_series(work / f"s{i}", args.slices, i), f"CT {args.slices} x 512 x 512")
                         for i in tqdm(range(args.n), desc="write")]
         warm = _write_series(work / "warm", 32, 99)
-        times = _child(CHILD_TIMES, [str(weights), str(warm), *(str(p) for p, _ in labelled)])
+        series_args = [str(weights), str(warm), *(str(p) for p, _ in labelled)]
+        by_mode = {mode: _child(CHILD_TIMES, series_args, mode) for mode in READING}  # same files, same page cache
+        times = by_mode["1"]
         print(f"weights: {weights_note}; providers {times['providers']}; {times['runs']} model runs per series")
-        print("| series | n | end-to-end median s | read + preprocess s | ensemble s | max s |")
-        print("|---|---|---|---|---|---|")
+        print("| series | reading | n | end-to-end median s | read + preprocess s | ensemble s | max s |")
+        print("|---|---|---|---|---|---|---|")
         for label in sorted({lab for _, lab in labelled}):
-            rows = [r for r, (_, lab) in zip(times["rows"], labelled, strict=True) if lab == label]
-            med = {k: float(np.median([r[k] for r in rows])) for k in ("total", "read", "model")}
-            print(f"| {label} | {len(rows)} | {med['total']:.3f} | {med['read']:.3f} | {med['model']:.3f} "
-                  f"| {max(r['total'] for r in rows):.3f} |")
+            medians = {}
+            for mode, name in READING.items():
+                rows = [r for r, (_, lab) in zip(by_mode[mode]["rows"], labelled, strict=True) if lab == label]
+                med = {k: float(np.median([r[k] for r in rows])) for k in ("total", "read", "model")}
+                medians[mode] = med
+                print(f"| {label} | {name} | {len(rows)} | {med['total']:.3f} | {med['read']:.3f} "
+                      f"| {med['model']:.3f} | {max(r['total'] for r in rows):.3f} |")
+            cost = medians["1"]["total"] - medians["0"]["total"]
+            print(f"| {label} | isolation cost | | {cost:+.3f} ({cost / medians['0']['total']:+.1%}) | | | |")
         if args.long_slices:
             for path, _ in labelled:
                 shutil.rmtree(path, ignore_errors=True)
             long_series = _write_series(work / "long", args.long_slices, 1000)
-            memory = _child(CHILD_MEMORY, [str(weights), str(long_series)])
-            print(f"| CT {args.long_slices} x 512 x 512, peak RSS {memory['peak_mb']:.0f} MB | 1 "
-                  f"| {memory['seconds']:.3f} | | | ({memory['level']}) |")
+            for mode, name in READING.items():
+                memory = _child(CHILD_MEMORY, [str(weights), str(long_series)], mode)
+                print(f"| CT {args.long_slices} x 512 x 512, process-tree peak {memory['peak_mb']:.0f} MB | {name} "
+                      f"| 1 | {memory['seconds']:.3f} | | | ({memory['level']}) |")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
