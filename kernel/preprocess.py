@@ -300,13 +300,19 @@ def crop_around(
     starts = centre - (shape - 1) / 2.0 * ratio
     same = np.isclose(ratio, 1.0, rtol=1e-6)
     starts = np.where(same, np.floor(starts + 0.5), starts)  # round half up: the same rule for every parity
-    out = np.asarray(array, dtype=np.float32)
-    # The axis that shrinks most goes first, so no intermediate grows past input and output (a 1-slice 6666^2 image
-    # cropped to 64^3 z-first made a 64 x 6666^2 array). Each pass is exact on its axis, so the order changes only
-    # float rounding where two axes interpolate; voxel-grid crops (ratio 1) are identical in any order.
-    for ax in sorted(range(3), key=lambda a: shape[a] / max(array.shape[a], 1)):
-        src = starts[ax] + np.arange(shape[ax]) * ratio[ax]
-        out = _interp_axis(out, ax, src, fill=fill)
+    sources = [starts[ax] + np.arange(shape[ax]) * ratio[ax] for ax in range(3)]
+    # Cut the input to the box the samples need before interpolating, so no intermediate is larger than that box (a
+    # 64^3 crop of a 1 x 6666^2 image used to make a 64 x 6666^2 array). Samples outside the volume keep their fill:
+    # the box starts at 0 when any sample lies below 0 and ends at the edge when any lies beyond it.
+    box = []
+    for ax, src in enumerate(sources):
+        n = array.shape[ax]
+        lo = int(np.clip(np.floor(src.min()), 0, n - 1))
+        hi = int(np.clip(np.ceil(src.max()) + 1, lo + 1, n))
+        box.append(slice(lo, hi))
+    out = np.asarray(array[tuple(box)], dtype=np.float32)
+    for ax in range(3):
+        out = _interp_axis(out, ax, sources[ax] - box[ax].start, fill=fill)
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] * ratio
     new_affine[:3, 3] = voxel_to_world(affine, starts[None])[0]

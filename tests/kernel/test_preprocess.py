@@ -211,9 +211,9 @@ def test_dicom_round_trip_keeps_the_affine(plane, tilt, reverse, slice_spacing, 
 
 
 def test_crop_of_a_huge_single_slice_never_builds_a_huge_intermediate() -> None:
-    """The most-shrinking axis is interpolated first: a 64^3 crop of a 1 x 3000 x 3000 image stays small in memory
-    (z first would have built 64 x 3000 x 3000 floats, 2.3 GB), and matches the crop of the same image done in
-    pieces (no axis order changes the values beyond float rounding)."""
+    """The input is cut to the box the samples need first: a 64^3 crop of a 1 x 3000 x 3000 image stays small in
+    memory (interpolating z over the whole image would build 64 x 3000 x 3000 floats, 2.3 GB), and equals the crop of
+    a window of the image around the same point."""
     import tracemalloc
 
     image = np.random.default_rng(0).random((1, 3000, 3000), dtype=np.float32)
