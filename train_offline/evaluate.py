@@ -30,11 +30,13 @@ def torch_runner(models: Mapping[str, nn.Module], device: torch.device) -> Runne
     """The recipe's ``run`` for torch modules keyed by spec name: eval mode, no grad, inputs in the model's layout,
     outputs (a tensor, or a dict read by ``spec.output_names``) as float32 numpy arrays."""
 
+    layouts = {name: format_of(model) for name, model in models.items()}  # once, not per series
+
     @torch.no_grad()
     def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
         model = models[spec.name]
         model.eval()
-        out = model(torch.from_numpy(batch).to(device, memory_format=format_of(model)))
+        out = model(torch.from_numpy(batch).to(device, memory_format=layouts[spec.name]))
         outputs = [out[name] for name in spec.output_names] if isinstance(out, Mapping) else [out]
         return [o.float().cpu().numpy() for o in outputs]
 

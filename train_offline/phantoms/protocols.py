@@ -118,23 +118,22 @@ def _matrix_for(rng: np.random.Generator, fov: tuple[float, float], pixel: tuple
     return matrix, width
 
 
+# 3D angiography of the ``real`` size: (share of tilted series, largest tilt in degrees, field-of-view centre):
+# CTA with gantry tilt around the whole head, TOF as an oblique slab around the Circle of Willis.
+_REAL_TILT = {"CTA": (0.15, 12, REAL_HEAD_CENTRE_RAS), "MRA": (0.3, 15, COW_CENTRE_RAS)}
+
+
 def _real_geometry(rng: np.random.Generator, modality: str) -> tuple:
     """(plane, tilt, three_d, matrix, fov, dz, coverage, n_range, centre_ras) of the ``real`` size (REAL_TABLE)."""
     plane, tilt, three_d = "axial", 0.0, True
-    if modality == "CTA":
-        g = REAL_TABLE["CTA"]
+    if modality in _REAL_TILT:
+        g = REAL_TABLE[modality]
         matrix, fov = _matrix_for(rng, g["fov"], g["pixel"], 16)
         dz, coverage = _pick(rng, *g["slice"]), _pick(rng, *g["coverage"])
-        if rng.random() < 0.15:
-            tilt = _pick(rng, -12, 12)  # gantry tilt
-        return plane, tilt, three_d, matrix, fov, dz, coverage, g["n"], REAL_HEAD_CENTRE_RAS
-    if modality == "MRA":
-        g = REAL_TABLE["MRA"]
-        matrix, fov = _matrix_for(rng, g["fov"], g["pixel"], 16)
-        dz, coverage = _pick(rng, *g["slice"]), _pick(rng, *g["coverage"])
-        if rng.random() < 0.3:
-            tilt = _pick(rng, -15, 15)  # oblique slab
-        return plane, tilt, three_d, matrix, fov, dz, coverage, g["n"], COW_CENTRE_RAS
+        share, max_deg, centre = _REAL_TILT[modality]
+        if rng.random() < share:
+            tilt = _pick(rng, -max_deg, max_deg)
+        return plane, tilt, three_d, matrix, fov, dz, coverage, g["n"], centre
     if modality not in ("MRI T2", "MRI T1post"):
         raise ValueError(f"unknown modality {modality!r}")
     t1 = modality == "MRI T1post"
