@@ -17,7 +17,7 @@ Array and affine conventions: ``kernel.preprocess`` (axes z -> S, y -> P, x -> L
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,10 @@ class Prediction:
     centre_lps: np.ndarray  # (3,) mean locator centre
     runs: int  # model evaluations (a flipped copy in the batch counts as one more)
     reversed_z: bool = False  # the slice order was reversed because the locator found the head upright that way
+    # Candidate aneurysm sites, strongest first (empty when no classifier returns a location heatmap):
+    candidates_lps: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (K, 3) LPS mm
+    candidate_probs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (K,) P(aneurysm at the candidate)
+    candidate_locations: tuple[str, ...] = ()  # (K,) LOCATION_COLS name the coarse heatmap gives each candidate
 
     @property
     def modality(self) -> str:
