@@ -89,6 +89,9 @@ class Predictor:
         self.ensemble = None
         self.reader = None  # kernel.isolation.ReadWorker: reading and preprocessing in a worker process
         self.setup_error: str | None = None
+        # keep_last: hold the last series' canonical volume and Prediction (for ``kernel.explain``; off on Kaggle)
+        self.keep_last = False
+        self.last: tuple[str, object, object] | None = None  # (uid, kernel.dicom_io.Volume, recipe.Prediction)
         try:
             from kernel.manifest import load_manifest
 
@@ -117,6 +120,7 @@ class Predictor:
         start = time.perf_counter()
         uid = os.path.basename(os.path.normpath(str(series_path)))
         level, reason, modality, frame = "fallback", None, None, None
+        self.last = None
         read_s = model_s = None
         try:
             if self.ensemble is None:
@@ -139,6 +143,8 @@ class Predictor:
                 LOG.warning("no geometry uid=%s: slice order %s (locator peak)", uid,
                             "reversed" if out.reversed_z else "kept")
             frame = row_frame(out.probs)
+            if self.keep_last:
+                self.last = (uid, volume, out)
             self.budget.record(read_s, model_s, out.runs)
             level, modality = name, out.modality
         except Exception as exc:  # MemoryError included: never let one series fail the submission
