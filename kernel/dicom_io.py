@@ -105,6 +105,10 @@ class Volume:
     # False when no image had a position/orientation (e.g. an Enhanced multi-frame file stripped of its functional
     # groups): the axes are then frame order and pixel grid, and superior/inferior is a guess.
     geometry_known: bool = True
+    # The canonical array before resampling (native spacing, raw intensities) and its affine, when asked for
+    # (``kernel.preprocess.canonicalise(keep_native=True)``): what a fine stage samples its patches from.
+    native_array: np.ndarray | None = None
+    native_affine: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         assert self.array.ndim == 3, f"volume must be 3-D (Z, Y, X), got shape {self.array.shape}"

@@ -14,7 +14,7 @@ import numpy as np
 
 from kernel import recipe
 from kernel.manifest import Manifest, ModelSpec
-from kernel.preprocess import normalise
+from kernel.preprocess import normalise, normaliser
 from kernel.recipe import Plan, Prediction
 
 __all__ = ["Ensemble", "Plan", "Prediction", "choose_providers"]
@@ -53,7 +53,7 @@ class Ensemble:
         options.intra_op_num_threads = max(threads, 0)  # 0: onnxruntime picks (one per physical core)
         options.inter_op_num_threads = 1
         self.sessions: dict[str, Any] = {}
-        for role in ("locator", "classifier"):
+        for role in ("locator", "classifier", "fine"):
             for model in manifest.models(role):
                 path = str(manifest.model_path(model))
                 try:
@@ -65,6 +65,7 @@ class Ensemble:
                 self.sessions[model.name] = session
         self.locators = manifest.models("locator")
         self.classifiers = manifest.models("classifier")
+        self.fine = manifest.models("fine")
         self.active_providers = sorted({p for s in self.sessions.values() for p in s.get_providers()})
 
     def run(self, spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
@@ -73,11 +74,25 @@ class Ensemble:
 
     def runs(self, plan: Plan) -> int:
         """Model evaluations a plan costs (the cost unit of the time budget)."""
-        return recipe.plan_runs(self.locators, self.classifiers, plan)
+        return recipe.plan_runs(self.locators, self.classifiers, plan, self.fine)
+
+    @property
+    def wants_native(self) -> bool:
+        """Whether the fine stage needs the native stack (fine models and a classifier that returns a heatmap)."""
+        return bool(self.fine) and any(len(spec.output_names) > 2 for spec in self.classifiers)
 
     def predict_volume(self, array: np.ndarray, affine: np.ndarray, dicom_modality: str,
-                       plan: Plan | None = None, *, superior_known: bool = True) -> Prediction:
-        """Normalise a canonical volume (scheme from the manifest), then the recipe: locate, classify."""
-        normalised = normalise(array, self.manifest.scheme(dicom_modality))
+                       plan: Plan | None = None, *, superior_known: bool = True,
+                       native: tuple[np.ndarray, np.ndarray] | None = None) -> Prediction:
+        """Normalise a canonical volume (scheme from the manifest), then the recipe: locate, classify, refine.
+
+        ``native`` (canonical array at native spacing, affine) is what fine patches are sampled from; each patch is
+        normalised with the canonical volume's statistics.
+        """
+        scheme = self.manifest.scheme(dicom_modality)
+        normalised = normalise(array, scheme)
+        stack = None
+        if native is not None and self.fine:
+            stack = recipe.Native(native[0], native[1], normaliser(scheme, array))
         return recipe.predict_volume(normalised, affine, self.locators, self.classifiers, self.run, plan or Plan(),
-                                     superior_known=superior_known)
+                                     superior_known=superior_known, fine=self.fine, native=stack)

@@ -52,7 +52,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -386,9 +386,11 @@ class ReadWorker:
         spacing_zyx_mm: Sequence[float] | None = (1.0, 1.0, 1.0),
         *,
         max_voxels: int | None = None,
+        keep_native: bool = False,
     ) -> Volume:
         """Read + reorient + resample one series folder (``kernel.preprocess.prepare_volume``) under the limits.
 
+        With ``keep_native`` the Volume also holds the canonical array at native spacing (a second handover file).
         Raises what the reader raises (same type and message), or ``WorkerCrashed`` / ``WorkerTimeout`` /
         ``WorkerOutOfMemory`` after replacing the worker.
         """
@@ -404,31 +406,31 @@ class ReadWorker:
                                   self._start_failures, exc)
                         self.in_process = True
                     else:
-                        return self._prepare_retry(series_dir, spacing_zyx_mm, max_voxels)
+                        return self._prepare_retry(series_dir, spacing_zyx_mm, max_voxels, keep_native)
             if self.in_process:
-                return self._prepare_here(series_dir, spacing_zyx_mm, max_voxels)
+                return self._prepare_here(series_dir, spacing_zyx_mm, max_voxels, keep_native)
             self._start_failures = 0
-            return self._request(series_dir, spacing_zyx_mm, max_voxels)
+            return self._request(series_dir, spacing_zyx_mm, max_voxels, keep_native)
 
     # -- internals --
 
-    def _prepare_retry(self, series_dir, spacing_zyx_mm, max_voxels) -> Volume:
+    def _prepare_retry(self, series_dir, spacing_zyx_mm, max_voxels, keep_native=False) -> Volume:
         try:
             self._ensure_ready()
         except WorkerError as exc:
             self._state.kill()
             LOG.error("read worker could not be started twice (%s): reading in the main process", exc)
             self.in_process = True
-            return self._prepare_here(series_dir, spacing_zyx_mm, max_voxels)
+            return self._prepare_here(series_dir, spacing_zyx_mm, max_voxels, keep_native)
         self._start_failures = 0
-        return self._request(series_dir, spacing_zyx_mm, max_voxels)
+        return self._request(series_dir, spacing_zyx_mm, max_voxels, keep_native)
 
-    def _prepare_here(self, series_dir, spacing_zyx_mm, max_voxels) -> Volume:
+    def _prepare_here(self, series_dir, spacing_zyx_mm, max_voxels, keep_native=False) -> Volume:
         from kernel.preprocess import prepare_volume
 
         start = time.perf_counter()
         try:
-            return prepare_volume(series_dir, spacing_zyx_mm, max_voxels=max_voxels)
+            return prepare_volume(series_dir, spacing_zyx_mm, max_voxels=max_voxels, keep_native=keep_native)
         finally:
             self.last = ReadStats(seconds=time.perf_counter() - start, outcome="in_process", max_voxels=max_voxels)
 
@@ -483,7 +485,7 @@ class ReadWorker:
                  time.perf_counter() - state.started, state.baseline_rss / 2**20, self.limits.memory_mb,
                  self.limits.timeout_s)
 
-    def _request(self, series_dir, spacing_zyx_mm, max_voxels) -> Volume:
+    def _request(self, series_dir, spacing_zyx_mm, max_voxels, keep_native=False) -> Volume:
         label = os.path.basename(os.path.normpath(os.fspath(series_dir)))
         stats = ReadStats()
         start = time.perf_counter()
@@ -494,10 +496,10 @@ class ReadWorker:
                 self._seq += 1
                 name = f"rsna_read_{os.getpid()}_{state.proc.pid}_{self._seq}.f32"
                 dirs = _handover_dirs()
-                state.files.update(os.path.join(d, name) for d in dirs)
+                state.files.update(os.path.join(d, n) for d in dirs for n in (name, name + ".native"))
                 request = {"op": "prepare", "series_dir": os.fspath(series_dir), "max_voxels": max_voxels,
                            "spacing": None if spacing_zyx_mm is None else [float(s) for s in spacing_zyx_mm],
-                           "name": name, "dirs": dirs}
+                           "name": name, "dirs": dirs, "native": bool(keep_native)}
                 start = time.perf_counter()
                 try:
                     state.conn.send_bytes(json.dumps(request).encode())
@@ -587,14 +589,21 @@ class ReadWorker:
             LOG.error("%s", spawn_exc)
         raise exc
 
-    def _volume(self, reply: dict) -> Volume:
-        path, shape = str(reply["file"]), tuple(int(n) for n in reply["shape"])
+    def _mapped(self, path: str, shape_list: Sequence[int]) -> np.ndarray:
+        shape = tuple(int(n) for n in shape_list)
         if path not in self._state.files or os.path.getsize(path) != 4 * math.prod(shape):
             raise WorkerError(f"read worker handed over an unexpected file {path}")
         mapped = np.memmap(path, dtype=np.float32, mode="c", shape=shape)  # copy-on-write: no read, no copy
         os.unlink(path)
         self._state.files.discard(path)
-        return _volume_from_meta(mapped.view(np.ndarray), reply["volume"])
+        return mapped.view(np.ndarray)
+
+    def _volume(self, reply: dict) -> Volume:
+        volume = _volume_from_meta(self._mapped(str(reply["file"]), reply["shape"]), reply["volume"])
+        if reply.get("native_file"):
+            volume = replace(volume, native_array=self._mapped(str(reply["native_file"]), reply["native_shape"]),
+                             native_affine=np.asarray(reply["native_affine"], dtype=np.float64))
+        return volume
 
 
 # --- volume <-> JSON --------------------------------------------------------------------------------------------------
@@ -684,7 +693,7 @@ def _write_volume(array: np.ndarray, name: str, dirs: Sequence[str]) -> str:
     raise OSError(f"cannot hand the volume over ({'; '.join(errors) or 'no folder'})")
 
 
-def _prepare(series_dir: str, spacing: Sequence[float] | None, max_voxels: int) -> Volume:
+def _prepare(series_dir: str, spacing: Sequence[float] | None, max_voxels: int, keep_native: bool = False) -> Volume:
     """``kernel.preprocess.prepare_volume`` (read, then canonicalise) with the prepared grid sized in between."""
     from kernel.dicom_io import read_series
     from kernel.preprocess import canonicalise
@@ -701,7 +710,7 @@ def _prepare(series_dir: str, spacing: Sequence[float] | None, max_voxels: int) 
         if side > MAX_OUTPUT_SIDE:
             raise SeriesReadError(f"{series_dir}: at {at} mm the volume would be {side:,.0f} voxels long, over the "
                                   f"{MAX_OUTPUT_SIDE:,} a side handed to the models")
-    return canonicalise(volume, spacing)
+    return canonicalise(volume, spacing, keep_native=keep_native)
 
 
 def _serve(request: Mapping[str, Any], memory_mb: int, baseline: int) -> dict[str, Any]:
@@ -713,11 +722,15 @@ def _serve(request: Mapping[str, Any], memory_mb: int, baseline: int) -> dict[st
     reply: dict[str, Any] = {"max_voxels": max_voxels}
     try:
         spacing = request.get("spacing")
-        volume = _prepare(request["series_dir"], None if spacing is None else tuple(spacing), max_voxels)
+        volume = _prepare(request["series_dir"], None if spacing is None else tuple(spacing), max_voxels,
+                          bool(request.get("native")))
         written = time.perf_counter()
         reply.update(ok=True, file=_write_volume(volume.array, request["name"], request["dirs"]),
-                     write_seconds=time.perf_counter() - written, shape=list(volume.array.shape),
-                     volume=_volume_meta(volume))
+                     shape=list(volume.array.shape), volume=_volume_meta(volume))
+        if volume.native_array is not None:
+            reply.update(native_file=_write_volume(volume.native_array, request["name"] + ".native", request["dirs"]),
+                         native_shape=list(volume.native_array.shape), native_affine=volume.native_affine.tolist())
+        reply.update(write_seconds=time.perf_counter() - written)
         del volume
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent as type + message
         reply.update(ok=False, type=type(exc).__name__, message=" ".join(str(exc).split())[:2000])

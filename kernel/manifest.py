@@ -25,7 +25,8 @@ MANIFEST_NAME = "manifest.json"
 WEIGHTS_ENV = "RSNA_WEIGHTS_DIR"
 KAGGLE_INPUT = Path("/kaggle/input")
 FORMAT_VERSION = 1
-_ROLES = ("locator", "classifier")
+_ROLES = ("locator", "classifier", "fine")
+_REQUIRED_ROLES = ("locator", "classifier")
 _SKIP_DIRS = {"series", "segmentations", "kaggle_evaluation", "__pycache__"}
 _REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
@@ -61,7 +62,11 @@ class ModelSpec:
 
     Export writes it (``to_dict``), the manifest validates it (``parse``), the recipe reads its fields. Locators map a
     whole-volume input to one heatmap at ``output_stride``; classifiers map a crop centred at the locator's centre +
-    ``centre_offset_lps_mm`` to (logits, modality_logits), with left/right flip TTA when ``flip_tta``.
+    ``centre_offset_lps_mm`` to (logits, modality_logits[, heatmap]), with left/right flip TTA when ``flip_tta``; the
+    optional third output is the 13-channel location heatmap at ``output_stride`` that candidates are read from. Fine
+    models (optional) map a patch sampled from the native stack around each of ``candidates`` candidate sites (peaks
+    of the classifiers' heatmap at least ``candidate_min_distance_mm`` apart) to one logit, P(aneurysm at the site);
+    ``fusion_weight`` is their weight against the classifiers' in logit space (``kernel.recipe.fuse``).
     """
 
     name: str
@@ -71,9 +76,12 @@ class ModelSpec:
     input_shape: tuple[int, int, int]  # (z, y, x)
     spacing_mm: tuple[float, float, float]  # (z, y, x)
     output_names: tuple[str, ...]  # locator: (heatmap,); classifier: (logits, modality_logits)
-    output_stride: int = 1  # locator heatmap cell = output_stride input voxels
+    output_stride: int = 1  # locator / classifier heatmap cell = output_stride input voxels
     flip_tta: bool = True  # classifier: also run the left/right mirrored crop, labels swapped back
     centre_offset_lps_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # classifier crop centre - locator centre
+    candidates: int = 0  # fine: candidate sites per series
+    candidate_min_distance_mm: float = 0.0  # fine: non-maximum suppression radius between candidates
+    fusion_weight: float = 0.0  # fine: weight of the fine logit against the classifiers' (0..1)
     file: str = ""  # ONNX file name inside the weights folder
     sha256: str = ""
     validation: dict[str, Any] = field(default_factory=dict)  # scores recorded at export
@@ -91,9 +99,16 @@ class ModelSpec:
         }
         if self.role == "locator":
             out.update(output_name=self.output_names[0], output_stride=int(self.output_stride))
-        else:
+        elif self.role == "classifier":
             out.update(output_names=list(self.output_names), flip_tta=bool(self.flip_tta),
                        centre_offset_lps_mm=[float(v) for v in self.centre_offset_lps_mm])
+            if len(self.output_names) > 2:
+                out.update(output_stride=int(self.output_stride))
+        else:
+            out.update(output_names=list(self.output_names), flip_tta=bool(self.flip_tta),
+                       candidates=int(self.candidates),
+                       candidate_min_distance_mm=float(self.candidate_min_distance_mm),
+                       fusion_weight=float(self.fusion_weight))
         out.update(validation=dict(self.validation), parity_max_abs=self.parity_max_abs, fold=int(self.fold),
                    config=self.config, git_commit=self.git_commit, opset=self.opset)
         return out
@@ -139,10 +154,28 @@ class ModelSpec:
                                 f"{stride}")
         if role == "classifier":
             names = model.get("output_names")
-            if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) for n in names)):
-                problems.append(f"{where}.output_names must be [logits, modality_logits] names")
+            if not (isinstance(names, list) and len(names) in (2, 3) and all(isinstance(n, str) for n in names)):
+                problems.append(f"{where}.output_names must be [logits, modality_logits] or [logits, "
+                                f"modality_logits, heatmap] names")
+            elif len(names) == 3:
+                stride = model.get("output_stride")
+                if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+                    problems.append(f"{where}.output_stride must be a positive integer with a heatmap output")
+        if role == "fine":
+            names = model.get("output_names")
+            if not (isinstance(names, list) and len(names) == 1 and isinstance(names[0], str)):
+                problems.append(f"{where}.output_names must be [logit]")
+            k = model.get("candidates")
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                problems.append(f"{where}.candidates must be a positive integer")
+            if not (_is_number(model.get("candidate_min_distance_mm")) and model["candidate_min_distance_mm"] >= 0):
+                problems.append(f"{where}.candidate_min_distance_mm must be a number >= 0")
+            if not (_is_number(model.get("fusion_weight")) and 0.0 <= model["fusion_weight"] <= 1.0):
+                problems.append(f"{where}.fusion_weight must be a number in [0, 1]")
+        if role in ("classifier", "fine"):
             if not isinstance(model.get("flip_tta", True), bool):
                 problems.append(f"{where}.flip_tta must be true or false")
+        if role == "classifier":
             offset = model.get("centre_offset_lps_mm", [0.0, 0.0, 0.0])
             if not (isinstance(offset, list) and len(offset) == 3 and all(_is_number(v) for v in offset)):
                 problems.append(f"{where}.centre_offset_lps_mm must be 3 numbers (LPS mm), got {offset!r}")
@@ -159,8 +192,11 @@ class ModelSpec:
             name=model["name"], role=role, fold=int(model["fold"]), input_name=model["input_name"],
             input_shape=(z, y, x), spacing_mm=(dz, dy, dx),
             output_names=(model["output_name"],) if locator else tuple(model["output_names"]),
-            output_stride=int(model["output_stride"]) if locator else 1,
+            output_stride=int(model.get("output_stride", 1)),
             flip_tta=bool(model.get("flip_tta", True)), centre_offset_lps_mm=(off_l, off_p, off_s),
+            candidates=int(model.get("candidates", 0)),
+            candidate_min_distance_mm=float(model.get("candidate_min_distance_mm", 0.0)),
+            fusion_weight=float(model.get("fusion_weight", 0.0)),
             file=model["file"], sha256=model["sha256"], validation=dict(validation), config=model.get("config"),
             git_commit=str(model.get("git_commit", "")), opset=model.get("opset"),
             parity_max_abs=model.get("parity_max_abs"),
@@ -202,7 +238,7 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
     if duplicates:
         problems.append(f"model names must be unique; repeated: {duplicates}")
     roles = [m.get("role") for m in models if isinstance(m, dict)]
-    for role in _ROLES:
+    for role in _REQUIRED_ROLES:
         if role not in roles:
             problems.append(f"models must include at least one {role}")
     if problems:

@@ -36,7 +36,7 @@ class CallRecord:
 
     uid: str
     seconds: float
-    level: str  # "full", "no_flip", "one_fold", or "fallback"
+    level: str  # "full", "no_flip", "one_fold", "few_candidates", "no_fine", or "fallback"
     reason: str | None = None  # why the fallback row was returned
     modality: str | None = None  # modality head's answer (CTA, MRA, MRI T2, MRI T1post)
     read_s: float | None = None  # reading + preprocessing (None when the call did not get that far)
@@ -110,10 +110,15 @@ class Predictor:
             LOG.error("%s; every series gets the fallback row", self.setup_error)
 
     def plans(self):
-        """Degradation ladder: all folds with flips, all folds without, one fold without."""
+        """Degradation ladder: all folds with flips, all folds without, one fold without, then (with a fine stage)
+        one fold with half the candidates, and one fold without the fine stage."""
         from kernel.ensemble import Plan
 
-        return [("full", Plan(None, True)), ("no_flip", Plan(None, False)), ("one_fold", Plan(1, False))]
+        ladder = [("full", Plan(None, True)), ("no_flip", Plan(None, False)), ("one_fold", Plan(1, False))]
+        if self.ensemble is not None and self.ensemble.fine:
+            k = self.ensemble.fine[0].candidates
+            ladder += [("few_candidates", Plan(1, False, max(1, k // 2))), ("no_fine", Plan(1, False, 0))]
+        return ladder
 
     def predict(self, series_path: str) -> tuple[pl.DataFrame, CallRecord]:
         """Row and record for one series folder; never raises."""
@@ -133,11 +138,13 @@ class Predictor:
                     f"cheapest plan needs ~{self.budget.estimate(self.ensemble.runs(plans[-1][1])):.1f} s"
                 )
             name, plan = plans[choice]
+            wants_native = self.ensemble.wants_native and plan.candidates != 0
             volume = self.reader.prepare(series_path, self.manifest.volume_spacing_mm,
-                                         max_voxels=self.manifest.max_voxels)
+                                         max_voxels=self.manifest.max_voxels, keep_native=wants_native)
             read_s = time.perf_counter() - start
+            native = None if volume.native_array is None else (volume.native_array, volume.native_affine)
             out = self.ensemble.predict_volume(volume.array, volume.affine, volume.modality, plan,
-                                               superior_known=volume.geometry_known)
+                                               superior_known=volume.geometry_known, native=native)
             model_s = time.perf_counter() - start - read_s
             if not volume.geometry_known:
                 LOG.warning("no geometry uid=%s: slice order %s (locator peak)", uid,

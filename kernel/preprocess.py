@@ -17,7 +17,8 @@ import numpy as np
 from kernel.dicom_io import DEFAULT_MAX_VOXELS, Volume, read_series
 
 __all__ = [
-    "NORMALISERS", "canonicalise", "crop_around", "downsample_mean", "localizer_to_lps", "normalise", "prepare_volume",
+    "NORMALISERS", "canonicalise", "crop_around", "downsample_mean", "localizer_to_lps", "normalise", "normaliser",
+    "prepare_volume",
     "reorient_to_canonical", "resample_to_spacing", "spacing_of", "voxel_to_world", "world_to_voxel",
 ]
 
@@ -199,7 +200,7 @@ def downsample_mean(array: np.ndarray, affine: np.ndarray, factor: int) -> tuple
 # --- intensity normalisation: named schemes, chosen by the manifest -------------------------------------------------
 
 
-def _ct_angio(array: np.ndarray) -> np.ndarray:
+def _ct_angio(array: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     """CT window for vessels: HU [-150, 650] -> [0, 1] (bone saturates, brain sits near 0.24)."""
     return np.clip((array + 150.0) / 800.0, 0.0, 1.0).astype(np.float32)
 
@@ -211,29 +212,48 @@ def _robust_range(array: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[floa
     return float(lo), float(hi)
 
 
-def _mr_percentile(array: np.ndarray) -> np.ndarray:
-    """MR has no absolute scale: map the 1st..99.5th percentile to [0, 1], clip at 2 (vessels stay distinct)."""
-    lo, hi = _robust_range(array, 1.0, 99.5)
+def _mr_percentile(array: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """MR has no absolute scale: map the 1st..99.5th percentile (of ``reference``, default the array itself) to
+    [0, 1], clip at 2 (vessels stay distinct)."""
+    lo, hi = _robust_range(array if reference is None else reference, 1.0, 99.5)
     return np.clip((array - lo) / max(hi - lo, 1e-6), 0.0, 2.0).astype(np.float32)
 
 
-def _zscore(array: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance over the whole volume."""
-    return ((array - array.mean()) / max(float(array.std()), 1e-6)).astype(np.float32)
+def _zscore(array: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Zero mean, unit variance over the whole volume (``reference``, default the array itself)."""
+    ref = array if reference is None else reference
+    return ((array - ref.mean()) / max(float(ref.std()), 1e-6)).astype(np.float32)
 
 
-NORMALISERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+NORMALISERS: dict[str, Callable[..., np.ndarray]] = {
     "ct_angio": _ct_angio,
     "mr_percentile": _mr_percentile,
     "zscore": _zscore,
 }
 
 
-def normalise(array: np.ndarray, scheme: str) -> np.ndarray:
-    """Apply the named normalisation scheme (a key of ``NORMALISERS``)."""
+def normalise(array: np.ndarray, scheme: str, reference: np.ndarray | None = None) -> np.ndarray:
+    """Apply the named normalisation scheme (a key of ``NORMALISERS``).
+
+    Schemes with volume statistics (MR percentiles, z-score) take them from ``reference`` when given: a patch sampled
+    from the native stack is normalised with the statistics of the whole canonical volume, as the volume itself is.
+    """
     if scheme not in NORMALISERS:
         raise KeyError(f"unknown normalisation scheme {scheme!r}; known: {sorted(NORMALISERS)}")
-    return NORMALISERS[scheme](array)
+    return NORMALISERS[scheme](array, reference)
+
+
+def normaliser(scheme: str, reference: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``normalise(·, scheme)`` with the statistics of ``reference`` computed once (for many native patches)."""
+    if scheme not in NORMALISERS:
+        raise KeyError(f"unknown normalisation scheme {scheme!r}; known: {sorted(NORMALISERS)}")
+    if scheme == "mr_percentile":
+        lo, hi = _robust_range(reference, 1.0, 99.5)
+        return lambda a: np.clip((a - lo) / max(hi - lo, 1e-6), 0.0, 2.0).astype(np.float32)
+    if scheme == "zscore":
+        mean, std = float(reference.mean()), max(float(reference.std()), 1e-6)
+        return lambda a: ((a - mean) / std).astype(np.float32)
+    return lambda a: NORMALISERS[scheme](a)
 
 
 # --- series -> canonical volume --------------------------------------------------------------------------------------
@@ -245,23 +265,28 @@ def prepare_volume(
     *,
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
     backend: str = "auto",
+    keep_native: bool = False,
 ) -> Volume:
     """Read a series, reorient it to canonical and resample it (``spacing_zyx_mm=None`` keeps the native spacing).
 
-    The returned Volume keeps the native ``slice_lookup``/``source_affine``/``frame_geometry`` so localizers map.
+    The returned Volume keeps the native ``slice_lookup``/``source_affine``/``frame_geometry`` so localizers map;
+    with ``keep_native`` also the canonical array at native spacing (``native_array``/``native_affine``).
     """
     volume = read_series(series_dir, max_voxels=max_voxels)
-    return canonicalise(volume, spacing_zyx_mm, backend=backend)
+    return canonicalise(volume, spacing_zyx_mm, backend=backend, keep_native=keep_native)
 
 
 def canonicalise(
-    volume: Volume, spacing_zyx_mm: Sequence[float] | None = (1.0, 1.0, 1.0), *, backend: str = "auto"
+    volume: Volume, spacing_zyx_mm: Sequence[float] | None = (1.0, 1.0, 1.0), *, backend: str = "auto",
+    keep_native: bool = False,
 ) -> Volume:
-    """Reorient (and optionally resample) a native volume; geometry records are kept."""
+    """Reorient (and optionally resample) a native volume; geometry records are kept, and with ``keep_native`` the
+    reoriented array before resampling (a view of the read array where possible: no copy)."""
     array, affine = reorient_to_canonical(volume.array, volume.affine)
+    native = (array, affine) if keep_native else (None, None)
     if spacing_zyx_mm is not None:
         array, affine = resample_to_spacing(array, affine, spacing_zyx_mm, backend=backend)
-    return replace(volume, array=array, affine=affine)
+    return replace(volume, array=array, affine=affine, native_array=native[0], native_affine=native[1])
 
 
 def localizer_to_lps(volume: Volume, sop_uid: str, x: float, y: float, frame: int = 0) -> np.ndarray:

@@ -9,7 +9,13 @@ kernel's ``Ensemble.run`` (onnxruntime sessions) on Kaggle, a torch ``run`` in t
    with no geometry is tried in both slice orders and the order whose heatmaps peak higher is kept.
 2. classify: each classifier fold sees ``crop_around(classifier_centre(centre, offset))``; with flip TTA its batch
    also holds the crop mirrored on axis x (patient left/right) and that row's probabilities are mapped back with
-   ``flip_permutation``; sigmoid label and softmax modality probabilities are averaged over rows and folds.
+   ``flip_permutation``; sigmoid label and softmax modality probabilities are averaged over rows and folds. Classifiers
+   with a third output also return their 13-channel location heatmap (mirrored back the same way, averaged).
+3. fine (optional): ``heatmap_candidates`` takes the strongest heatmap peaks as candidate sites; each fine fold sees a
+   patch at its own fine spacing sampled straight from the native stack around every candidate (``fine_patches``;
+   never a whole-volume resample at that spacing), with flip TTA; ``fuse`` combines the fine probability of the best
+   candidate with the classifiers' probabilities in logit space (the location columns through the candidates'
+   heatmap channels).
 
 Array and affine conventions: ``kernel.preprocess`` (axes z -> S, y -> P, x -> L; affines voxel (z, y, x) -> LPS).
 """
@@ -21,28 +27,43 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernel.labels import LABEL_COLS, MODALITY_NAMES, flip_permutation
+from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, flip_permutation
 from kernel.manifest import ModelSpec
 from kernel.preprocess import crop_around, downsample_mean, resample_to_spacing, spacing_of, voxel_to_world
 
 __all__ = [
-    "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify", "heatmap_peak_lps", "locate",
-    "locate_upright", "locator_base", "locator_input", "locator_input_from_base", "plan_runs", "predict_volume",
-    "sigmoid", "softmax",
+    "Classified", "Native", "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify",
+    "fine_patches", "fine_probs", "fuse", "heatmap_candidates", "heatmap_peak_lps", "locate", "locate_upright",
+    "locator_base", "locator_input", "locator_input_from_base", "logit", "plan_runs", "predict_volume", "sigmoid",
+    "softmax",
 ]
 
 Runner = Callable[[ModelSpec, np.ndarray], Sequence[np.ndarray]]
 """Runs one model on a float32 (B, 1, z, y, x) batch; returns its outputs in ``spec.output_names`` order."""
 
 LABEL_FLIP = flip_permutation(LABEL_COLS)
+LOCATION_FLIP = flip_permutation(LOCATION_COLS)
+PROB_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before a logit
+
+
+@dataclass(frozen=True)
+class Native:
+    """The native stack a fine stage samples from: canonical orientation, native spacing, raw intensities, and the
+    normalisation of the canonical volume (``kernel.preprocess.normaliser``) applied to each patch."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    normalise: Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much of the ensemble to run: at most ``folds`` models per role (None: all) and whether to flip."""
+    """How much of the ensemble to run: at most ``folds`` models per role (None: all), whether to flip, and at most
+    ``candidates`` fine candidates per series (None: the manifest's; 0: skip the fine stage)."""
 
     folds: int | None = None
     flip: bool = True
+    candidates: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,12 @@ class Prediction:
     @property
     def modality(self) -> str:
         return MODALITY_NAMES[int(np.argmax(self.modality_probs))]
+
+
+def logit(probs: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities clipped to [PROB_EPS, 1 - PROB_EPS] (float64)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), PROB_EPS, 1.0 - PROB_EPS)
+    return np.log(p) - np.log1p(-p)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -153,10 +180,17 @@ def _group_by_input(specs: Sequence[ModelSpec]) -> dict[tuple, list[ModelSpec]]:
     return groups
 
 
-def plan_runs(locators: Sequence[ModelSpec], classifiers: Sequence[ModelSpec], plan: Plan) -> int:
-    """Model evaluations a plan costs (the cost unit of the kernel's time budget)."""
+def plan_runs(locators: Sequence[ModelSpec], classifiers: Sequence[ModelSpec], plan: Plan,
+              fine: Sequence[ModelSpec] = ()) -> int:
+    """Model evaluations a plan costs (the cost unit of the kernel's time budget). Every 4 fine candidates count as
+    one evaluation per fold (two with flips): four 32^3 patches hold about as many voxels as a 48 x 64 x 64 crop."""
     flips = sum(2 if (plan.flip and spec.flip_tta) else 1 for spec in classifiers[: plan.folds])
-    return len(locators[: plan.folds]) + flips
+    fine_runs = 0
+    if fine and plan.candidates != 0:
+        k = fine[0].candidates if plan.candidates is None else min(fine[0].candidates, plan.candidates)
+        per_fold = -(-k // 4)
+        fine_runs = sum(per_fold * (2 if (plan.flip and spec.flip_tta) else 1) for spec in fine[: plan.folds])
+    return len(locators[: plan.folds]) + flips + fine_runs
 
 
 # --- the two stages --------------------------------------------------------------------------------------------------
@@ -199,20 +233,38 @@ def locate_upright(array: np.ndarray, affine: np.ndarray, locators: Sequence[Mod
     return array, centre, False
 
 
+@dataclass(frozen=True)
+class Classified:
+    """The classifiers' answer: mean probabilities and, when they return one, their mean location heatmap."""
+
+    probs: np.ndarray  # (14,)
+    modality_probs: np.ndarray  # (4,)
+    heatmap: np.ndarray | None = None  # (13, d, h, w) logits, mean over folds and flips
+    heatmap_affine: np.ndarray | None = None  # the crop's affine (heatmap cell i covers crop voxels i * stride ...)
+    heatmap_stride: int = 1
+
+    def __iter__(self):
+        """Unpacks as ``probs, modality_probs`` (the two answers every classifier gives)."""
+        return iter((self.probs, self.modality_probs))
+
+
 def classify(array: np.ndarray, affine: np.ndarray, centre_lps: np.ndarray, classifiers: Sequence[ModelSpec],
-             run: Runner, flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (14,) label and (4,) modality probabilities of the classifier folds around ``centre_lps``."""
+             run: Runner, flip: bool = True) -> Classified:
+    """Mean (14,) label and (4,) modality probabilities of the classifier folds around ``centre_lps``, and the mean
+    location heatmap of the first input group's folds that return one."""
     if not classifiers:
         raise ValueError("no classifier to run")
-    label_probs, modality_probs = [], []
-    for specs in _group_by_input(classifiers).values():
-        crop, _ = classifier_crop(array, affine, centre_lps, specs[0])
+    label_probs, modality_probs, heatmaps = [], [], []
+    heat_affine, heat_stride, heat_group = None, 1, None
+    for group, specs in enumerate(_group_by_input(classifiers).values()):
+        crop, crop_affine = classifier_crop(array, affine, centre_lps, specs[0])
         plain = crop[None, None]
         both = np.concatenate([plain, plain[..., ::-1]], axis=0)  # axis x: patient left/right
         for spec in specs:
             flipped = flip and spec.flip_tta
             batch = np.ascontiguousarray(both if flipped else plain, dtype=np.float32)
-            logits, modality_logits = run(spec, batch)[:2]
+            outputs = run(spec, batch)
+            logits, modality_logits = outputs[:2]
             probs = sigmoid(logits)
             if probs.shape != (len(batch), len(LABEL_COLS)) or np.shape(modality_logits)[-1] != len(MODALITY_NAMES):
                 raise ValueError(f"classifier {spec.name} returned shapes {probs.shape}, "
@@ -221,17 +273,130 @@ def classify(array: np.ndarray, affine: np.ndarray, centre_lps: np.ndarray, clas
                 probs[1] = probs[1][LABEL_FLIP]
             label_probs.append(probs.mean(axis=0))
             modality_probs.append(softmax(modality_logits).mean(axis=0))
-    return np.mean(label_probs, axis=0), np.mean(modality_probs, axis=0)
+            if len(outputs) > 2 and heat_group in (None, group):
+                heat = np.asarray(outputs[2], dtype=np.float64)
+                if heat.ndim != 5 or heat.shape[:2] != (len(batch), len(LOCATION_COLS)):
+                    raise ValueError(f"classifier {spec.name} heatmap has shape {heat.shape}; expected "
+                                     f"(B, {len(LOCATION_COLS)}, d, h, w)")
+                rows = [heat[0]]
+                if flipped:
+                    rows.append(heat[1][LOCATION_FLIP][..., ::-1])
+                heatmaps.append(np.mean(rows, axis=0))
+                heat_affine, heat_stride, heat_group = crop_affine, spec.output_stride, group
+    heatmap = np.mean(heatmaps, axis=0) if heatmaps else None
+    return Classified(np.mean(label_probs, axis=0), np.mean(modality_probs, axis=0), heatmap, heat_affine,
+                      heat_stride)
+
+
+def heatmap_candidates(heatmap: np.ndarray, affine: np.ndarray, stride: int, k: int,
+                       min_distance_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, 3) LPS, channel logits (n, 13)) of the ``k`` strongest peaks of a (13, d, h, w) location heatmap.
+
+    A cell's score is its strongest channel; peaks are taken greedily, strongest first, each at least
+    ``min_distance_mm`` from those taken. Each point is refined to the score-weighted centroid of its 3x3x3
+    neighbourhood (``heatmap_peak_lps``); its channel logits are those of its cell.
+    """
+    heat = np.asarray(heatmap, dtype=np.float64)
+    score = heat.max(axis=0)
+    cell_mm = spacing_of(affine) * stride
+    order = np.argsort(score.ravel())[::-1]
+    taken: list[np.ndarray] = []
+    points, channels = [], []
+    for flat in order:
+        if len(taken) >= k:
+            break
+        cell = np.array(np.unravel_index(int(flat), score.shape))
+        if any(np.linalg.norm((cell - t) * cell_mm) < min_distance_mm for t in taken):
+            continue
+        taken.append(cell)
+        lo = np.maximum(cell - 1, 0)
+        hi = np.minimum(cell + 2, score.shape)
+        window = np.full_like(score, -np.inf)
+        window[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = score[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        points.append(heatmap_peak_lps(np.where(np.isfinite(window), window, score.min() - 50.0), affine, stride))
+        channels.append(heat[:, cell[0], cell[1], cell[2]])
+    if not points:
+        return np.zeros((0, 3)), np.zeros((0, len(LOCATION_COLS)))
+    return np.asarray(points), np.asarray(channels)
+
+
+def fine_patches(native: Native, points_lps: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """(n, 1, z, y, x) float32 patches at the fine spec's shape and spacing around each point, sampled from the
+    native stack (trilinear, zero outside it) and normalised like the canonical volume."""
+    patches = [native.normalise(crop_around(native.array, native.affine, p, spec.input_shape, spec.spacing_mm)[0])
+               for p in np.asarray(points_lps, dtype=np.float64)]
+    return np.ascontiguousarray(np.stack(patches)[:, None], dtype=np.float32)
+
+
+def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], run: Runner,
+               flip: bool = True) -> np.ndarray:
+    """(n,) mean P(aneurysm at the point) of the fine folds; with flip TTA each patch is also seen mirrored on x."""
+    if len(points_lps) == 0:
+        return np.zeros(0)
+    out = []
+    for specs in _group_by_input(fine).values():
+        patches = fine_patches(native, points_lps, specs[0])
+        both = np.concatenate([patches, patches[..., ::-1]], axis=0)
+        for spec in specs:
+            flipped = flip and spec.flip_tta
+            logits = np.asarray(run(spec, np.ascontiguousarray(both if flipped else patches))[0], dtype=np.float64)
+            logits = logits.reshape(len(logits), -1)[:, 0]
+            probs = sigmoid(logits)
+            out.append(probs.reshape(2, -1).mean(axis=0) if flipped else probs)
+    return np.mean(out, axis=0)
+
+
+def fuse(probs: np.ndarray, channel_logits: np.ndarray, site_probs: np.ndarray, weight: float) -> np.ndarray:
+    """(14,) the classifiers' probabilities combined with the fine stage's in logit space.
+
+    Aneurysm Present: ``(1 - w) logit(p) + w logit(max site prob)``. Location c: the same with ``max_k site_k *
+    assign_kc``, where ``assign_k`` is the softmax over the 13 channels of candidate k's heatmap cell (which vessel the
+    classifier thinks the site is on). ``weight`` 0 returns ``probs``; no candidate leaves ``probs`` unchanged.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(site_probs) == 0 or weight <= 0.0:
+        return probs.copy()
+    site = np.asarray(site_probs, dtype=np.float64)
+    assign = softmax(np.asarray(channel_logits, dtype=np.float64), axis=1)  # (n, 13)
+    fine = np.concatenate([(site[:, None] * assign).max(axis=0), [site.max()]])
+    return sigmoid((1.0 - weight) * logit(probs) + weight * logit(fine))
 
 
 def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[ModelSpec],
                    classifiers: Sequence[ModelSpec], run: Runner, plan: Plan = Plan(), *,
-                   superior_known: bool = True) -> Prediction:
-    """Locate, then classify, a normalised canonical volume with the plan's folds; raises on non-finite output."""
+                   superior_known: bool = True, fine: Sequence[ModelSpec] = (),
+                   native: Native | None = None) -> Prediction:
+    """Locate, classify and (with fine models and a classifier heatmap) refine a normalised canonical volume with the
+    plan's folds; raises on non-finite output.
+
+    ``native`` is the stack the fine stage samples from; without it the fine patches come from ``array`` itself.
+    """
     locators, classifiers = list(locators)[: plan.folds], list(classifiers)[: plan.folds]
+    fine = list(fine)[: plan.folds]
     array, centre, reversed_z = locate_upright(array, affine, locators, run, superior_known)
-    probs, modality_probs = classify(array, affine, centre, classifiers, run, plan.flip)
-    if not (np.all(np.isfinite(probs)) and np.all(np.isfinite(modality_probs))):
+    out = classify(array, affine, centre, classifiers, run, plan.flip)
+    probs = out.probs
+    points, cand_probs, names = np.zeros((0, 3)), np.zeros(0), ()
+    if out.heatmap is not None:
+        k = fine[0].candidates if fine else 4
+        if plan.candidates is not None:
+            k = min(k, plan.candidates)
+        min_distance = fine[0].candidate_min_distance_mm if fine else 8.0
+        points, channels = heatmap_candidates(out.heatmap, out.heatmap_affine, out.heatmap_stride, k, min_distance)
+        names = tuple(LOCATION_COLS[int(i)] for i in np.argmax(channels, axis=1)) if len(points) else ()
+        if fine and len(points):
+            if native is None:
+                native = Native(array, affine, lambda a: a)
+            elif reversed_z:
+                native = Native(np.ascontiguousarray(native.array[::-1]), native.affine, native.normalise)
+            cand_probs = fine_probs(native, points, fine, run, plan.flip)
+            probs = fuse(probs, channels, cand_probs, fine[0].fusion_weight)
+        else:
+            cand_probs = sigmoid(channels.max(axis=1)) if len(points) else np.zeros(0)
+    if not (np.all(np.isfinite(probs)) and np.all(np.isfinite(out.modality_probs))
+            and np.all(np.isfinite(cand_probs))):
         raise FloatingPointError("the ensemble returned non-finite probabilities")
-    return Prediction(probs=probs, modality_probs=modality_probs, centre_lps=centre,
-                      runs=plan_runs(locators, classifiers, plan), reversed_z=reversed_z)
+    return Prediction(probs=probs, modality_probs=out.modality_probs, centre_lps=centre,
+                      runs=plan_runs(locators, classifiers, plan, fine if len(points) else ()),
+                      reversed_z=reversed_z, candidates_lps=points, candidate_probs=cand_probs,
+                      candidate_locations=names)

@@ -70,6 +70,12 @@ DEFAULTS: dict[str, Any] = {
         "seg_weight": 0.5,
         "modality_weight": 0.2,
         "pos_weight_present": 1.0,
+        # Optional stage before the classifier: the same network (encoder, light decoder, seg head) trained on vessel
+        # segmentation only, on the training series that have a segmentation, then fine-tuned as the classifier.
+        # 0 = off. For an ablation at equal total compute, take these epochs from ``epochs`` (e.g. 10 + 30 against
+        # 40); nothing is accounted automatically. A pretrain epoch sees only the segmented series, so it is shorter.
+        "pretrain_epochs": 0,
+        "pretrain_lr": 0.003,
     },
     "train": {
         "out_dir": "runs",  # runs/<name>/fold<K>

@@ -1,4 +1,5 @@
-"""Training losses: locator heatmap cross-entropy, CenterNet focal loss on location heatmaps, the classifier's sum."""
+"""Training losses: locator heatmap cross-entropy, CenterNet focal loss on location heatmaps, the classifier's sum,
+and the vessel-segmentation pretraining loss."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from kernel.labels import LABEL_COLS
 
-__all__ = ["classifier_loss", "heatmap_focal_loss", "locator_loss"]
+__all__ = ["classifier_loss", "heatmap_focal_loss", "locator_loss", "pretrain_loss"]
 
 
 def locator_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -32,6 +33,13 @@ def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
     return (pos_loss + neg_loss) / positive.sum().clamp(min=1)
 
 
+def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """14-class vessel cross-entropy where a segmentation exists (target -1 elsewhere is ignored)."""
+    if bool((target >= 0).any()):
+        return F.cross_entropy(logits.float(), target, ignore_index=-1)
+    return logits.float().sum() * 0.0  # keeps every parameter in the graph (DDP needs that)
+
+
 def classifier_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
                     cfg: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """Label BCE + heatmap focal loss + vessel CE (where segmented) + modality CE."""
@@ -39,12 +47,20 @@ def classifier_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.T
     pos_weight[-1] = float(cfg["pos_weight_present"])
     labels = F.binary_cross_entropy_with_logits(out["logits"].float(), batch["labels"], pos_weight=pos_weight)
     heat = heatmap_focal_loss(out["heatmap"].float(), batch["heatmap"])
-    seg_target = batch["seg"]
-    if bool((seg_target >= 0).any()):
-        seg = F.cross_entropy(out["seg"].float(), seg_target, ignore_index=-1)
-    else:
-        seg = out["seg"].float().sum() * 0.0  # keeps every parameter in the graph (DDP needs that)
+    seg = _seg_loss(out["seg"], batch["seg"])
     modality = F.cross_entropy(out["modality_logits"].float(), batch["modality"])
     total = (labels + float(cfg["heatmap_weight"]) * heat + float(cfg["seg_weight"]) * seg
              + float(cfg["modality_weight"]) * modality)
     return total, {"labels": labels.item(), "heatmap": heat.item(), "seg": seg.item(), "modality": modality.item()}
+
+
+def pretrain_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Vessel-segmentation pretraining: the vessel CE on ``seg`` alone.
+
+    The label, heatmap and modality outputs enter with weight zero: their heads get zero gradients, but every
+    parameter stays in the graph, so DistributedDataParallel's unused-parameter check does not fail.
+    """
+    seg = _seg_loss(out["seg"], batch["seg"])
+    unused = sum(out[key].float().sum() for key in ("logits", "heatmap", "modality_logits")) * 0.0
+    return seg + unused, {"seg": seg.item()}

@@ -3,12 +3,15 @@
     python -m train_offline.train --config demo --fold 0 [--resume] [--set classifier.epochs=2 ...]
     torchrun --nproc_per_node N -m train_offline.train --config full --fold 0     # DistributedDataParallel
 
-Writes ``<train.out_dir>/<name>/fold<K>/``: config.yaml (resolved), checkpoint_<stage>.pt (resume), locator.pt and
-classifier.pt (state dicts), metrics.jsonl, summary.json (validation metrics, label priors, validation uids),
-oof.csv (validation predictions), learning_curves.png and roc_curves.png. Validation runs the torch models through
-``kernel.recipe`` (``train_offline.evaluate``), the code the kernel ships, scored with ``kernel.metric``. The index
-and folds CSVs are built on first use when missing. This module is the orchestration and the CLI; the pieces live in
-``losses``, ``loop``, ``evaluate``, ``data`` and ``models``.
+With ``classifier.pretrain_epochs`` > 0 the classifier network is first trained on vessel segmentation alone (stage
+"pretrain", on the segmented training series) and the classifier starts from those weights.
+Writes ``<train.out_dir>/<name>/fold<K>/``: config.yaml (resolved), checkpoint_<stage>.pt (resume), locator.pt,
+pretrain.pt (when pretraining) and classifier.pt (state dicts), metrics.jsonl, summary.json (validation metrics,
+label priors, validation uids, the pretrain record), oof.csv (validation predictions), learning_curves.png and
+roc_curves.png. Validation runs the torch models through ``kernel.recipe`` (``train_offline.evaluate``), the code
+the kernel ships, scored with ``kernel.metric``. The index and folds CSVs are built on first use when missing. This
+module is the orchestration and the CLI; the pieces live in ``losses``, ``loop``, ``evaluate``, ``data`` and
+``models``.
 """
 
 from __future__ import annotations
@@ -41,16 +44,114 @@ from train_offline.data import (
     records_from_index,
 )
 from train_offline.evaluate import plot_fold, predict_centres, predict_classifier
-from train_offline.loop import atomic_torch_save, barrier, run_stage, setup_distributed, unwrap
-from train_offline.losses import classifier_loss, locator_loss
+from train_offline.loop import atomic_torch_save, barrier, format_of, run_stage, setup_distributed, unwrap
+from train_offline.losses import classifier_loss, locator_loss, pretrain_loss
 from train_offline.models import build_classifier, build_locator, classifier_spec, locator_spec
 
-__all__ = ["load_fold_config", "main", "train_fold"]
+__all__ = ["PRETRAIN_VAL_SERIES", "load_fold_config", "main", "pretrain_classifier", "train_fold", "vessel_dice"]
+
+PRETRAIN_VAL_SERIES = 40  # the pretrain stage validates on at most this many segmented validation series (cheap)
 
 
 def load_fold_config(fold_dir: Path) -> dict[str, Any]:
     """The resolved config saved beside a fold's weights (validated again)."""
     return load_saved_config(Path(fold_dir) / "config.yaml")
+
+
+# --- vessel-segmentation pretraining -------------------------------------------------------------------------------
+
+
+def vessel_dice(seg_logits: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Per-sample Dice of vessel (any of the 13 classes) against background, over the segmented cells (target >= 0).
+
+    ``seg_logits`` [B, 14, ...], ``target`` [B, ...] with -1 where nothing is known. A sample whose truth and
+    prediction hold no vessel at all has no Dice and is left out (so the list may be shorter than B).
+    """
+    predicted = seg_logits.argmax(dim=1) > 0
+    known = target >= 0
+    truth = target > 0
+    out = []
+    for p, t, k in zip(predicted, truth, known, strict=True):
+        p, t = p & k, t & k
+        size = int(p.sum()) + int(t.sum())
+        if size:
+            out.append(2.0 * int((p & t).sum()) / size)
+    return out
+
+
+@torch.no_grad()
+def _mean_vessel_dice(model: nn.Module, dataset: ClassifierDataset, device: torch.device, amp: bool,
+                      batch_size: int = 4) -> float | None:
+    """Mean vessel Dice of ``model`` on the (unaugmented) crops of ``dataset``; None when no crop has any vessel."""
+    model.eval()
+    fmt = format_of(model)
+    scores: list[float] = []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        crop = torch.stack([item["crop"] for item in items]).to(device, memory_format=fmt)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            seg = model(crop)["seg"]
+        scores += vessel_dice(seg.float().cpu(), torch.stack([item["seg"] for item in items]))
+    return float(np.mean(scores)) if scores else None
+
+
+def _stage_log(out_dir: Path, stage: str) -> list[dict[str, Any]]:
+    """The last metrics.jsonl record of every epoch of ``stage`` (a resumed run may have logged an epoch twice)."""
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    by_epoch = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("stage") == stage:
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def pretrain_classifier(classifier: nn.Module, store: SeriesStore, train_uids: Sequence[str],
+                        val_uids: Sequence[str], centres: Mapping[str, np.ndarray], cfg: Mapping[str, Any],
+                        out_dir: Path, ctx: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage "pretrain": train ``classifier`` on vessel segmentation only, then leave it holding those weights.
+
+    Why: the classifier's encoder and light decoder + seg head are a vessel-segmentation network already; learning
+    the vessels first, on the training series that have a segmentation, gives the classifier a start that knows
+    where arteries run. Same crops (around the locator's centres) and augmentation as the classifier, loss
+    ``pretrain_loss``, ``cfg["pretrain_epochs"]`` epochs at ``cfg["pretrain_lr"]``. Validated by the mean vessel Dice
+    on at most ``PRETRAIN_VAL_SERIES`` segmented validation series. Writes ``pretrain.pt``; with ``ctx["resume"]``
+    an existing ``pretrain.pt`` is loaded and the stage skipped. Returns the summary record (read from
+    metrics.jsonl on rank 0, so a skipped stage reports what it logged; "seconds" sums the epochs' training time).
+    """
+    rank, world, device = ctx["rank"], ctx["world"], ctx["device"]
+    seg_train = [u for u in train_uids if store.records[u].seg_file]
+    seg_val = [u for u in val_uids if store.records[u].seg_file][:PRETRAIN_VAL_SERIES]
+    epochs = int(cfg["pretrain_epochs"])
+    path = out_dir / "pretrain.pt"
+    val_set = ClassifierDataset(store, seg_val, centres, cfg, train=False)
+
+    def step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        return pretrain_loss(model(batch["crop"]), batch)
+
+    def validate(_epoch: int) -> dict[str, Any]:
+        return {"val_vessel_dice": _mean_vessel_dice(classifier, val_set, device, bool(ctx["amp"]))}
+
+    if ctx["resume"] and path.is_file():
+        if rank == 0:
+            print("pretrain: pretrain.pt exists, stage skipped (--resume)", file=sys.stderr)
+    else:
+        if not seg_train:
+            raise ValueError("classifier.pretrain_epochs > 0 but no training series has a segmentation")
+        dataset = ClassifierDataset(store, seg_train, centres, cfg, train=True, seed=int(ctx["seed"]))
+        stage_cfg = {**cfg, "epochs": epochs, "lr": float(cfg["pretrain_lr"])}
+        run_stage("pretrain", classifier, dataset, stage_cfg, step, validate, out_dir, ctx)
+        if rank == 0:
+            atomic_torch_save(classifier.state_dict(), path)
+        barrier(world)
+    classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    log = _stage_log(out_dir, "pretrain") if rank == 0 else []
+    dice = [r["val_vessel_dice"] for r in log if "val_vessel_dice" in r]
+    return {"epochs": epochs, "series": len(seg_train), "val_series": len(seg_val),
+            "seconds": round(sum(float(r["seconds"]) for r in log), 1) if log else None,
+            "val_vessel_dice": dice[-1] if dice else None}
 
 
 # --- the fold -------------------------------------------------------------------------------------------------------
@@ -164,6 +265,11 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
         mod_acc = float(np.mean(np.argmax(modality, 1) == [by_uid[u].modality for u in val_uids]))
         return {"val_score": metrics["score"], "val_auc_present": metrics["auc_present"], "modality_acc": mod_acc}
 
+    # Optional stage before it: the same network on vessel segmentation (classifier.pretrain_epochs, 0 = off).
+    pretrain = None
+    if int(cls_cfg["pretrain_epochs"]) > 0:
+        pretrain = pretrain_classifier(classifier, store, train_uids, val_uids, centres, cls_cfg, out_dir, ctx)
+
     dataset = ClassifierDataset(store, train_uids, centres, cls_cfg, train=True, seed=seed)
     classifier = run_stage("classifier", classifier, dataset, cls_cfg, classifier_step, classifier_validate, out_dir,
                            ctx)
@@ -186,7 +292,7 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
         "validation": {**metrics, "centre_error_mm_median": float(np.median(errors)) if len(errors) else None,
                        "modality_accuracy": float(np.mean(oof["predicted_modality"] == oof["Modality"])),
                        "localizers_in_crop": coverage},
-        "label_priors": label_priors([by_uid[u] for u in train_uids]),
+        "pretrain": pretrain, "label_priors": label_priors([by_uid[u] for u in train_uids]),
         "val_uids": val_uids, "seconds": round(time.perf_counter() - started, 1),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
