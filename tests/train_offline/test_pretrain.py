@@ -1,10 +1,14 @@
 """The vessel-segmentation pretraining stage: its loss keeps DDP's graph whole, its Dice, and on a tiny run that it
-writes pretrain.pt, that the classifier starts from exactly those weights, and that --resume skips a finished stage."""
+writes pretrain.pt, that the classifier starts from exactly those weights, that --resume skips a finished stage, and
+that it trains under torchrun with two gloo ranks."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from tests.train_offline.test_training import TINY, _write_dataset
+from tests.train_offline.test_training import REPO, TINY, _tiny_config, _write_dataset
 from train_offline import train
 from train_offline.config import load_config
 from train_offline.losses import pretrain_loss
@@ -148,3 +152,20 @@ def test_pretrain_stage_feeds_the_classifier_and_resume_skips_it(tiny_data: tupl
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records][1:] == [("pretrain", 0), ("classifier", 0), ("classifier", 1)]
     assert resumed["pretrain"] == record  # the skipped stage reports what it logged
+
+
+def test_pretrain_under_torchrun_two_gloo_processes(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two ranks: both train the pretrain stage in DDP, rank 0 writes pretrain.pt, both load it for the classifier."""
+    args = _tiny_config(tmp_path, tiny_data)
+    out = tmp_path / "ddp" / "fold1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         "-m", "train_offline.train", *args[:2], "--fold", "1", "--out", str(out), *args[2:], "data.preload=regions",
+         "locator.epochs=1", "classifier.epochs=1", "classifier.pretrain_epochs=2"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"], r["ddp"]) for r in records] == [
+        ("locator", 0, "gloo"), ("pretrain", 0, "gloo"), ("pretrain", 1, "gloo"), ("classifier", 0, "gloo")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["pretrain"]["epochs"] == 2 and (out / "pretrain.pt").is_file()
