@@ -77,6 +77,32 @@ DEFAULTS: dict[str, Any] = {
         "pretrain_epochs": 0,
         "pretrain_lr": 0.003,
     },
+    # Fine stage (train_offline.fine): a patch model at a fine spacing around candidate sites (the classifier's
+    # location-heatmap peaks), patches sampled from the native stack as in the kernel. 0 epochs = no fine stage.
+    "fine": {
+        "epochs": 0,
+        "input_shape": [32, 32, 32],
+        "spacing_mm": [0.6, 0.6, 0.6],  # 19 mm patch; a 3 mm dome is 5 voxels across
+        "channels": [16, 32, 64, 96],
+        "dropout": 0.1,
+        "candidates": 8,  # heatmap peaks per series the fine model sees (kernel and training)
+        "candidate_min_distance_mm": 8.0,  # non-maximum suppression between candidates
+        "positive_radius_mm": 6.0,  # a patch is positive when an aneurysm localizer lies this close to its centre
+        "sphere_radius_mm": 3.0,  # auxiliary target: a ball of this radius at each localizer
+        "sphere_weight": 1.0,
+        "box_mm": 30.0,  # cached native box around each site (patch + jitter must fit)
+        "truth_jitter_mm": 4.0,  # training patches around a localizer are shifted up to this (candidates are off)
+        "candidate_jitter_mm": 1.5,
+        "random_sites": 4,  # extra negatives per series: random bright (vessel) voxels inside the classifier crop
+        "per_series": 6,  # training sites drawn per series and epoch (every localizer, then candidates/random)
+        "batch_size": 32,
+        "lr": 0.002,
+        "weight_decay": 0.0001,
+        "val_every": 2,
+        "intensity_jitter": 0.15,  # gain/offset, plus gamma and Gaussian noise of this order (renderer variety)
+        "fusion_weight": 0.5,  # default; train_offline.fine chooses it by out-of-fold score from fusion_grid
+        "fusion_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
+    },
     "train": {
         "out_dir": "runs",  # runs/<name>/fold<K>
         "device": "auto",  # auto | cpu | cuda

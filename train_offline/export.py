@@ -33,7 +33,16 @@ from kernel.labels import LABEL_COLS, MODALITY_NAMES
 from kernel.manifest import MANIFEST_NAME, ModelSpec, sha256_file, validate_manifest
 from train_offline.config import ConfigError, load_config, load_saved_config
 from train_offline.evaluate import score_with_onnx
-from train_offline.models import ExportClassifier, build_classifier, build_locator, classifier_spec, locator_spec
+from train_offline.models import (
+    ExportClassifier,
+    ExportFine,
+    build_classifier,
+    build_fine,
+    build_locator,
+    classifier_spec,
+    fine_spec,
+    locator_spec,
+)
 
 __all__ = ["ATOL", "OPSET", "RTOL", "ExportError", "export_folds", "export_model", "export_random", "git_commit",
            "main", "onnx_parity"]
@@ -188,6 +197,23 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _fine_entry(fold_dir: Path, config: Mapping[str, Any], out: Path, commit: str) -> ModelSpec:
+    """Export a fold's fine model (``train_offline.fine``) with the fusion weight its out-of-fold score chose."""
+    summary = json.loads((fold_dir / "fine_summary.json").read_text())
+    cfg = summary["config"]
+    model = build_fine(cfg)
+    model.load_state_dict(_load_state(fold_dir / "fine.pt"))
+    spec = fine_spec(cfg, int(summary["fold"]), fusion_weight=float(summary["fusion_weight"]))
+    err = export_model(ExportFine(model), out / f"{spec.name}.onnx", spec.input_shape, spec.input_name,
+                       spec.output_names)
+    validation = {"score": summary["validation"]["score"], "auc_present": summary["validation"]["auc_present"],
+                  "score_coarse": summary["scores_by_weight"].get("0.0", {}).get("score"),
+                  "n_series": summary["n_val"]}
+    return replace(spec, file=f"{spec.name}.onnx", sha256=sha256_file(out / f"{spec.name}.onnx"),
+                   validation=validation, parity_max_abs=err, config=_portable_config({**config, "fine": cfg}),
+                   git_commit=commit, opset=OPSET)
+
+
 def export_folds(run: Path, out: Path, rescore: bool = True) -> Path:
     """Export every trained fold under ``run`` into ``out`` and write the manifest (priors: mean over folds)."""
     dirs = fold_dirs(run)
@@ -213,6 +239,8 @@ def export_folds(run: Path, out: Path, rescore: bool = True) -> Path:
                                                          "auc_present_onnx": onnx_scores["auc_present"]})
             print(f"fold {summary['fold']}: torch score {validation.get('score'):.4f}, "
                   f"onnxruntime score {onnx_scores['score']:.4f}", file=sys.stderr)
+        if (fold_dir / "fine.pt").is_file() and (fold_dir / "fine_summary.json").is_file():
+            entries.append(_fine_entry(fold_dir, config, out, commit))
         models += entries
         priors.append(summary["label_priors"])
     assert config is not None

@@ -5,7 +5,11 @@ Classifier: region crop [B, 1, *shape] -> ``logits`` [B, 14] (LABEL_COLS) and ``
 training also ``heatmap`` [B, 13, *shape / 4] (one channel per location, a Gaussian at each localizer) and ``seg``
 [B, 14, *shape / 4] (background + 13 vessel classes, where segmentations exist). The location logits read the
 heatmap's spatial maximum, so the dense target teaches the classifier where to look.
-``ExportClassifier`` wraps a classifier so the ONNX graph has exactly the two outputs of docs/ARCHITECTURE.md.
+``ExportClassifier`` wraps a classifier so the ONNX graph has exactly the outputs of docs/ARCHITECTURE.md (logits,
+modality_logits and the location heatmap the kernel reads candidate sites from).
+FineNet: a patch [B, 1, *patch] sampled from the native stack around a candidate -> ``logit`` [B, 1] (an aneurysm
+within ``positive_radius_mm`` of the centre); during training also ``sphere`` [B, 1, *patch / 2] (a ball at each
+localizer: where in the patch the aneurysm is).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES
 from kernel.manifest import ModelSpec
 
 __all__ = [
-    "CLASSIFIER_STRIDE", "Classifier", "ExportClassifier", "Locator", "build_classifier", "build_locator",
-    "classifier_spec", "locator_spec",
+    "CLASSIFIER_STRIDE", "Classifier", "ExportClassifier", "ExportFine", "FineNet", "Locator", "build_classifier",
+    "build_fine", "build_locator", "classifier_spec", "fine_spec", "locator_spec",
 ]
 
 CLASSIFIER_STRIDE = 4  # output stride of the classifier's auxiliary heads
@@ -131,15 +135,58 @@ class Classifier(nn.Module):
 
 
 class ExportClassifier(nn.Module):
-    """The inference graph: exactly (logits, modality_logits)."""
+    """The inference graph: exactly (logits, modality_logits, heatmap)."""
 
     def __init__(self, classifier: Classifier):
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.classifier(crop)
-        return out["logits"], out["modality_logits"]
+        return out["logits"], out["modality_logits"], out["heatmap"]
+
+
+class FineNet(nn.Module):
+    """Patch classifier at the fine spacing: full-resolution stem, three stride-2 residual stages, pooled logit and a
+    stride-2 decoder for the auxiliary sphere target."""
+
+    def __init__(self, channels: Sequence[int] = (16, 32, 64, 96), dropout: float = 0.1):
+        super().__init__()
+        assert len(channels) == 4, "fine channels: 4 widths (strides 1, 2, 4, 8)"
+        c0, c1, c2, c3 = channels
+        self.stem = nn.Sequential(ConvNormAct(1, c0), ConvNormAct(c0, c0))
+        self.stage1 = ResBlock(c0, c1, 2)
+        self.stage2 = ResBlock(c1, c2, 2)
+        self.stage3 = ResBlock(c2, c3, 2)
+        self.lat1, self.lat2, self.lat3 = nn.Conv3d(c1, c1, 1), nn.Conv3d(c2, c1, 1), nn.Conv3d(c3, c1, 1)
+        self.decoder = ConvNormAct(c1, c1)
+        self.sphere_head = nn.Conv3d(c1, 1, 1)
+        nn.init.constant_(self.sphere_head.bias, -3.0)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * c3 + c1, 1)
+
+    def forward(self, patch: torch.Tensor) -> dict[str, torch.Tensor]:
+        f1 = self.stage1(self.stem(patch))
+        f2 = self.stage2(f1)
+        f3 = self.stage3(f2)
+        d = self.lat1(f1) + F.interpolate(self.lat2(f2), scale_factor=2.0, mode="nearest")
+        d = self.decoder(d + F.interpolate(self.lat3(f3), scale_factor=4.0, mode="nearest"))
+        sphere = self.sphere_head(d)
+        pooled = torch.cat([torch.mean(f3, dim=(2, 3, 4)), torch.amax(f3, dim=(2, 3, 4)),
+                            torch.amax(d, dim=(2, 3, 4))], dim=1)
+        logit = self.head(self.dropout(pooled)) + torch.amax(sphere, dim=(2, 3, 4))
+        return {"logit": logit, "sphere": sphere}
+
+
+class ExportFine(nn.Module):
+    """The fine inference graph: exactly (logit,)."""
+
+    def __init__(self, fine: FineNet):
+        super().__init__()
+        self.fine = fine
+
+    def forward(self, patch: torch.Tensor) -> torch.Tensor:
+        return self.fine(patch)["logit"]
 
 
 def build_locator(cfg: Mapping[str, Any]) -> Locator:
@@ -172,5 +219,24 @@ def classifier_spec(cfg: Mapping[str, Any], fold: int) -> ModelSpec:
     dz, dy, dx = (float(s) for s in cfg["spacing_mm"])
     off_l, off_p, off_s = (float(v) for v in cfg.get("centre_offset_lps_mm", (0.0, 0.0, 0.0)))
     return ModelSpec(name=f"classifier_f{fold}", role="classifier", fold=int(fold), input_name="crop",
-                     input_shape=(z, y, x), spacing_mm=(dz, dy, dx), output_names=("logits", "modality_logits"),
+                     input_shape=(z, y, x), spacing_mm=(dz, dy, dx),
+                     output_names=("logits", "modality_logits", "heatmap"), output_stride=CLASSIFIER_STRIDE,
                      flip_tta=True, centre_offset_lps_mm=(off_l, off_p, off_s))
+
+
+def build_fine(cfg: Mapping[str, Any]) -> FineNet:
+    """Fine patch model from the config's ``fine`` section; the patch must divide by 8 (three stride-2 stages)."""
+    if any(int(s) % 8 for s in cfg["input_shape"]):
+        raise ValueError(f"fine input_shape {cfg['input_shape']} must divide by 8")
+    return FineNet(tuple(int(c) for c in cfg["channels"]), float(cfg["dropout"]))
+
+
+def fine_spec(cfg: Mapping[str, Any], fold: int, fusion_weight: float | None = None) -> ModelSpec:
+    """The fine model's contract from the config's ``fine`` section: patch, spacing, candidates, fusion weight."""
+    z, y, x = (int(s) for s in cfg["input_shape"])
+    dz, dy, dx = (float(s) for s in cfg["spacing_mm"])
+    weight = float(cfg["fusion_weight"] if fusion_weight is None else fusion_weight)
+    return ModelSpec(name=f"fine_f{fold}", role="fine", fold=int(fold), input_name="patch", input_shape=(z, y, x),
+                     spacing_mm=(dz, dy, dx), output_names=("logit",), flip_tta=True,
+                     candidates=int(cfg["candidates"]),
+                     candidate_min_distance_mm=float(cfg["candidate_min_distance_mm"]), fusion_weight=weight)

@@ -1,0 +1,118 @@
+"""The fine stage: native boxes equal the whole stack, candidates through the recipe, a tiny fold trained end to end
+(train, fine, export) and the exported ensemble answering through the kernel with its fine stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernel import recipe
+from kernel.dicom_io import read_series
+from kernel.manifest import load_manifest
+from kernel.preprocess import canonicalise, crop_around
+from train_offline.config import load_config
+from train_offline.fine import cut_box, site_sample, train_fine
+from train_offline.phantoms.generate import generate_dataset
+from train_offline.precache_all import precache_all
+from train_offline.train import train_fold
+
+SPACING = 3.0
+TINY = {
+    "name": "tinyfine",
+    "data": {"n_folds": 2, "preload": "volumes"},
+    "volume_spacing_mm": [SPACING] * 3,
+    "locator": {"input_shape": [16, 16, 16], "spacing_mm": [12.0] * 3, "output_stride": 2, "channels": [4, 8],
+                "epochs": 1, "batch_size": 4, "sigma_mm": 12.0},
+    "classifier": {"input_shape": [32, 32, 32], "spacing_mm": [SPACING] * 3, "channels": [4, 8, 8, 8],
+                   "epochs": 1, "batch_size": 4, "heatmap_sigma_mm": 8.0, "jitter_mm": 4.0},
+    "fine": {"epochs": 1, "input_shape": [16, 16, 16], "spacing_mm": [1.0] * 3, "channels": [4, 8, 8, 8],
+             "candidates": 3, "random_sites": 2, "per_series": 3, "batch_size": 8, "box_mm": 24.0,
+             "truth_jitter_mm": 3.0, "fusion_grid": [0.0, 0.5]},
+    "train": {"device": "cpu", "threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("fine")
+    data, cache = root / "data", root / "cache"
+    generate_dataset(data, 10, seed=5, split="train", size="small", progress=False)
+    precache_all(data, cache, workers=1, spacing=(SPACING,) * 3, progress=False)
+    overrides = {**TINY, "data": {**TINY["data"], "root": str(data), "cache": str(cache),
+                                  "index": str(root / "index.csv"), "folds_csv": str(root / "folds.csv")},
+                 "train": {**TINY["train"], "out_dir": str(root / "runs")}}
+    config = load_config("demo", overrides)
+    fold_dir = root / "runs" / "tinyfine" / "fold0"
+    train_fold(config, 0, fold_dir)
+    summary = train_fine(config, 0, fold_dir, workers=1)
+    return {"root": root, "data": data, "config": config, "fold_dir": fold_dir, "summary": summary}
+
+
+def test_box_patches_equal_whole_stack_patches(tiny_run: dict) -> None:
+    """What training cuts from a cached box is what the kernel cuts from the whole native stack."""
+    series = sorted((tiny_run["data"] / "series").iterdir())[0]
+    volume = canonicalise(read_series(series), None)
+    centre = volume.affine[:3, 3] + volume.affine[:3, :3] @ (np.asarray(volume.array.shape) / 2.0)
+    box = cut_box(volume.array, volume.affine, centre, 24.0)
+    for shift in ([0, 0, 0], [2.7, -1.3, 0.4], [-2.9, 2.9, 2.9]):
+        point = centre + np.asarray(shift)
+        whole = crop_around(volume.array, volume.affine, point, (16, 16, 16), (1.0, 1.0, 1.0))[0]
+        part = crop_around(box[0], box[1], point, (16, 16, 16), (1.0, 1.0, 1.0))[0]
+        np.testing.assert_array_equal(whole, part)
+    norm = lambda a: a * 2.0  # noqa: E731 - a stand-in normalisation, applied after sampling as in the kernel
+    sample = site_sample(box, norm, centre, [centre + 1.0], tiny_run["config"]["fine"])
+    np.testing.assert_allclose(sample["patch"], 2.0 * crop_around(volume.array, volume.affine, centre, (16, 16, 16),
+                                                                  (1.0, 1.0, 1.0))[0])
+    assert sample["label"] == 1.0 and sample["sphere"].sum() > 0
+
+
+def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None:
+    fold_dir, summary = tiny_run["fold_dir"], tiny_run["summary"]
+    sites = [json.loads(line) for line in (fold_dir / "fine_sites.jsonl").read_text().splitlines()]
+    assert len(sites) == 10 and all(len(s["candidates"]) == 3 and len(s["random"]) == 2 for s in sites)
+    assert len(list((fold_dir / "fine_boxes").glob("*.npz"))) == 10
+    assert (fold_dir / "fine.pt").is_file() and (fold_dir / "fine_oof.csv").is_file()
+    assert summary["fusion_weight"] in (0.0, 0.5)
+    assert set(summary["scores_by_weight"]) == {"0.0", "0.5"}
+    assert summary["candidates_per_series"] == 3.0
+    # the coarse-only row (weight 0) is the classifier's own out-of-fold answer
+    oof = (fold_dir / "oof.csv").read_text()
+    assert oof and summary["scores_by_weight"]["0.0"]["score"] == pytest.approx(
+        json.loads((fold_dir / "summary.json").read_text())["validation"]["score"], abs=1e-9)
+
+
+def test_resume_keeps_the_finished_stage(tiny_run: dict) -> None:
+    fold_dir = tiny_run["fold_dir"]
+    before = (fold_dir / "fine.pt").stat().st_mtime_ns
+    again = train_fine(tiny_run["config"], 0, fold_dir, resume=True, workers=1)
+    assert (fold_dir / "fine.pt").stat().st_mtime_ns == before
+    assert again["scores_by_weight"] == tiny_run["summary"]["scores_by_weight"]
+
+
+def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp_path: Path) -> None:
+    from kernel.ensemble import Ensemble
+    from kernel.preprocess import prepare_volume
+    from train_offline.export import export_folds
+
+    out = export_folds(tiny_run["root"] / "runs" / "tinyfine", tmp_path / "weights", rescore=False)
+    manifest = load_manifest(out.parent)
+    fine = manifest.models("fine")
+    assert len(fine) == 1 and fine[0].candidates == 3
+    assert fine[0].fusion_weight == tiny_run["summary"]["fusion_weight"]
+    ensemble = Ensemble(manifest, providers=["CPUExecutionProvider"])
+    assert ensemble.wants_native
+    series = sorted((tiny_run["data"] / "series").iterdir())[1]
+    volume = prepare_volume(series, manifest.volume_spacing_mm, keep_native=True)
+    with_fine = ensemble.predict_volume(volume.array, volume.affine, volume.modality,
+                                        native=(volume.native_array, volume.native_affine))
+    assert with_fine.candidates_lps.shape == (3, 3) and len(with_fine.candidate_locations) == 3
+    assert np.all((with_fine.candidate_probs > 0) & (with_fine.candidate_probs < 1))
+    plain = ensemble.predict_volume(volume.array, volume.affine, volume.modality, recipe.Plan(candidates=0))
+    assert with_fine.runs > plain.runs
+    if fine[0].fusion_weight > 0:
+        assert not np.allclose(with_fine.probs, plain.probs)
+    else:
+        np.testing.assert_allclose(with_fine.probs, plain.probs)

@@ -1,0 +1,489 @@
+"""The fine stage of one fold: candidate sites, native boxes around them, the patch model, fusion chosen out of fold.
+
+    python -m train_offline.fine --config demo --fold 0 [--resume] [--workers 2] [--set fine.epochs=12 ...]
+
+Runs after ``train_offline.train`` in the same fold folder (it needs locator.pt and classifier.pt). Each step keeps
+what it wrote, so a killed run continues where it stopped:
+
+1. ``fine_sites.jsonl``: per series, through ``kernel.recipe`` as the kernel runs it (locate, classify with the
+   location heatmap, ``heatmap_candidates``), the candidate sites, their heatmap channels and the classifier's
+   probabilities; plus random bright (vessel) voxels inside the crop as extra negatives.
+2. ``fine_boxes/<uid>.npz``: the raw canonical native stack (``kernel.preprocess.canonicalise`` without resampling, the
+   array the kernel's fine stage samples from) in a ``box_mm`` cube around every site and every localizer, read from
+   the DICOM series in worker processes. Patches cut from a box equal patches cut from the whole stack.
+3. ``fine.pt``: ``models.FineNet`` trained on the training folds' sites: every localizer (shifted up to
+   ``truth_jitter_mm``) and a draw of candidates and random sites, each patch labelled positive when a localizer lies
+   within ``positive_radius_mm`` of its centre; augmented (flips, in-plane transpose, gain, gamma, noise).
+4. ``fine_summary.json`` / ``fine_oof.csv``: the validation fold through ``recipe.fine_probs`` and ``recipe.fuse`` for
+   each weight of ``fusion_grid``; the best out-of-fold score picks the weight export writes into the manifest. Also
+   the candidates' recall per dome size (a candidate within dome radius + 2 mm, and within ``positive_radius_mm``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from kernel import recipe
+from kernel.dicom_io import read_series
+from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES
+from kernel.manifest import ModelSpec
+from kernel.metric import evaluate_predictions, roc_auc
+from kernel.preprocess import canonicalise, crop_around, normaliser, spacing_of, voxel_to_world, world_to_voxel
+from train_offline.cache import atomic_write_bytes, load_cached
+from train_offline.config import ConfigError, load_config
+from train_offline.data import SeriesRecord, SeriesStore, grid_points_lps, records_from_index
+from train_offline.domes import DOME_BANDS, band_of, load_domes
+from train_offline.evaluate import torch_runner
+from train_offline.loop import atomic_torch_save, run_stage, setup_distributed
+from train_offline.losses import heatmap_focal_loss
+from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
+
+__all__ = ["BoxStore", "FineDataset", "candidate_recall", "cut_box", "extract_boxes", "fine_loss", "main",
+           "series_sites", "site_sample", "train_fine"]
+
+SITES_FILE = "fine_sites.jsonl"
+BOX_DIR = "fine_boxes"
+
+
+# --- step 1: sites ---------------------------------------------------------------------------------------------------
+
+
+def series_sites(array: np.ndarray, affine: np.ndarray, centre: np.ndarray, spec: ModelSpec, run: recipe.Runner,
+                 cfg: Mapping[str, Any], rng: np.random.Generator, flip: bool) -> dict[str, Any]:
+    """One series' sites: the recipe's candidates (heatmap peaks) and channel logits, the classifier's probabilities,
+    and ``random_sites`` random voxels among the brightest 0.5% of the crop (vessels: negatives the heatmap may not
+    offer)."""
+    out = recipe.classify(array, affine, centre, [spec], run, flip)
+    if out.heatmap is None:
+        raise ValueError(f"classifier {spec.name} returns no heatmap: the fine stage needs one")
+    points, channels = recipe.heatmap_candidates(out.heatmap, out.heatmap_affine, out.heatmap_stride,
+                                                 int(cfg["candidates"]), float(cfg["candidate_min_distance_mm"]))
+    crop, crop_affine = recipe.classifier_crop(array, affine, centre, spec)
+    bright = np.argwhere(crop >= np.quantile(crop, 0.995))
+    chosen = bright[rng.choice(len(bright), size=min(int(cfg["random_sites"]), len(bright)), replace=False)]
+    randoms = voxel_to_world(crop_affine, chosen.astype(np.float64)) if len(chosen) else np.zeros((0, 3))
+    return {"centre": np.round(centre, 3).tolist(), "probs": out.probs.tolist(),
+            "modality_probs": out.modality_probs.tolist(), "candidates": np.round(points, 3).tolist(),
+            "channels": np.round(channels, 4).tolist(), "random": np.round(randoms, 3).tolist()}
+
+
+def _read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                out[record[ID_COL]] = record
+    return out
+
+
+def compute_sites(config: Mapping[str, Any], fold: int, fold_dir: Path, store: SeriesStore, uids: Sequence[str],
+                  val_uids: set[str], device: torch.device) -> dict[str, dict[str, Any]]:
+    """Sites of every series (appended to ``fine_sites.jsonl``; series already there are kept). Validation series run
+    with flip TTA, as the kernel; training series without (half the time; their candidates are training data)."""
+    path = fold_dir / SITES_FILE
+    done = _read_jsonl(path)
+    todo = [u for u in uids if u not in done]
+    if not todo:
+        return done
+    loc_spec, cls_spec = locator_spec(config["locator"], fold), classifier_spec(config["classifier"], fold)
+    locator, classifier = build_locator(config["locator"]), build_classifier(config["classifier"])
+    locator.load_state_dict(torch.load(fold_dir / "locator.pt", map_location="cpu", weights_only=True))
+    classifier.load_state_dict(torch.load(fold_dir / "classifier.pt", map_location="cpu", weights_only=True))
+    run = torch_runner({loc_spec.name: locator.to(device), cls_spec.name: classifier.to(device)}, device)
+    with open(path, "a") as fh:
+        for uid in tqdm(todo, desc="fine sites", mininterval=10):
+            array, affine = store.volume(uid)
+            centre, _ = recipe.locate(array, affine, [loc_spec], run)
+            rng = np.random.default_rng([int(config["seed"]), len(uid), sum(map(ord, uid))])
+            record = {ID_COL: uid, **series_sites(array, affine, centre, cls_spec, run, config["fine"], rng,
+                                                  flip=uid in val_uids)}
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            done[uid] = record
+    return done
+
+
+def all_sites(record: Mapping[str, Any], localizers: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """(n, 3) LPS and kinds ("truth", "candidate", "random") of a series' sites, in box order."""
+    points = [*localizers, *record["candidates"], *record["random"]]
+    kinds = ["truth"] * len(localizers) + ["candidate"] * len(record["candidates"]) + ["random"] * len(record["random"])
+    return np.asarray(points, dtype=np.float64).reshape(-1, 3), kinds
+
+
+# --- step 2: native boxes --------------------------------------------------------------------------------------------
+
+
+def cut_box(array: np.ndarray, affine: np.ndarray, point_lps: np.ndarray,
+            box_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels of ``array`` within a ``box_mm`` cube around a point (on the array's own grid, clipped to the array,
+    one voxel of margin for trilinear sampling) and the box's affine."""
+    spacing, size = spacing_of(affine), np.asarray(array.shape)
+    middle = world_to_voxel(affine, np.asarray(point_lps, dtype=np.float64)[None])[0]
+    half = box_mm / 2.0 / spacing + 1
+    lo = np.clip(np.floor(middle - half), 0, size - 1).astype(int)
+    hi = np.maximum(np.clip(np.ceil(middle + half) + 1, 0, size).astype(int), lo + 1)
+    box_affine = affine.copy()
+    box_affine[:3, 3] = voxel_to_world(affine, lo[None].astype(np.float64))[0]
+    return np.ascontiguousarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32), box_affine
+
+
+def extract_boxes(series_dir: str, points: np.ndarray, box_mm: float, out_path: str) -> str:
+    """Read a series as the kernel's fine stage does (canonical, native spacing) and save a box per point (npz)."""
+    volume = canonicalise(read_series(series_dir), None)
+    arrays: dict[str, np.ndarray] = {}
+    for i, point in enumerate(np.asarray(points, dtype=np.float64).reshape(-1, 3)):
+        box, box_affine = cut_box(volume.array, volume.affine, point, box_mm)
+        arrays[f"box{i}"], arrays[f"affine{i}"] = box, box_affine
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(Path(out_path), buffer.getvalue())
+    return out_path
+
+
+def build_boxes(data_root: Path, fold_dir: Path, sites: Mapping[str, Mapping[str, Any]],
+                records: Mapping[str, SeriesRecord], box_mm: float, workers: int) -> None:
+    """``fine_boxes/<uid>.npz`` for every series with sites (those already written are kept)."""
+    out_dir = fold_dir / BOX_DIR
+    out_dir.mkdir(exist_ok=True)
+    jobs = []
+    for uid, record in sites.items():
+        path = out_dir / f"{uid}.npz"
+        if not path.is_file():
+            points, _ = all_sites(record, [p for _, p in records[uid].points])
+            jobs.append((str(data_root / "series" / uid), points, box_mm, str(path)))
+    if not jobs:
+        return
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(extract_boxes, *job) for job in jobs]
+        for future in tqdm(futures, desc="fine boxes", mininterval=10):
+            future.result()
+
+
+class BoxStore:
+    """Each series' native boxes (raw intensities) and the normalisation of its canonical volume, loaded once."""
+
+    def __init__(self, fold_dir: Path, cache_dir: Path, normalisation: Mapping[str, str]):
+        self.box_dir, self.cache_dir, self.normalisation = fold_dir / BOX_DIR, Path(cache_dir), dict(normalisation)
+        self._boxes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._norms: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+    def boxes(self, uid: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        if uid not in self._boxes:
+            with np.load(self.box_dir / f"{uid}.npz") as data:
+                n = len(data.files) // 2
+                self._boxes[uid] = [(data[f"box{i}"], data[f"affine{i}"]) for i in range(n)]
+        return self._boxes[uid]
+
+    def normalise(self, uid: str) -> Callable[[np.ndarray], np.ndarray]:
+        """The kernel's patch normalisation for this series: statistics of its canonical volume (the cache)."""
+        if uid not in self._norms:
+            volume = load_cached(self.cache_dir, uid, mmap=True)
+            scheme = self.normalisation["CT" if volume.modality == "CT" else "MR"]
+            self._norms[uid] = normaliser(scheme, np.asarray(volume.array))
+        return self._norms[uid]
+
+
+# --- step 3: the patch model -----------------------------------------------------------------------------------------
+
+
+def site_sample(box: tuple[np.ndarray, np.ndarray], norm: Callable[[np.ndarray], np.ndarray], centre_lps: np.ndarray,
+                localizers: Sequence[np.ndarray], cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Patch (as the kernel samples it), its label (a localizer within ``positive_radius_mm``) and the stride-2 ball
+    target (cells within ``sphere_radius_mm`` of a localizer)."""
+    shape = [int(s) for s in cfg["input_shape"]]
+    patch, patch_affine = crop_around(box[0], box[1], centre_lps, shape, cfg["spacing_mm"])
+    patch = norm(patch)
+    points = grid_points_lps(patch_affine, shape, 2)
+    sphere = np.zeros(points.shape[:3], dtype=np.float32)
+    label = 0.0
+    for lps in localizers:
+        if np.linalg.norm(np.asarray(lps) - centre_lps) <= float(cfg["positive_radius_mm"]):
+            label = 1.0
+        sphere[np.sum((points - lps) ** 2, axis=-1) <= float(cfg["sphere_radius_mm"]) ** 2] = 1.0
+    return {"patch": patch, "label": np.float32(label), "sphere": sphere}
+
+
+def augment(sample: dict[str, np.ndarray], rng: np.random.Generator, jitter: float) -> dict[str, np.ndarray]:
+    """Flips on every axis, an in-plane transpose, gain/offset, gamma and Gaussian noise (vary the renderer's look)."""
+    patch, sphere = sample["patch"], sample["sphere"]
+    for axis in range(3):
+        if rng.random() < 0.5:
+            patch, sphere = patch[(slice(None),) * axis + (slice(None, None, -1),)], \
+                sphere[(slice(None),) * axis + (slice(None, None, -1),)]
+    if rng.random() < 0.5:
+        patch, sphere = patch.transpose(0, 2, 1), sphere.transpose(0, 2, 1)
+    patch = np.clip(patch, 0.0, None) ** rng.uniform(1 - jitter * 2, 1 + jitter * 2)
+    patch = patch * rng.uniform(1 - jitter, 1 + jitter) + rng.uniform(-jitter, jitter) / 2
+    patch = patch + rng.normal(0.0, rng.uniform(0.0, jitter / 2), patch.shape)
+    return {**sample, "patch": np.ascontiguousarray(patch, dtype=np.float32), "sphere": np.ascontiguousarray(sphere)}
+
+
+class FineDataset(Dataset):
+    """Training patches: per series and epoch ``per_series`` sites, every localizer first, then a draw of candidates
+    and random sites; centres shifted (``truth_jitter_mm`` / ``candidate_jitter_mm``), patches augmented."""
+
+    def __init__(self, sites: Mapping[str, Mapping[str, Any]], records: Mapping[str, SeriesRecord],
+                 boxes: BoxStore, uids: Sequence[str], cfg: Mapping[str, Any], seed: int = 0):
+        self.sites, self.records, self.boxes, self.cfg, self.seed = sites, records, boxes, cfg, seed
+        self.uids = [u for u in uids if u in sites]
+        self.per_series = int(cfg["per_series"])
+        self.epoch = 0
+        self.items: list[tuple[str, int, str]] = []
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        items = []
+        for uid in self.uids:
+            _, kinds = all_sites(self.sites[uid], [p for _, p in self.records[uid].points])
+            truth = [i for i, k in enumerate(kinds) if k == "truth"]
+            others = [i for i, k in enumerate(kinds) if k != "truth"]
+            chosen = truth[: self.per_series]
+            rest = self.per_series - len(chosen)
+            if rest > 0 and others:
+                chosen += list(rng.choice(others, size=min(rest, len(others)), replace=False))
+            while len(chosen) < self.per_series:  # too few sites: repeat (fixed epoch length)
+                chosen.append(chosen[len(chosen) % max(len(chosen), 1)] if chosen else 0)
+            items.extend((uid, int(i), kinds[int(i)] if kinds else "random") for i in chosen)
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.uids) * self.per_series
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        uid, site, kind = self.items[i]
+        localizers = [p for _, p in self.records[uid].points]
+        points, _ = all_sites(self.sites[uid], localizers)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        jitter = float(self.cfg["truth_jitter_mm" if kind == "truth" else "candidate_jitter_mm"])
+        centre = points[site] + rng.uniform(-1, 1, 3) * jitter
+        sample = site_sample(self.boxes.boxes(uid)[site], self.boxes.normalise(uid), centre, localizers, self.cfg)
+        sample = augment(sample, rng, float(self.cfg["intensity_jitter"]))
+        return {"patch": torch.from_numpy(sample["patch"][None]), "label": torch.tensor([sample["label"]]),
+                "sphere": torch.from_numpy(sample["sphere"][None])}
+
+
+def fine_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
+              cfg: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE on the patch label + focal loss on the ball target (``sphere_weight``)."""
+    label = F.binary_cross_entropy_with_logits(out["logit"].float(), batch["label"])
+    sphere = heatmap_focal_loss(out["sphere"].float(), batch["sphere"])
+    return label + float(cfg["sphere_weight"]) * sphere, {"label": label.item(), "sphere": sphere.item()}
+
+
+# --- step 4: out-of-fold validation ----------------------------------------------------------------------------------
+
+
+def candidate_recall(sites: Mapping[str, Mapping[str, Any]], domes: Mapping[str, list], uids: Sequence[str],
+                     positive_radius_mm: float) -> dict[str, dict[str, float]]:
+    """Per dome band: aneurysms, the fraction with a candidate within dome radius + 2 mm, and within
+    ``positive_radius_mm`` (what the fine model is trained to call positive)."""
+    rows: dict[str, list[tuple[bool, bool]]] = {}
+    for uid in uids:
+        cands = np.asarray(sites[uid]["candidates"], dtype=np.float64).reshape(-1, 3)
+        for dome in domes.get(uid, []):
+            d = np.linalg.norm(cands - dome.centre_lps, axis=1).min() if len(cands) else np.inf
+            rows.setdefault(band_of(dome.dome_mm), []).append((d <= dome.dome_mm / 2 + 2.0, d <= positive_radius_mm))
+    out = {}
+    for name, _, _ in DOME_BANDS:
+        if name in rows:
+            hits = np.asarray(rows[name])
+            out[name] = {"aneurysms": len(hits), "within_radius_2mm": float(hits[:, 0].mean()),
+                         "within_positive_radius": float(hits[:, 1].mean())}
+    every = [r for v in rows.values() for r in v]
+    if every:
+        hits = np.asarray(every)
+        out["all"] = {"aneurysms": len(hits), "within_radius_2mm": float(hits[:, 0].mean()),
+                      "within_positive_radius": float(hits[:, 1].mean())}
+    return out
+
+
+def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str, Mapping[str, Any]], boxes: BoxStore,
+                          records: Mapping[str, SeriesRecord], uids: Sequence[str],
+                          device: torch.device) -> dict[str, np.ndarray]:
+    """P(aneurysm) at each validation candidate through ``recipe.fine_probs`` (flip TTA), from its native box."""
+    run = torch_runner({spec.name: model}, device)
+    out = {}
+    for uid in uids:
+        localizers = [p for _, p in records[uid].points]
+        points, kinds = all_sites(sites[uid], localizers)
+        cand = [i for i, k in enumerate(kinds) if k == "candidate"]
+        norm, uid_boxes = boxes.normalise(uid), boxes.boxes(uid)
+        out[uid] = np.array([recipe.fine_probs(recipe.Native(uid_boxes[i][0], uid_boxes[i][1], norm),
+                                               points[i][None], [spec], run, flip=True)[0] for i in cand])
+    return out
+
+
+def fused_scores(sites: Mapping[str, Mapping[str, Any]], site_probs: Mapping[str, np.ndarray],
+                 records: Mapping[str, SeriesRecord], uids: Sequence[str], weights: Sequence[float]
+                 ) -> dict[float, tuple[dict[str, Any], np.ndarray]]:
+    """Out-of-fold metrics and (n, 14) fused probabilities for each fusion weight."""
+    labels = np.stack([records[u].labels for u in uids])
+    modalities = [MODALITY_NAMES[records[u].modality] for u in uids]
+    out = {}
+    for w in weights:
+        probs = np.stack([recipe.fuse(np.asarray(sites[u]["probs"]), np.asarray(sites[u]["channels"]).reshape(-1, 13),
+                                      site_probs[u], float(w)) for u in uids])
+        out[float(w)] = (evaluate_predictions(labels, probs, modalities), probs)
+    return out
+
+
+def auc_by_band(labels_present: np.ndarray, scores: np.ndarray, uids: Sequence[str],
+                domes: Mapping[str, list]) -> dict[str, float | None]:
+    """AUC(Aneurysm Present) of each largest-dome band's positives against every negative."""
+    negatives = labels_present == 0
+    out: dict[str, float | None] = {}
+    bands = np.array([band_of(max(d.dome_mm for d in domes[u])) if domes.get(u) else "" for u in uids])
+    for name, _, _ in DOME_BANDS:
+        keep = negatives | ((labels_present == 1) & (bands == name))
+        pos = int(((labels_present == 1) & (bands == name)).sum())
+        out[name] = float(roc_auc(labels_present[keep], scores[keep])) if pos and negatives.any() else None
+    return out
+
+
+# --- the fold ---------------------------------------------------------------------------------------------------------
+
+
+def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: bool = False,
+               workers: int = 2) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring for one fold; returns the fine summary."""
+    from train_offline.train import _ensure_index_and_folds
+
+    cfg = config["fine"]
+    if int(cfg["epochs"]) < 1:
+        raise ConfigError("fine.epochs is 0: set fine.epochs (e.g. --set fine.epochs=12) to train a fine stage")
+    for name in ("locator.pt", "classifier.pt"):
+        if not (fold_dir / name).is_file():
+            raise FileNotFoundError(f"{fold_dir / name} is missing: train the fold first (python -m "
+                                    f"train_offline.train --config {config['name']} --fold {fold})")
+    _, _, device = setup_distributed(config["train"]["device"])
+    torch.set_num_threads(int(config["train"]["threads"]))
+    seed = int(config["seed"]) + 1000 * fold + 17
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    index, folds = _ensure_index_and_folds(config, 0, 1)
+    index = index.merge(folds, on=ID_COL, how="inner")
+    train_uids = index.loc[index["fold"] != fold, ID_COL].tolist()
+    val_uids = index.loc[index["fold"] == fold, ID_COL].tolist()
+    records = {r.uid: r for r in records_from_index(index)}
+    store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), list(records.values()),
+                        config["normalisation"], preload="none")
+    times: dict[str, float] = {}
+
+    t = time.perf_counter()
+    sites = compute_sites(config, fold, fold_dir, store, train_uids + val_uids, set(val_uids), device)
+    times["sites_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    build_boxes(Path(config["data"]["root"]), fold_dir, sites, records, float(cfg["box_mm"]), workers)
+    times["boxes_s"] = round(time.perf_counter() - t, 1)
+
+    boxes = BoxStore(fold_dir, Path(config["data"]["cache"]), config["normalisation"])
+    model, spec = build_fine(cfg), fine_spec(cfg, fold)
+    domes = load_domes(config["data"]["root"])
+    labels_present = np.array([records[u].labels[-1] for u in val_uids])
+    state: dict[str, Any] = {}
+
+    def step(net: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        return fine_loss(net(batch["patch"]), batch, cfg)
+
+    def validate(_epoch: int) -> dict[str, Any]:
+        site_probs = validation_site_probs(model, spec, sites, boxes, records, val_uids, device)
+        fused = fused_scores(sites, site_probs, records, val_uids, [float(w) for w in cfg["fusion_grid"]])
+        best_w = max(fused, key=lambda w: fused[w][0]["score"])
+        state.update(site_probs=site_probs, fused=fused, best=best_w)
+        # patch-level AUC over every validation candidate (label: a localizer within positive_radius_mm)
+        y, p = [], []
+        for u in val_uids:
+            cands = np.asarray(sites[u]["candidates"]).reshape(-1, 3)
+            for c, prob in zip(cands, site_probs[u], strict=True):
+                y.append(any(np.linalg.norm(c - q) <= float(cfg["positive_radius_mm"]) for _, q in records[u].points))
+                p.append(prob)
+        patch_auc = float(roc_auc(np.asarray(y, dtype=int), np.asarray(p))) if 0 < sum(y) < len(y) else None
+        return {"val_patch_auc": patch_auc, "val_fusion_weight": best_w,
+                "val_score": fused[best_w][0]["score"], "val_auc_present": fused[best_w][0]["auc_present"],
+                "val_score_coarse": fused[0.0][0]["score"] if 0.0 in fused else None}
+
+    ctx = {"rank": 0, "world": 1, "device": device, "seed": seed, "resume": resume, "amp": config["train"]["amp"],
+           "num_workers": config["train"]["num_workers"], "channels_last": False}
+    dataset = FineDataset(sites, records, boxes, train_uids, cfg, seed=seed)
+    t = time.perf_counter()
+    if resume and (fold_dir / "fine.pt").is_file():
+        model.load_state_dict(torch.load(fold_dir / "fine.pt", map_location="cpu", weights_only=True))
+        model.to(device)
+    else:
+        model = run_stage("fine", model, dataset, cfg, step, validate, fold_dir, ctx)
+        atomic_torch_save(model.state_dict(), fold_dir / "fine.pt")
+    times["train_s"] = round(time.perf_counter() - t, 1)
+    if "fused" not in state:
+        validate(int(cfg["epochs"]) - 1)
+    best = state["best"]
+    metrics, probs = state["fused"][best]
+    coarse_metrics, coarse_probs = state["fused"].get(0.0, (None, None))
+    summary = {
+        "fold": fold, "fusion_weight": best, "config": json.loads(json.dumps(cfg)),
+        "n_train_series": len(dataset.uids), "n_val": len(val_uids),
+        "scores_by_weight": {str(w): {"score": m["score"], "auc_present": m["auc_present"]}
+                             for w, (m, _) in state["fused"].items()},
+        "validation": metrics,
+        "auc_present_by_dome": auc_by_band(labels_present, probs[:, -1], val_uids, domes),
+        "auc_present_by_dome_coarse": None if coarse_probs is None else auc_by_band(
+            labels_present, coarse_probs[:, -1], val_uids, domes),
+        "candidate_recall": candidate_recall(sites, domes, val_uids, float(cfg["positive_radius_mm"])),
+        "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
+        "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
+    }
+    (fold_dir / "fine_summary.json").write_text(json.dumps(summary, indent=1))
+    oof = pd.DataFrame(probs, columns=LABEL_COLS)
+    oof.insert(0, ID_COL, val_uids)
+    oof.to_csv(fold_dir / "fine_oof.csv", index=False)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from train_offline.train import _parse_overrides
+
+    parser = argparse.ArgumentParser(prog="python -m train_offline.fine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="demo", help="config name in train_offline/configs or a YAML path")
+    parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
+    parser.add_argument("--out", type=Path, help="fold folder (default <train.out_dir>/<name>/fold<K>)")
+    parser.add_argument("--resume", action="store_true", help="keep a finished fine.pt / continue its checkpoint")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes reading DICOM for the native boxes (default 2)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. fine.epochs=12")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, _parse_overrides(args.set))
+        out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{args.fold}"
+        summary = train_fine(config, args.fold, out, resume=args.resume, workers=args.workers)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"fine failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    v = summary["validation"]
+    print(f"fold {args.fold} fine: val score {v['score']:.4f}, AUC present {v['auc_present']:.4f} at fusion weight "
+          f"{summary['fusion_weight']} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
