@@ -1,10 +1,11 @@
 """Look at a prediction: one PNG per series with what the kernel saw, where it looked and what it answered.
 
-Maximum-intensity projections (MIPs) of the region around the located Circle of Willis in the three canonical
-directions, with the located centre, each classifier's crop box, the candidate sites (probability and location), the
-14 probabilities beside the label truth when a solution is given (verdict HIT / MISS / TRUE NEGATIVE / FALSE
-POSITIVE on "Aneurysm Present" at 0.5), and the predicted modality. ``python -m kernel.gateway ... --explain DIR``
-writes them; ``render_explanation`` is the drawing, a function of arrays, usable on its own.
+Maximum-intensity projections (MIPs) of slabs through the region around the located Circle of Willis in the three
+canonical directions, with the located centre, each classifier's crop box, the candidate sites (probability and
+location), the 14 probabilities beside the label truth when a solution is given (verdict HIT / MISS / TRUE NEGATIVE /
+FALSE POSITIVE on "Aneurysm Present" at 0.5; a phantom split's aneurysm centres too), and the predicted modality.
+``python -m kernel.gateway ... --explain DIR`` writes them; ``render_explanation`` is the drawing, a function of
+arrays, usable on its own.
 
 Display convention (radiological): axial and coronal panels show the patient's left on the image's right; axial
 has anterior at the top, coronal and sagittal superior at the top, sagittal anterior on the left. Canonical arrays
@@ -18,6 +19,7 @@ embeds this module but never draws.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from kernel.preprocess import spacing_of, world_to_voxel
 from kernel.recipe import Prediction, classifier_centre
 
 __all__ = [
-    "FIGSIZE", "DPI", "SHORT_NAMES", "THRESHOLD", "VIEWS", "Box", "Explanation", "Marker", "explain_call",
+    "DPI", "FIGSIZE", "SHORT_NAMES", "SLAB_MM", "THRESHOLD", "VIEWS", "Box", "Explanation", "Marker", "explain_call",
     "layout_explanation", "render_explanation", "render_fallback", "truth_columns", "verdict",
 ]
 
@@ -39,6 +41,7 @@ THRESHOLD = 0.5  # on "Aneurysm Present", for the verdict
 VIEWS = ("axial", "coronal", "sagittal")
 FIGSIZE = (15.0, 9.0)  # inches; with DPI 80 a 1200 x 720 PNG
 DPI = 80
+SLAB_MM = 40.0  # thickness of each projected slab, centred on the located centre
 # (top, bottom, left, right) edge letters of each panel: radiological, patient left on the image right.
 EDGE_LETTERS = {"axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"), "sagittal": ("S", "I", "A", "P")}
 SHORT_NAMES = {
@@ -62,13 +65,14 @@ assert set(SHORT_NAMES) == set(LABEL_COLS) and set(LOCATION_COLS) < set(SHORT_NA
 
 @dataclass(frozen=True)
 class Marker:
-    """A point drawn on the MIPs: the located centre or a candidate site."""
+    """A point drawn on the MIPs: the located centre, a candidate site or a known (truth) aneurysm site."""
 
-    kind: str  # "centre" or "candidate"
+    kind: str  # "centre", "candidate" or "truth" (a known aneurysm site, when the truth gives sites)
     label: str
     lps: tuple[float, float, float]
     voxel_zyx: tuple[float, float, float]  # fractional voxel of the full volume
     pixels: dict[str, tuple[float, float]]  # view -> (row, col) in Explanation.images[view]
+    in_slab: dict[str, bool]  # view -> whether the point lies inside that view's projected slab
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,11 @@ class Explanation:
     truth_columns: list[str]  # label columns that are 1 in the truth (empty without truth)
     region: tuple[tuple[int, int], ...] = ()  # (start, stop) voxels per axis z, y, x of the projected region
     images: dict[str, np.ndarray] = field(default_factory=dict)  # view -> MIP as displayed (row 0 at the top)
+    slabs: dict[str, tuple[int, int]] = field(default_factory=dict)  # view -> projected voxel range on its axis
     markers: list[Marker] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)
     fallback_reason: str | None = None
+    headline: str = ""  # the PNG's title line (verdict, P(present), candidates)
 
 
 def truth_columns(truth: dict[str, Any] | None) -> list[str]:
@@ -145,11 +151,14 @@ def layout_explanation(
     *,
     margin_mm: float = 12.0,
     min_half_mm: float = 40.0,
+    slab_mm: float | None = SLAB_MM,
 ) -> Explanation:
     """Everything ``render_explanation`` draws, without drawing: region, MIPs, marker and box positions, verdict.
 
     The region is the box around the located centre (at least ``min_half_mm`` each way) that holds every classifier
-    crop and candidate, plus ``margin_mm``, clipped to the volume; the MIPs project that region only.
+    crop, candidate and truth site, plus ``margin_mm``, clipped to the volume. Each MIP shows the region's other two
+    axes and projects a ``slab_mm`` slab centred on the located centre (None: the whole region), so the skull above
+    and below the Circle of Willis does not wash out the axial view of a CTA.
     """
     array = np.asarray(array)
     affine = np.asarray(affine, dtype=np.float64)
@@ -171,32 +180,57 @@ def layout_explanation(
 
     cand_lps = np.asarray(prediction.candidates_lps, dtype=np.float64).reshape(-1, 3)
     cand_vox = world_to_voxel(affine, cand_lps) if len(cand_lps) else np.zeros((0, 3))
-    if len(cand_vox):
-        lo, hi = np.minimum(lo, cand_vox.min(0)), np.maximum(hi, cand_vox.max(0))
+    sites = list((truth or {}).get("sites") or [])
+    site_lps = np.asarray([s["centre_lps"] for s in sites], dtype=np.float64).reshape(-1, 3)
+    site_vox = world_to_voxel(affine, site_lps) if len(site_lps) else np.zeros((0, 3))
+    for points in (cand_vox, site_vox):
+        if len(points):
+            lo, hi = np.minimum(lo, points.min(0)), np.maximum(hi, points.max(0))
     lo, hi = lo - margin_mm / spacing, hi + margin_mm / spacing
     start = np.clip(np.floor(lo), 0, shape - 1).astype(int)
     stop = np.clip(np.ceil(hi) + 1, start + 1, shape).astype(int)
     region = np.stack([start, stop], axis=1)
 
     sub = array[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+    slabs: dict[str, tuple[int, int]] = {}
+    for axis, view in enumerate(VIEWS):  # axial projects axis 0 (z), coronal 1 (y), sagittal 2 (x)
+        a, b = int(start[axis]), int(stop[axis])
+        if slab_mm is not None:
+            half = slab_mm / 2.0 / spacing[axis]
+            lo_s = max(a, int(np.floor(centre_vox[axis] - half + 0.5)))
+            hi_s = min(b, int(np.floor(centre_vox[axis] + half + 0.5)) + 1)
+            a, b = (lo_s, hi_s) if hi_s > lo_s else (a, b)  # centre outside the volume: the whole region
+        slabs[view] = (a, b)
+
+    def project(axis: int) -> np.ndarray:
+        a, b = slabs[VIEWS[axis]]
+        index = [slice(None)] * 3
+        index[axis] = slice(a - start[axis], b - start[axis])
+        return sub[tuple(index)].max(axis=axis)
+
     images = {
-        "axial": np.ascontiguousarray(sub.max(axis=0)),  # (y, x): anterior up, patient left right
-        "coronal": np.ascontiguousarray(sub.max(axis=1)[::-1]),  # (z reversed, x): superior up
-        "sagittal": np.ascontiguousarray(sub.max(axis=2)[::-1]),  # (z reversed, y): superior up, anterior left
+        "axial": np.ascontiguousarray(project(0)),  # (y, x): anterior up, patient left right
+        "coronal": np.ascontiguousarray(project(1)[::-1]),  # (z reversed, x): superior up
+        "sagittal": np.ascontiguousarray(project(2)[::-1]),  # (z reversed, y): superior up, anterior left
     }
 
-    def pixels(voxel: np.ndarray) -> dict[str, tuple[float, float]]:
-        return {view: _pixel(view, voxel, region) for view in VIEWS}
+    def marker(kind: str, label: str, lps: np.ndarray, vox: np.ndarray) -> Marker:
+        in_slab = {view: bool(slabs[view][0] - 0.5 <= vox[axis] < slabs[view][1] - 0.5)
+                   for axis, view in enumerate(VIEWS)}
+        return Marker(kind, label, tuple(map(float, lps)), tuple(map(float, vox)),
+                      {view: _pixel(view, vox, region) for view in VIEWS}, in_slab)
 
-    markers = [Marker("centre", "located centre", tuple(map(float, centre_lps)), tuple(map(float, centre_vox)),
-                      pixels(centre_vox))]
+    markers = [marker("centre", "located centre", centre_lps, centre_vox)]
     probs_c = np.asarray(prediction.candidate_probs, dtype=np.float64).reshape(-1)
     names_c = list(prediction.candidate_locations)
     for k, (lps, vox) in enumerate(zip(cand_lps, cand_vox, strict=True)):
         p = f" {probs_c[k]:.2f}" if k < len(probs_c) else ""
         where = f" {SHORT_NAMES.get(names_c[k], names_c[k])}" if k < len(names_c) else ""
-        markers.append(Marker("candidate", f"{k + 1}:{p}{where}", tuple(map(float, lps)), tuple(map(float, vox)),
-                              pixels(vox)))
+        markers.append(marker("candidate", f"{k + 1}:{p}{where}", lps, vox))
+    for k, (site, lps, vox) in enumerate(zip(sites, site_lps, site_vox, strict=True)):
+        where = site.get("location")
+        markers.append(marker("truth", f"T{k + 1}: {SHORT_NAMES.get(where, where) if where else 'aneurysm'}", lps,
+                              vox))
 
     boxes = []
     for spec, names, box_centre, size_mm, blo, bhi in boxes_vox:
@@ -214,8 +248,8 @@ def layout_explanation(
     probs = np.asarray(prediction.probs, dtype=np.float64).reshape(-1)
     return Explanation(path=None, title=title, verdict=verdict(probs[LABEL_COLS.index(PRESENT_COL)], truth),
                        probs=probs, truth_columns=truth_columns(truth),
-                       region=tuple((int(a), int(b)) for a, b in region), images=images, markers=markers,
-                       boxes=boxes)
+                       region=tuple((int(a), int(b)) for a, b in region), images=images, slabs=slabs,
+                       markers=markers, boxes=boxes)
 
 
 # --- drawing ---------------------------------------------------------------------------------------------------------
@@ -284,11 +318,14 @@ def _draw_mip(ax, view: str, exp: Explanation, spacing: np.ndarray, vmin: float,
         ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, ec="#ffd700", lw=1.2, ls="--"))
     for marker in exp.markers:
         r, c = marker.pixels[view]
+        alpha = 1.0 if marker.in_slab[view] else 0.45  # outside this view's slab: projected, drawn faint
         if marker.kind == "centre":
-            ax.plot([c], [r], marker="+", ms=14, mew=2, color="#00e5ff")
-        else:
-            ax.plot([c], [r], marker="o", ms=11, mfc="none", mew=1.6, color="#ff4040")
-            ax.text(c + 4, r - 4, marker.label.split(":")[0], color="#ff4040", fontsize=8, fontweight="bold")
+            ax.plot([c], [r], marker="+", ms=14, mew=2, color="#00e5ff", alpha=alpha)
+            continue
+        colour, shape, dy = ("#39ff14", "D", 8) if marker.kind == "truth" else ("#ff4040", "o", -4)
+        ax.plot([c], [r], marker=shape, ms=10, mfc="none", mew=1.5, color=colour, alpha=alpha)
+        ax.text(c + 4, r + dy, marker.label.split(":")[0], color=colour, fontsize=8, fontweight="bold",
+                alpha=alpha, clip_on=True)
     h, w = image.shape
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
@@ -309,7 +346,9 @@ def _draw_mip(ax, view: str, exp: Explanation, spacing: np.ndarray, vmin: float,
     ax.set_xticks([])
     ax.set_yticks([])
     projected = {"axial": "along z (S-I)", "coronal": "along y (A-P)", "sagittal": "along x (L-R)"}[view]
-    ax.set_title(f"{view} MIP, {projected}", fontsize=9)
+    axis = VIEWS.index(view)
+    a, b = exp.slabs[view]
+    ax.set_title(f"{view} MIP, {(b - a) * spacing[axis]:.0f} mm slab {projected}", fontsize=9)
 
 
 def _info_text(exp: Explanation, prediction: Prediction, truth: dict[str, Any] | None) -> str:
@@ -336,9 +375,12 @@ def _info_text(exp: Explanation, prediction: Prediction, truth: dict[str, Any] |
     if truth:
         located = [SHORT_NAMES[col] for col in exp.truth_columns if col != PRESENT_COL]
         lines.append(f"truth: {', '.join(located) if located else 'no aneurysm'}")
+        lines.extend(f"   {m.label} (green diamond)" for m in exp.markers if m.kind == "truth")
+        if truth.get("sites_note"):
+            lines.append(f"   {truth['sites_note']}")
     (z0, z1), (y0, y1), (x0, x1) = exp.region
     lines.append(f"region voxels z {z0}:{z1}, y {y0}:{y1}, x {x0}:{x1} (normalised intensities)")
-    lines.append("radiological: patient left on the image right")
+    lines.append("radiological: patient left on the image right; faint markers lie outside that view's slab")
     return "\n".join(lines)
 
 
@@ -364,7 +406,8 @@ def render_explanation(
     """Draw one series' explanation PNG at ``out_path`` (figsize * dpi pixels); return what it drew.
 
     ``array`` is the normalised canonical volume the models saw (z, y, x), ``affine`` its voxel -> LPS map,
-    ``truth`` a solution row as a dict (LABEL_COLS -> 0/1, optionally "Modality") or None.
+    ``truth`` a solution row as a dict (LABEL_COLS -> 0/1; optionally "Modality", and "sites": a list of
+    ``{"centre_lps": (3,), "location": name}`` known aneurysm sites, drawn as green diamonds) or None.
     """
     exp = layout_explanation(array, affine, prediction, classifier_specs, truth, title)
     n_candidates = sum(m.kind == "candidate" for m in exp.markers)
@@ -382,8 +425,8 @@ def render_explanation(
     info.axis("off")
     info.text(0.06, 1.0, _info_text(exp, prediction, truth), va="top", ha="left", fontsize=8.5, family="monospace",
               transform=info.transAxes)
-    fig.suptitle(_headline(exp, n_candidates), fontsize=11, fontweight="bold",
-                 color=_verdict_colour(exp.verdict))
+    exp.headline = _headline(exp, n_candidates)
+    fig.suptitle(exp.headline, fontsize=11, fontweight="bold", color=_verdict_colour(exp.verdict))
     exp.path = _save(fig, out_path, dpi)
     return exp
 
@@ -414,8 +457,6 @@ def render_fallback(
                             hspace=0.22, wspace=0.12)
     note = fig.add_subplot(grid[0, :])
     note.axis("off")
-    import textwrap
-
     wrapped = "\n".join(textwrap.wrap(f"reason: {exp.fallback_reason}", 110))
     note.text(0.5, 0.62, "FALLBACK ROW: no volume and no prediction to show", ha="center", va="center", fontsize=16,
               fontweight="bold", color="#c00000", transform=note.transAxes)
@@ -424,8 +465,8 @@ def render_fallback(
     note.text(0.5, 0.22, "the submitted row is the manifest's label priors (below)", ha="center", va="center",
               fontsize=10, transform=note.transAxes)
     _draw_probs(fig.add_subplot(grid[1, 0]), exp, truth is not None)
-    fig.suptitle(_headline(exp, None) + "  |  FALLBACK", fontsize=11, fontweight="bold",
-                 color=_verdict_colour(exp.verdict))
+    exp.headline = _headline(exp, None) + "  |  FALLBACK"
+    fig.suptitle(exp.headline, fontsize=11, fontweight="bold", color=_verdict_colour(exp.verdict))
     exp.path = _save(fig, out_path, dpi)
     return exp
 
@@ -450,10 +491,14 @@ def explain_call(predictor: Any, uid: str, row_probs: Sequence[float], truth: di
         array = normalise(volume.array, predictor.manifest.scheme(volume.modality))
         if prediction.reversed_z:  # the recipe ran on the reversed stack (same affine): show what it saw
             array = np.ascontiguousarray(array[::-1])
+        if truth and truth.get("sites") and not getattr(volume, "geometry_known", True):
+            truth = {**truth, "sites": [], "sites_note": "truth sites not drawn: the series has no geometry, so its "
+                     "LPS frame is not the patient's"}
         specs = predictor.manifest.models("classifier")
         level = record.level if record is not None else "full"
-        if level == "one_fold":
-            specs = specs[:1]
+        plan = dict(predictor.plans()).get(level)
+        if plan is not None and plan.folds is not None:  # the crops of the folds this call ran
+            specs = specs[: plan.folds]
         title = f"{uid}  [{level}]"
         return render_explanation(array, volume.affine, prediction, specs, truth, title, out_path)
     if record is None:
