@@ -6,9 +6,11 @@ symlinks in a fresh share directory at ``<share>/<absolute series path>``, calls
 requires a DataFrame with one row, and writes ``submission.parquet`` with SeriesInstanceUID first. It also checks
 what the real gateway does not: the 14 column names and their order, finite values in [0, 1].
 With ``--kaggle-evaluation DIR`` the real package runs instead. With ``--solution`` it prints the metric, the
-per-series time (p50/p95/max) and the fallback count.
+per-series time (p50/p95/max) and the fallback count. With ``--explain DIR`` it also writes one PNG per series
+(``kernel.explain``: projections around the located centre, crops, candidates, probabilities, truth when given).
 
     python -m kernel.gateway --data DIR [--weights DIR] [--solution CSV] [--kaggle-evaluation DIR] [--out PATH]
+                             [--explain DIR]
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from kernel.labels import ID_COL, LABEL_COLS
 from kernel.metric import score, two_class_columns
 
 __all__ = [
-    "GatewayError", "GatewayResult", "check_prediction", "find_kaggle_evaluation", "kernel_main", "main",
-    "run_kaggle_evaluation", "run_local_gateway", "score_submission", "share_series", "timing_table",
+    "Explainer", "GatewayError", "GatewayResult", "check_prediction", "find_kaggle_evaluation", "kernel_main", "main",
+    "read_truth", "run_kaggle_evaluation", "run_local_gateway", "score_submission", "share_series", "timing_table",
     "solution_columns", "true_modalities",
 ]
 
@@ -121,8 +123,12 @@ def run_local_gateway(
     share_dir: str | os.PathLike[str] | None = None,
     seed: int | None = None,
     progress: bool = True,
+    after_call: Callable[[str, pl.DataFrame], None] | None = None,
 ) -> GatewayResult:
-    """Simulate the gateway over ``data_dir`` (test.csv + series/); write the submission to ``out`` (None: don't)."""
+    """Simulate the gateway over ``data_dir`` (test.csv + series/); write the submission to ``out`` (None: don't).
+
+    ``after_call(uid, checked_row)`` runs after each series' call and checks, outside its timing (``--explain``).
+    """
     test_csv, series_root = _test_paths(Path(data_dir))
     uids = list(pl.read_csv(test_csv)[ID_COL].cast(pl.Utf8).unique(maintain_order=True))
     rng = random.Random(seed if seed is not None else time.time())
@@ -142,6 +148,8 @@ def run_local_gateway(
             prediction = predict_fn(str(shared))
             seconds[uid] = time.perf_counter() - start
             rows.append(check_prediction(prediction, uid))
+            if after_call is not None:
+                after_call(uid, rows[-1])
             shutil.rmtree(share_root, ignore_errors=True)  # a fresh share directory for every series
             share_root.mkdir(parents=True, exist_ok=True)
     finally:
@@ -258,6 +266,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "%(default)s; the real package always writes ./submission.parquet)")
     parser.add_argument("--seed", type=int, default=None, help="shuffle seed (default: time, like the real gateway)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--explain", type=Path, metavar="DIR", help="write DIR/<uid>.png per series: projections "
+                        "around the located centre, crops, candidates, the 14 probabilities (and the truth from "
+                        "--solution, else <data>/solution.csv when present)")
     return parser
 
 
@@ -299,6 +310,77 @@ def _report(result: GatewayResult, solution: Path | None, data_dir: Path | None 
                 print(f"score ({len(columns)} of 14 columns): {value:.4f}")
 
 
+def read_truth(solution: Path | None, data_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """UID -> solution row as a dict (LABEL_COLS; "Modality" from it or ``true_modalities``; "sites": the aneurysm
+    centres of a phantom split's phantom_truth.jsonl); empty without a solution."""
+    if solution is None or not Path(solution).is_file():
+        return {}
+    truth = {str(row[ID_COL]): row for row in _read_solution(solution).to_dicts()}
+    for uid, modality in true_modalities(data_dir, solution).items():
+        if uid in truth:
+            truth[uid].setdefault("Modality", modality)
+    jsonl = data_dir / "phantom_truth.jsonl" if data_dir is not None else None
+    if jsonl is not None and jsonl.is_file():
+        import json
+
+        for line in jsonl.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            uid = str(row.get(ID_COL))
+            if uid in truth and isinstance(row.get("aneurysms"), list):
+                truth[uid]["sites"] = [{"centre_lps": a["centre_lps"], "location": a.get("location")}
+                                       for a in row["aneurysms"] if "centre_lps" in a]
+    return truth
+
+
+class Explainer:
+    """``--explain``: after each call, ``kernel.explain.explain_call`` writes ``out_dir/<uid>.png``.
+
+    A failed drawing is reported and counted, never fatal: the run still scores.
+    """
+
+    def __init__(self, out_dir: Path, truth: dict[str, dict[str, Any]]):
+        from kernel import predict as kernel_predict
+
+        self.out_dir, self.truth = Path(out_dir), truth
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.predictor = kernel_predict.get_predictor()  # created now (before the first call) to keep the last
+        self.predictor.keep_last = True
+        self.written: list[Path] = []
+        self.failed: dict[str, str] = {}
+
+    def __call__(self, uid: str, row: pl.DataFrame) -> None:
+        from kernel import explain
+
+        try:
+            probs = [float(v) for v in row.select(LABEL_COLS).row(0)]
+            self.written.append(explain.explain_call(self.predictor, uid, probs, self.truth.get(uid), self.out_dir)
+                                .path)
+        except Exception as exc:  # a drawing bug must not lose the submission
+            self.failed[uid] = f"{type(exc).__name__}: {exc}"
+            print(f"explain {uid}: {self.failed[uid]}", file=sys.stderr)
+        finally:
+            self.predictor.last = None  # do not hold a volume longer than needed
+
+    def wrapped(self, predict_fn: Callable[[str], Any]) -> Callable[[str], Any]:
+        """``predict_fn`` that explains each call (for the real package, which offers no hook)."""
+
+        def predict_and_explain(series_path: str) -> Any:
+            prediction = predict_fn(series_path)
+            uid = os.path.basename(os.path.normpath(str(series_path)))
+            try:
+                row = check_prediction(prediction, uid)
+            except GatewayError:
+                return prediction  # the package reports it
+            self(uid, row)
+            return prediction
+
+        return predict_and_explain
+
+    def summary(self) -> str:
+        text = f"explain: wrote {len(self.written)} PNGs to {self.out_dir}"
+        return text + (f"; {len(self.failed)} failed: {sorted(self.failed)[:5]}" if self.failed else "")
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gateway") -> int:
     """CLI: simulate the gateway (or run the real one) with the kernel's ``predict``."""
     args = _parser(prog).parse_args(argv)
@@ -309,9 +391,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gatewa
     from kernel import predict as kernel_predict
 
     kernel_predict.reset_predictor()
+    explainer = None
+    if args.explain is not None:
+        truth_csv = args.solution
+        if truth_csv is None and args.data is not None and (args.data / "solution.csv").is_file():
+            truth_csv = args.data / "solution.csv"
+        explainer = Explainer(args.explain, read_truth(truth_csv, args.data))
     if args.kaggle_evaluation is not None:
         records_before = len(kernel_predict.call_records())
-        submission = run_kaggle_evaluation(kernel_predict.predict, args.kaggle_evaluation, args.data)
+        predict_fn = explainer.wrapped(kernel_predict.predict) if explainer else kernel_predict.predict
+        submission = run_kaggle_evaluation(predict_fn, args.kaggle_evaluation, args.data)
         if args.out.absolute() != Path("submission.parquet").absolute():
             shutil.copyfile("submission.parquet", args.out)
         records = kernel_predict.call_records()[records_before:]
@@ -323,8 +412,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gatewa
         )
     else:
         result = run_local_gateway(args.data, kernel_predict.predict, out=args.out, seed=args.seed,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, after_call=explainer)
     print(f"wrote {args.out}")
+    if explainer is not None:
+        print(explainer.summary())
     _report(result, args.solution, args.data)
     return 0
 
