@@ -1,6 +1,7 @@
 """Metric reports on top of ``kernel.metric``: AUC per label and per group (e.g. protocol), as a CLI.
 
     python -m train_offline.metric --solution solution.csv --submission submission.parquet [--groups truth.jsonl]
+        [--domes data/phantoms/real_test]     # + AUC(present) by largest dome (phantom_truth.jsonl there)
 
 The metric itself (mean weighted columnwise ROC AUC) lives in ``kernel.metric``, so the kernel's gateway and
 training's validation score with the same code.
@@ -30,8 +31,10 @@ def _read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={ID_COL: str})
 
 
-def report(solution: pd.DataFrame, submission: pd.DataFrame, groups: pd.Series | None = None) -> str:
-    """Markdown: overall score, AUC per label, and per group (e.g. protocol) AUC(present) and score where defined."""
+def report(solution: pd.DataFrame, submission: pd.DataFrame, groups: pd.Series | None = None,
+           largest_dome: pd.Series | None = None) -> str:
+    """Markdown: overall score, AUC per label, per group (e.g. protocol) AUC(present), and with ``largest_dome``
+    (patient mm per positive series) AUC(present) of each dome band's positives against every negative."""
     merged = solution[[ID_COL, *LABEL_COLS]].merge(submission[[ID_COL, *LABEL_COLS]], on=ID_COL,
                                                    suffixes=("", "_pred"), how="left")
     if merged[[f"{c}_pred" for c in LABEL_COLS]].isna().any().any():
@@ -55,6 +58,17 @@ def report(solution: pd.DataFrame, submission: pd.DataFrame, groups: pd.Series |
             t, p = truth[m, -1], pred[m, -1]
             value = f"{roc_auc(t, p):.3f}" if len(np.unique(t)) == 2 else "undefined"
             lines.append(f"| {key} | {int(m.sum())} | {int(t.sum())} | {value} |")
+    if largest_dome is not None:
+        from train_offline.domes import DOME_BANDS
+
+        sizes = merged[ID_COL].map(largest_dome).to_numpy(dtype=float)
+        t, p = truth[:, -1], pred[:, -1]
+        lines += ["", "| largest dome | positives | AUC(present) vs all negatives |", "|---|---|---|"]
+        for name, lo, hi in DOME_BANDS:
+            m = (t == 1) & (sizes >= lo) & (sizes < hi)
+            keep = m | (t == 0)
+            value = f"{roc_auc(t[keep], p[keep]):.3f}" if m.any() and (t == 0).any() else "undefined"
+            lines.append(f"| {name} | {int(m.sum())} | {value} |")
     return "\n".join(lines)
 
 
@@ -65,13 +79,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--submission", type=Path, required=True, help="submission.parquet or a CSV of the same")
     parser.add_argument("--groups", type=Path, help="CSV/JSONL with SeriesInstanceUID and a group column")
     parser.add_argument("--group-col", default="Modality", help="group column in --groups (default Modality)")
+    parser.add_argument("--domes", type=Path, help="phantom data folder with phantom_truth.jsonl: AUC by dome size")
     args = parser.parse_args(argv)
     try:
         groups = None
         if args.groups:
             table = _read_table(args.groups)
             groups = pd.Series(table[args.group_col].to_numpy(), index=table[ID_COL].astype(str))
-        print(report(_read_table(args.solution), _read_table(args.submission), groups))
+        largest = None
+        if args.domes:
+            from train_offline.domes import load_domes
+
+            domes = load_domes(args.domes)
+            if not domes:
+                raise ValueError(f"no phantom_truth.jsonl in {args.domes}")
+            largest = pd.Series({uid: max(d.dome_mm for d in ds) for uid, ds in domes.items() if ds}, dtype=float)
+        print(report(_read_table(args.solution), _read_table(args.submission), groups, largest))
     except (OSError, KeyError, ValueError) as exc:
         print(f"metric failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

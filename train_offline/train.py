@@ -1,6 +1,7 @@
-"""Train one fold: the Circle-of-Willis locator, then the region classifier on crops around its predictions.
+"""Train folds: the Circle-of-Willis locator, then the region classifier on crops around its predictions, then (when
+the config's ``fine.epochs`` > 0) the fine stage of ``train_offline.fine``.
 
-    python -m train_offline.train --config demo --fold 0 [--resume] [--set classifier.epochs=2 ...]
+    python -m train_offline.train --config demo --fold 0 [1 2 ...] [--resume] [--set classifier.epochs=2 ...]
     torchrun --nproc_per_node N -m train_offline.train --config full --fold 0     # DistributedDataParallel
 
 With ``classifier.pretrain_epochs`` > 0 the classifier network is first trained on vessel segmentation alone (stage
@@ -319,26 +320,44 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train_offline.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="config name in train_offline/configs or a YAML path")
-    parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
-    parser.add_argument("--out", type=Path, help="fold output dir (default <train.out_dir>/<name>/fold<K>)")
+    parser.add_argument("--fold", type=int, nargs="+", default=[0],
+                        help="validation fold(s), trained one after the other (default 0), e.g. --fold 0 1 2")
+    parser.add_argument("--out", type=Path, help="fold output dir (default <train.out_dir>/<name>/fold<K>; one fold)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in the output dir")
+    parser.add_argument("--no-fine", action="store_true",
+                        help="skip the fine stage (train_offline.fine) even when the config's fine.epochs > 0")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. classifier.epochs=2")
     args = parser.parse_args(argv)
+    if args.out is not None and len(args.fold) > 1:
+        parser.error("--out takes one --fold")
     try:
         config = load_config(args.config, _parse_overrides(args.set))
-        out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{args.fold}"
-        summary = train_fold(config, args.fold, out, resume=args.resume)
+        for fold in args.fold:
+            out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{fold}"
+            summary = train_fold(config, fold, out, resume=args.resume)
+            if summary is not None:
+                v = summary["validation"]
+                print(f"fold {fold}: val score {v['score']}, AUC present {v['auc_present']}, "
+                      f"centre error median {v['centre_error_mm_median']} mm -> {out}", flush=True)
+            if int(config["fine"]["epochs"]) > 0 and not args.no_fine:
+                if dist.is_initialized():  # the fine stage is one process: run it after torchrun
+                    if summary is not None:
+                        print(f"fine stage: run python -m train_offline.fine --config {args.config} --fold {fold}",
+                              file=sys.stderr)
+                    continue
+                from train_offline.fine import train_fine
+
+                fine = train_fine(config, fold, out, resume=args.resume)
+                f = fine["validation"]
+                print(f"fold {fold} fine: val score {f['score']:.4f}, AUC present {f['auc_present']:.4f} at fusion "
+                      f"weight {fine['fusion_weight']}", flush=True)
     except (ConfigError, FileNotFoundError, ValueError) as exc:  # CacheSpacingError is a ValueError
         print(f"train failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if summary is not None:
-        v = summary["validation"]
-        print(f"fold {args.fold}: val score {v['score']}, AUC present {v['auc_present']}, "
-              f"centre error median {v['centre_error_mm_median']} mm -> {out}")
     return 0
 
 

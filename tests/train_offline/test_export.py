@@ -45,14 +45,15 @@ def test_random_export_manifest_is_valid_and_complete(tiny_weights: Path) -> Non
         assert 0.0 <= model["parity_max_abs"] <= ATOL
         proto = onnx.load(str(tiny_weights / model["file"]))
         assert proto.opset_import[0].version >= 17
-        expected = ["heatmap"] if model["role"] == "locator" else ["logits", "modality_logits"]
+        expected = ["heatmap"] if model["role"] == "locator" else ["logits", "modality_logits", "heatmap"]
         assert [o.name for o in proto.graph.output] == expected
 
 
 def test_onnx_outputs_have_dynamic_batch_and_contract_shapes(tiny_weights: Path) -> None:
     session = ort.InferenceSession(str(tiny_weights / "classifier_f0.onnx"), providers=["CPUExecutionProvider"])
-    logits, modality = session.run(None, {"crop": np.random.default_rng(0).random((3, 1, 32, 32, 32), np.float32)})
-    assert logits.shape == (3, 14) and modality.shape == (3, 4)
+    logits, modality, heat = session.run(None, {"crop": np.random.default_rng(0).random((3, 1, 32, 32, 32),
+                                                                                        np.float32)})
+    assert logits.shape == (3, 14) and modality.shape == (3, 4) and heat.shape == (3, 13, 8, 8, 8)
     session = ort.InferenceSession(str(tiny_weights / "locator_f0.onnx"), providers=["CPUExecutionProvider"])
     (heatmap,) = session.run(None, {"volume": np.zeros((5, 1, 16, 16, 16), np.float32)})
     assert heatmap.shape == (5, 1, 8, 8, 8)
@@ -65,6 +66,9 @@ def test_kernel_ensemble_runs_the_exported_models(tiny_weights: Path) -> None:
     out = ensemble.predict_volume(volume, affine, "CT")
     assert out.probs.shape == (14,) and np.all((out.probs > 0) & (out.probs < 1))
     assert np.isclose(out.modality_probs.sum(), 1.0)
+    # the classifier's heatmap gives candidate sites even without a fine model
+    assert out.candidates_lps.shape[1] == 3 and 1 <= len(out.candidates_lps) <= 4
+    assert len(out.candidate_locations) == len(out.candidate_probs) == len(out.candidates_lps)
 
 
 def test_parity_check_fails_when_onnx_and_torch_disagree(tmp_path: Path) -> None:
