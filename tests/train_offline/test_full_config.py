@@ -97,7 +97,8 @@ def test_full_config_trains_one_fold_end_to_end_on_the_cpu(tmp_path: Path) -> No
     sets += [f"{key}={value}" for key, value in paths.items()]
     out = tmp_path / "full" / "fold0"
     torch.manual_seed(0)
-    assert train.main(["--config", "full", "--fold", "0", "--out", str(out), "--set", *sets]) == 0
+    # --no-fine: this data is cache-only (no DICOM for the native boxes); test_fine.py runs full's fine stage
+    assert train.main(["--config", "full", "--fold", "0", "--out", str(out), "--no-fine", "--set", *sets]) == 0
 
     for name in ("locator.pt", "pretrain.pt", "classifier.pt", "summary.json", "oof.csv", "metrics.jsonl"):
         assert (out / name).is_file(), name
