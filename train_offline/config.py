@@ -9,7 +9,7 @@ the manifest.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import yaml
 
 __all__ = [
     "CONFIG_DIR", "DEFAULTS", "RETIRED_KEYS", "ConfigError", "drop_retired", "load_config", "load_saved_config",
-    "merge", "resolve_config_path", "validate",
+    "merge", "parse_overrides", "resolve_config_path", "validate",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -232,3 +232,18 @@ def load_config(name_or_path: str | Path, overrides: Mapping[str, Any] | None = 
         raw = merge(raw, overrides)
         validate(raw, absolute_ok=True)
     return merge(DEFAULTS, raw)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``a.b=value`` pairs (YAML values) -> nested dict."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out

@@ -46,10 +46,11 @@ from kernel.manifest import ModelSpec
 from kernel.metric import evaluate_predictions, roc_auc
 from kernel.preprocess import canonicalise, crop_around, normaliser, spacing_of, voxel_to_world, world_to_voxel
 from train_offline.cache import atomic_write_bytes, load_cached
-from train_offline.config import ConfigError, load_config
+from train_offline.config import ConfigError, load_config, parse_overrides
 from train_offline.data import SeriesRecord, SeriesStore, grid_points_lps, records_from_index
 from train_offline.domes import DOME_BANDS, band_of, load_domes
 from train_offline.evaluate import torch_runner
+from train_offline.folds import ensure_index_and_folds
 from train_offline.loop import atomic_torch_save, run_stage, setup_distributed
 from train_offline.losses import heatmap_focal_loss
 from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
@@ -367,8 +368,6 @@ def auc_by_band(labels_present: np.ndarray, scores: np.ndarray, uids: Sequence[s
 def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: bool = False,
                workers: int = 2) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one fold; returns the fine summary."""
-    from train_offline.train import _ensure_index_and_folds
-
     cfg = config["fine"]
     if int(cfg["epochs"]) < 1:
         raise ConfigError("fine.epochs is 0: set fine.epochs (e.g. --set fine.epochs=12) to train a fine stage")
@@ -381,7 +380,7 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     seed = int(config["seed"]) + 1000 * fold + 17
     torch.manual_seed(seed)
     started = time.perf_counter()
-    index, folds = _ensure_index_and_folds(config, 0, 1)
+    index, folds = ensure_index_and_folds(config, 0, 1)
     index = index.merge(folds, on=ID_COL, how="inner")
     train_uids = index.loc[index["fold"] != fold, ID_COL].tolist()
     val_uids = index.loc[index["fold"] == fold, ID_COL].tolist()
@@ -460,8 +459,6 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from train_offline.train import _parse_overrides
-
     parser = argparse.ArgumentParser(prog="python -m train_offline.fine", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="config name in train_offline/configs or a YAML path")
     parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
@@ -473,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override config values, e.g. fine.epochs=12")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, _parse_overrides(args.set))
+        config = load_config(args.config, parse_overrides(args.set))
         out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{args.fold}"
         summary = train_fine(config, args.fold, out, resume=args.resume, workers=args.workers)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kernel.labels import ID_COL, LOCATION_COLS, MODALITY_NAMES, PRESENT_COL
 
-__all__ = ["fold_report", "make_folds", "main"]
+__all__ = ["ensure_index_and_folds", "fold_report", "make_folds", "main"]
 
 
 def _label_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -113,6 +114,32 @@ def fold_report(frame: pd.DataFrame, folds: pd.DataFrame) -> tuple[pd.DataFrame,
         if missing:
             gaps.append(f"{col}: no positive in fold(s) {missing} ({int(merged[col].sum())} positive series in all)")
     return table, gaps
+
+
+def ensure_index_and_folds(config: Mapping[str, Any], rank: int, world: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(index, folds) of a config's data, each built on first use (rank 0 writes, every rank waits for it)."""
+    from train_offline.index import build_index, load_index
+    from train_offline.loop import barrier
+
+    data = config["data"]
+    index_path, folds_path = Path(data["index"]), Path(data["folds_csv"])
+    if rank == 0 and not index_path.is_file():
+        index = build_index(Path(data["root"]), Path(data["cache"]))
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        index.to_csv(index_path, index=False)
+    barrier(world)
+    index = load_index(index_path)
+    if rank == 0 and not folds_path.is_file():
+        folds = make_folds(index, int(data["n_folds"]), int(config["seed"]))
+        _, gaps = fold_report(index, folds)
+        for gap in gaps:
+            print(f"warning: {gap}", file=sys.stderr)
+        folds.to_csv(folds_path, index=False)
+    barrier(world)
+    folds = pd.read_csv(folds_path, dtype={ID_COL: str})
+    if int(data["limit"]) > 0:
+        index = index.iloc[: int(data["limit"])]
+    return index, folds
 
 
 def main(argv: Sequence[str] | None = None) -> int:

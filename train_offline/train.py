@@ -35,7 +35,7 @@ from torch import nn
 from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES
 from kernel.metric import evaluate_predictions
 from train_offline.cache import check_cache_spacing
-from train_offline.config import ConfigError, load_config, load_saved_config
+from train_offline.config import ConfigError, load_config, load_saved_config, parse_overrides
 from train_offline.data import (
     ClassifierDataset,
     LocatorDataset,
@@ -45,6 +45,7 @@ from train_offline.data import (
     records_from_index,
 )
 from train_offline.evaluate import plot_fold, predict_centres, predict_classifier
+from train_offline.folds import ensure_index_and_folds
 from train_offline.loop import atomic_torch_save, barrier, format_of, run_stage, setup_distributed, unwrap
 from train_offline.losses import classifier_loss, locator_loss, pretrain_loss
 from train_offline.models import build_classifier, build_locator, classifier_spec, locator_spec
@@ -158,31 +159,6 @@ def pretrain_classifier(classifier: nn.Module, store: SeriesStore, train_uids: S
 # --- the fold -------------------------------------------------------------------------------------------------------
 
 
-def _ensure_index_and_folds(config: Mapping[str, Any], rank: int, world: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from train_offline.folds import fold_report, make_folds
-    from train_offline.index import build_index, load_index
-
-    data = config["data"]
-    index_path, folds_path = Path(data["index"]), Path(data["folds_csv"])
-    if rank == 0 and not index_path.is_file():
-        index = build_index(Path(data["root"]), Path(data["cache"]))
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        index.to_csv(index_path, index=False)
-    barrier(world)
-    index = load_index(index_path)
-    if rank == 0 and not folds_path.is_file():
-        folds = make_folds(index, int(data["n_folds"]), int(config["seed"]))
-        _, gaps = fold_report(index, folds)
-        for gap in gaps:
-            print(f"warning: {gap}", file=sys.stderr)
-        folds.to_csv(folds_path, index=False)
-    barrier(world)
-    folds = pd.read_csv(folds_path, dtype={ID_COL: str})
-    if int(data["limit"]) > 0:
-        index = index.iloc[: int(data["limit"])]
-    return index, folds
-
-
 def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool = False) -> dict[str, Any] | None:
     """Train the locator and the classifier of one fold; returns the summary on rank 0 (None elsewhere)."""
     n_folds = int(config["data"]["n_folds"])
@@ -199,7 +175,7 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
         (out_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
         if not resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    index, folds = _ensure_index_and_folds(config, rank, world)
+    index, folds = ensure_index_and_folds(config, rank, world)
     index = index.merge(folds, on=ID_COL, how="inner")
     train_uids = index.loc[index["fold"] != fold, ID_COL].tolist()
     val_uids = index.loc[index["fold"] == fold, ID_COL].tolist()
@@ -302,21 +278,6 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
     return summary
 
 
-def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``a.b=value`` pairs (YAML values) -> nested dict."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set takes key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train_offline.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="config name in train_offline/configs or a YAML path")
@@ -332,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None and len(args.fold) > 1:
         parser.error("--out takes one --fold")
     try:
-        config = load_config(args.config, _parse_overrides(args.set))
+        config = load_config(args.config, parse_overrides(args.set))
         for fold in args.fold:
             out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{fold}"
             summary = train_fold(config, fold, out, resume=args.resume)
