@@ -292,14 +292,20 @@ def heatmap_candidates(heatmap: np.ndarray, affine: np.ndarray, stride: int, k: 
                        min_distance_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """(points (n, 3) LPS, channel logits (n, 13)) of the ``k`` strongest peaks of a (13, d, h, w) location heatmap.
 
-    A cell's score is its strongest channel; peaks are taken greedily, strongest first, each at least
-    ``min_distance_mm`` from those taken. Each point is refined to the score-weighted centroid of its 3x3x3
+    A cell's score is its strongest channel; peaks are local maxima of the score (no stronger cell among their 26
+    neighbours), taken greedily, strongest first, each at least ``min_distance_mm`` from those taken (fewer than
+    ``k`` when the heatmap has fewer peaks). Each point is refined to the score-weighted centroid of its 3x3x3
     neighbourhood (``heatmap_peak_lps``); its channel logits are those of its cell.
     """
     heat = np.asarray(heatmap, dtype=np.float64)
     score = heat.max(axis=0)
     cell_mm = spacing_of(affine) * stride
-    order = np.argsort(score.ravel())[::-1]
+    padded = np.pad(score, 1, constant_values=-np.inf)
+    d, h, w = score.shape
+    neighbours = np.max([padded[i:i + d, j:j + h, m:m + w] for i in range(3) for j in range(3) for m in range(3)],
+                        axis=0)
+    flat_scores = np.where(score >= neighbours, score, -np.inf).ravel()
+    order = [i for i in np.argsort(flat_scores)[::-1] if np.isfinite(flat_scores[i])]
     taken: list[np.ndarray] = []
     points, channels = [], []
     for flat in order:

@@ -138,3 +138,90 @@ def test_non_finite_outputs_raise() -> None:
         recipe.locate(volume, AFFINE, [_locator("a", 0)], bad)
     with pytest.raises(ValueError, match="no locator"):
         recipe.locate(volume, AFFINE, [], bad)
+
+
+# --- the fine stage ----------------------------------------------------------------------------------------------
+
+
+def _heat_classifier(name: str = "h", flip_tta: bool = True) -> ModelSpec:
+    return ModelSpec(name=name, role="classifier", fold=0, input_name="crop", input_shape=(8, 8, 8),
+                     spacing_mm=(2.0, 2.0, 2.0), output_names=("logits", "modality_logits", "heatmap"),
+                     output_stride=2, flip_tta=flip_tta)
+
+
+def _fine(k: int = 2, weight: float = 0.5, shape=(4, 4, 4), spacing=(0.5, 0.5, 0.5)) -> ModelSpec:
+    return ModelSpec(name="f", role="fine", fold=0, input_name="patch", input_shape=shape, spacing_mm=spacing,
+                     output_names=("logit",), flip_tta=True, candidates=k, candidate_min_distance_mm=3.0,
+                     fusion_weight=weight)
+
+
+def test_heatmap_candidates_take_peaks_strongest_first_apart_and_refined() -> None:
+    heat = np.full((13, 6, 6, 6), -8.0)
+    heat[2, 1, 1, 1] = 4.0  # strongest
+    heat[5, 1, 1, 2] = 3.5  # next cell: within 3 mm of the first at 2 mm cells -> suppressed
+    heat[7, 4, 4, 4] = 2.0  # far away
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    points, channels = recipe.heatmap_candidates(heat, affine, stride=2, k=3, min_distance_mm=3.0)
+    # local maxima only: the 3.5 cell next to the 4.0 peak is not one, and the flat -8 floor's maxima are far away
+    assert 2 <= len(points) <= 3
+    np.testing.assert_array_equal(np.argmax(channels, axis=1)[:2], [2, 7])
+    # peak cell (1, 1, 1) at stride 2 covers voxels 2..3: centre 2.5; the 3.5 neighbour (array axis 2, which this
+    # identity affine maps to world axis 2) pulls it that way
+    assert points[0][2] > 2.5 and abs(points[0][0] - 2.5) < 0.01 and abs(points[0][1] - 2.5) < 0.01
+    np.testing.assert_allclose(points[1], [8.5, 8.5, 8.5], atol=0.01)
+    far = [np.linalg.norm(points[i] - points[j]) for i in range(len(points)) for j in range(i)]
+    assert min(far) >= 3.0  # no two candidates on one peak
+
+
+def test_fuse_is_identity_at_weight_zero_and_a_logit_mean_otherwise() -> None:
+    probs = np.linspace(0.05, 0.9, 14)
+    channels = np.full((2, 13), -10.0)
+    channels[0, 4] = 10.0
+    channels[1, 9] = 10.0
+    sites = np.array([0.8, 0.3])
+    np.testing.assert_allclose(recipe.fuse(probs, channels, sites, 0.0), probs)
+    np.testing.assert_allclose(recipe.fuse(probs, channels[:0], sites[:0], 0.7), probs)
+    fused = recipe.fuse(probs, channels, sites, 0.5)
+    expected_present = recipe.sigmoid(0.5 * recipe.logit(probs[-1]) + 0.5 * recipe.logit(0.8))
+    assert fused[-1] == pytest.approx(expected_present)
+    assert fused[4] == pytest.approx(recipe.sigmoid(0.5 * recipe.logit(probs[4]) + 0.5 * recipe.logit(0.8)), rel=1e-6)
+    assert fused[9] == pytest.approx(recipe.sigmoid(0.5 * recipe.logit(probs[9]) + 0.5 * recipe.logit(0.3)), rel=1e-6)
+    assert fused[0] < probs[0]  # no candidate on that vessel: pulled down
+
+
+def test_fine_stage_samples_the_native_stack_and_mirrors_heatmaps_back() -> None:
+    coarse = np.zeros((16, 16, 16), dtype=np.float32)
+    native = np.zeros((64, 64, 64), dtype=np.float32)
+    native_affine = np.diag([0.5, 0.5, 0.5, 1.0])
+    native[40:44, 40:44, 40:44] = 7.0  # at LPS (20..21.5)^3
+    seen = []
+
+    def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
+        if spec.role == "locator":
+            heat = np.full((1, 1, 8, 8, 8), -5.0, dtype=np.float32)
+            heat[0, 0, 4, 4, 4] = 3.0
+            return [heat]
+        if spec.role == "classifier":
+            n = len(batch)
+            heat = np.full((n, 13, 4, 4, 4), -6.0, dtype=np.float32)
+            heat[0, 3, 3, 3, 3] = 5.0  # plain row: location 3 at cell (3, 3, 3)
+            if n == 2:  # the mirrored row sees the same site mirrored in x, on the mirrored location channel
+                heat[1, recipe.LOCATION_FLIP[3], 3, 3, 0] = 5.0
+            return [np.zeros((n, 14), np.float32), np.zeros((n, 4), np.float32), heat]
+        seen.append(batch.copy())
+        return [batch.mean(axis=(1, 2, 3, 4))[:, None].astype(np.float32)]
+
+    stack = recipe.Native(native, native_affine, lambda a: a / 7.0)
+    pred = recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)], [_heat_classifier()],
+                                 run, fine=[_fine(k=1)], native=stack)
+    assert pred.candidate_locations == (recipe.LOCATION_COLS[3],)
+    # crop: 8^3 at 2 mm around the located centre; the heatmap peak agreed in both rows (mirroring mapped back)
+    assert len(seen) == 1 and seen[0].shape == (2, 1, 4, 4, 4)
+    patch = seen[0][0, 0]
+    assert patch.max() <= 1.0 and patch.min() >= 0.0  # normalised with the given normaliser
+    np.testing.assert_array_equal(seen[0][1], seen[0][0][..., ::-1])
+    assert pred.candidate_probs.shape == (1,)
+    plain = recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)], [_heat_classifier()],
+                                  run, recipe.Plan(candidates=0), fine=[_fine(k=1)], native=stack)
+    assert len(plain.candidates_lps) == 0 and plain.runs < pred.runs
+    assert recipe.plan_runs([_locator("l", 0)], [_heat_classifier()], recipe.Plan(), [_fine(k=8)]) == 1 + 2 + 4

@@ -72,12 +72,12 @@ def test_box_patches_equal_whole_stack_patches(tiny_run: dict) -> None:
 def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None:
     fold_dir, summary = tiny_run["fold_dir"], tiny_run["summary"]
     sites = [json.loads(line) for line in (fold_dir / "fine_sites.jsonl").read_text().splitlines()]
-    assert len(sites) == 10 and all(len(s["candidates"]) == 3 and len(s["random"]) == 2 for s in sites)
+    assert len(sites) == 10 and all(1 <= len(s["candidates"]) <= 3 and len(s["random"]) == 2 for s in sites)
     assert len(list((fold_dir / "fine_boxes").glob("*.npz"))) == 10
     assert (fold_dir / "fine.pt").is_file() and (fold_dir / "fine_oof.csv").is_file()
     assert summary["fusion_weight"] in (0.0, 0.5)
     assert set(summary["scores_by_weight"]) == {"0.0", "0.5"}
-    assert summary["candidates_per_series"] == 3.0
+    assert 1.0 <= summary["candidates_per_series"] <= 3.0
     # the coarse-only row (weight 0) is the classifier's own out-of-fold answer
     oof = (fold_dir / "oof.csv").read_text()
     assert oof and summary["scores_by_weight"]["0.0"]["score"] == pytest.approx(
@@ -108,7 +108,8 @@ def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp
     volume = prepare_volume(series, manifest.volume_spacing_mm, keep_native=True)
     with_fine = ensemble.predict_volume(volume.array, volume.affine, volume.modality,
                                         native=(volume.native_array, volume.native_affine))
-    assert with_fine.candidates_lps.shape == (3, 3) and len(with_fine.candidate_locations) == 3
+    n = len(with_fine.candidates_lps)
+    assert 1 <= n <= 3 and with_fine.candidates_lps.shape == (n, 3) and len(with_fine.candidate_locations) == n
     assert np.all((with_fine.candidate_probs > 0) & (with_fine.candidate_probs < 1))
     plain = ensemble.predict_volume(volume.array, volume.affine, volume.modality, recipe.Plan(candidates=0))
     assert with_fine.runs > plain.runs
