@@ -67,11 +67,13 @@ CPU_MODEL = {
     "locator": {"input_shape": [16, 16, 16], "spacing_mm": [12.0, 12.0, 12.0], "channels": [4, 8], "batch_size": 4,
                 "epochs": 2, "val_every": 2},
     "classifier": {"input_shape": [16, 16, 16], "spacing_mm": [4.0, 4.0, 4.0], "channels": [4, 8, 8, 8],
-                   "batch_size": 4, "epochs": 2, "val_every": 2},
+                   "batch_size": 4, "epochs": 2, "val_every": 2, "pretrain_epochs": 0},
 }
 CPU_TRAIN = {**CPU_MODEL, "train": {"device": "cpu", "num_workers": 0, "threads": 1}}
 # GPU: the full config as it is (bf16 autocast, 8 loader workers, 128^3 crops at 0.8 mm), validated once at the end.
-GPU_TRAIN = {"locator": {"epochs": 8, "val_every": 8}, "classifier": {"epochs": 24, "val_every": 24}}
+# The fine stage needs DICOM boxes (--no-fine here; its GPU path is the same loop); pretraining gets 2 of the epochs.
+GPU_TRAIN = {"locator": {"epochs": 8, "val_every": 8},
+             "classifier": {"epochs": 22, "val_every": 22, "pretrain_epochs": 2}}
 RESAMPLE_RTOL = 1e-5  # numpy vs torch resampling: float rounding (tests/kernel/test_preprocess.py uses 1e-5 on [0, 1])
 
 
@@ -869,7 +871,8 @@ def _train_run(ctx: Ctx, sec: Section, name: str, data: Path, cache: Path, torch
     overrides = {**(GPU_TRAIN if ctx.gpu else CPU_TRAIN)}
     paths = [f"data.root={data}", f"data.cache={cache}", f"data.index={ctx.work / 'train_index.csv'}",
              f"data.folds_csv={ctx.work / 'train_folds.csv'}"]
-    args = ["-m", "train_offline.train", "--config", "full", "--fold", "0", "--out", str(out), "--set", *paths,
+    args = ["-m", "train_offline.train", "--config", "full", "--fold", "0", "--out", str(out), "--no-fine", "--set",
+            *paths,
             *overrides_to_set(overrides)]
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", *args]
@@ -879,7 +882,9 @@ def _train_run(ctx: Ctx, sec: Section, name: str, data: Path, cache: Path, torch
     res = run_cmd(ctx, f"train_{name}", cmd, PART_LIMITS[ctx.mode][name], env=env)
     records = read_metrics(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else None
-    stats = {stage: stage_stats(records, stage) for stage in ("locator", "classifier")}
+    stages = [s for s in ("locator", "pretrain", "classifier")
+              if s != "pretrain" or any(r.get("stage") == "pretrain" for r in records)]
+    stats = {stage: stage_stats(records, stage) for stage in stages}
     status = ("timed out: the epochs logged before the limit" if res.timed_out else
               "ok" if res.rc == 0 else f"failed (rc {res.rc})")
     launcher = ("torchrun --nproc_per_node 1 (" + ("NCCL" if ctx.gpu else "gloo") + ")") if torchrun else \
