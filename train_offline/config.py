@@ -95,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
         "candidate_jitter_mm": 1.5,
         "random_sites": 4,  # extra negatives per series: random bright (vessel) voxels inside the classifier crop
         "per_series": 6,  # training sites drawn per series and epoch (every localizer, then candidates/random)
+        "negatives": "candidates",  # candidates: hard negatives (the classifier's peaks) + random; random: only those
         "batch_size": 32,
         "lr": 0.002,
         "weight_decay": 0.0001,

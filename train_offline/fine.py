@@ -247,6 +247,12 @@ class FineDataset(Dataset):
         self.sites, self.records, self.boxes, self.cfg, self.seed = sites, records, boxes, cfg, seed
         self.uids = [u for u in uids if u in sites]
         self.per_series = int(cfg["per_series"])
+        # hard negatives: the classifier's own peaks (its false positives) beside random bright voxels; "random"
+        # leaves them out (the ablation of the lever)
+        kinds = {"candidates": ("candidate", "random"), "random": ("random",)}
+        if cfg["negatives"] not in kinds:
+            raise ConfigError(f"fine.negatives must be one of {sorted(kinds)}, got {cfg['negatives']!r}")
+        self.negative_kinds = kinds[cfg["negatives"]]
         self.epoch = 0
         self.items: list[tuple[str, int, str]] = []
         self.set_epoch(0)
@@ -258,7 +264,7 @@ class FineDataset(Dataset):
         for uid in self.uids:
             _, kinds = all_sites(self.sites[uid], [p for _, p in self.records[uid].points])
             truth = [i for i, k in enumerate(kinds) if k == "truth"]
-            others = [i for i, k in enumerate(kinds) if k != "truth"]
+            others = [i for i, k in enumerate(kinds) if k in self.negative_kinds]
             chosen = truth[: self.per_series]
             rest = self.per_series - len(chosen)
             if rest > 0 and others:
