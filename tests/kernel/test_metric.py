@@ -126,3 +126,35 @@ def test_report_cli_per_label_and_per_group(tmp_path) -> None:
     expected = roc_auc_score(solution.loc[cta, PRESENT_COL], submission.loc[cta, PRESENT_COL])
     assert f"| CTA | {int(cta.sum())} | {int(solution.loc[cta, PRESENT_COL].sum())} | {expected:.3f} |" in text
     assert main(["--solution", str(tmp_path / "missing.csv"), "--submission", str(tmp_path / "x.csv")]) == 2
+
+
+def test_report_by_largest_dome_against_every_negative(tmp_path) -> None:
+    import contextlib
+    import io
+    import json
+
+    from train_offline.metric import main
+
+    solution, submission = _frames()
+    solution.to_csv(tmp_path / "solution.csv", index=False)
+    submission.to_parquet(tmp_path / "submission.parquet")
+    positives = solution.loc[solution[PRESENT_COL] == 1, ID_COL].tolist()
+    sizes = {uid: [2.0, 5.0, 7.0][i % 3] for i, uid in enumerate(positives)}  # head scale 2 below: patient mm x2
+    with open(tmp_path / "phantom_truth.jsonl", "w") as fh:
+        for uid in solution[ID_COL]:
+            domes = [{"location": "Basilar Tip", "centre_lps": [0, 0, 0], "dome_mm": sizes[uid] / 2}] \
+                if uid in sizes else []
+            fh.write(json.dumps({"SeriesInstanceUID": uid, "head_to_lps": (np.eye(4) * 2).tolist(),
+                                 "aneurysms": domes}) + "\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--solution", str(tmp_path / "solution.csv"), "--submission",
+                     str(tmp_path / "submission.parquet"), "--domes", str(tmp_path)]) == 0
+    text = out.getvalue()
+    negatives = solution[PRESENT_COL] == 0
+    for band, size in (("< 3.5 mm", 2.0), ("4.5-6 mm", 5.0), (">= 6 mm", 7.0)):
+        keep = negatives | solution[ID_COL].map(lambda u, s=size: sizes.get(u) == s)
+        expected = roc_auc_score(solution.loc[keep, PRESENT_COL], submission.loc[keep, PRESENT_COL])
+        n = sum(1 for v in sizes.values() if v == size)
+        assert f"| {band} | {n} | {expected:.3f} |" in text
+    assert "| 3.5-4.5 mm | 0 | undefined |" in text
