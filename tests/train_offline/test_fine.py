@@ -117,3 +117,22 @@ def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp
         assert not np.allclose(with_fine.probs, plain.probs)
     else:
         np.testing.assert_allclose(with_fine.probs, plain.probs)
+
+
+def test_full_configs_fine_stage_runs_at_tiny_shapes(tiny_run: dict, tmp_path: Path) -> None:
+    """``full``'s fine section (0.45 mm, 36 mm boxes, its jitters and radii) with only shapes, widths and epochs
+    shrunk, on the tiny fold's locator and classifier."""
+    import shutil
+
+    full = load_config("full")["fine"]
+    shrink = {"input_shape": [16, 16, 16], "channels": [4, 8, 8, 8], "epochs": 1, "per_series": 3, "candidates": 3,
+              "batch_size": 8, "fusion_grid": [0.0, 0.5]}
+    config = {**tiny_run["config"], "fine": {**full, **shrink}}
+    fold_dir = tmp_path / "fold0"
+    fold_dir.mkdir()
+    for name in ("locator.pt", "classifier.pt", "summary.json", "config.yaml"):
+        shutil.copy(tiny_run["fold_dir"] / name, fold_dir / name)
+    summary = train_fine(config, 0, fold_dir, workers=1)
+    assert summary["config"]["spacing_mm"] == [0.45, 0.45, 0.45] == full["spacing_mm"]
+    assert summary["config"]["box_mm"] == full["box_mm"] and (fold_dir / "fine.pt").is_file()
+    assert {k for k in full if summary["config"][k] != full[k]} == set(shrink)
