@@ -269,6 +269,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--explain", type=Path, metavar="DIR", help="write DIR/<uid>.png per series: projections "
                         "around the located centre, crops, candidates, the 14 probabilities (and the truth from "
                         "--solution, else <data>/solution.csv when present)")
+    parser.add_argument("--details", type=Path, metavar="FILE", help="write FILE (JSONL), a line per series: the "
+                        "row, the classifiers' probabilities before the fine stage, centre, candidates and their "
+                        "probabilities and locations, modality (an ablation of the fine stage in one run)")
     return parser
 
 
@@ -381,6 +384,52 @@ class Explainer:
         return text + (f"; {len(self.failed)} failed: {sorted(self.failed)[:5]}" if self.failed else "")
 
 
+class Details:
+    """``--details``: after each call, a JSON line per series with what the prediction held (``recipe.Prediction``)."""
+
+    def __init__(self, path: Path):
+        from kernel import predict as kernel_predict
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        self.predictor = kernel_predict.get_predictor()
+        self.predictor.keep_last = True
+        self.count = 0
+
+    def __call__(self, uid: str, row: pl.DataFrame) -> None:
+        import json
+
+        record: dict[str, Any] = {ID_COL: uid, "probs": [float(v) for v in row.select(LABEL_COLS).row(0)]}
+        last = self.predictor.last
+        if last is not None and last[0] == uid:
+            out = last[2]
+            record.update(
+                coarse_probs=None if out.coarse_probs is None else np.round(out.coarse_probs, 6).tolist(),
+                centre_lps=np.round(out.centre_lps, 2).tolist(), modality=out.modality,
+                candidates_lps=np.round(out.candidates_lps, 2).tolist(),
+                candidate_probs=np.round(out.candidate_probs, 6).tolist(),
+                candidate_locations=list(out.candidate_locations))
+        else:
+            record["fallback"] = True
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.count += 1
+
+
+def _chain(*callbacks: Callable[[str, pl.DataFrame], None] | None) -> Callable[[str, pl.DataFrame], None] | None:
+    """One after-call hook running the given ones in order (None when there are none)."""
+    active = [c for c in callbacks if c is not None]
+    if not active:
+        return None
+
+    def run(uid: str, row: pl.DataFrame) -> None:
+        for callback in active:
+            callback(uid, row)
+
+    return run
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gateway") -> int:
     """CLI: simulate the gateway (or run the real one) with the kernel's ``predict``."""
     args = _parser(prog).parse_args(argv)
@@ -397,6 +446,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gatewa
         if truth_csv is None and args.data is not None and (args.data / "solution.csv").is_file():
             truth_csv = args.data / "solution.csv"
         explainer = Explainer(args.explain, read_truth(truth_csv, args.data))
+    details = Details(args.details) if args.details is not None else None
+    after_call = _chain(details, explainer)  # details first: the explainer drops the kept volume
     if args.kaggle_evaluation is not None:
         records_before = len(kernel_predict.call_records())
         predict_fn = explainer.wrapped(kernel_predict.predict) if explainer else kernel_predict.predict
@@ -412,10 +463,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m kernel.gatewa
         )
     else:
         result = run_local_gateway(args.data, kernel_predict.predict, out=args.out, seed=args.seed,
-                                   progress=not args.no_progress, after_call=explainer)
+                                   progress=not args.no_progress, after_call=after_call)
     print(f"wrote {args.out}")
     if explainer is not None:
         print(explainer.summary())
+    if details is not None:
+        print(f"details: {details.count} lines in {details.path}")
     _report(result, args.solution, args.data)
     return 0
 

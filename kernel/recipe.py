@@ -77,6 +77,7 @@ class Prediction:
     candidates_lps: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (K, 3) LPS mm
     candidate_probs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (K,) P(aneurysm at the candidate)
     candidate_locations: tuple[str, ...] = ()  # (K,) LOCATION_COLS name the coarse heatmap gives each candidate
+    coarse_probs: np.ndarray | None = None  # (14,) the classifiers' probabilities before the fine stage's fusion
 
     @property
     def modality(self) -> str:
@@ -405,4 +406,4 @@ def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[Mod
     return Prediction(probs=probs, modality_probs=out.modality_probs, centre_lps=centre,
                       runs=plan_runs(locators, classifiers, plan, fine if len(points) else ()),
                       reversed_z=reversed_z, candidates_lps=points, candidate_probs=cand_probs,
-                      candidate_locations=names)
+                      candidate_locations=names, coarse_probs=out.probs)

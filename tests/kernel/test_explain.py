@@ -271,3 +271,25 @@ def test_explain_with_the_real_package_path(weights: Path, split: Path, tmp_path
                          "--explain", str(out)]) == 0
     uids = pl.read_csv(split / "test.csv")[ID_COL].cast(pl.Utf8).to_list()
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{uid}.png" for uid in uids)
+
+
+def test_gateway_details_line_per_series_with_explain(weights: Path, split: Path, tmp_path: Path,
+                                                      fresh_predictor: None) -> None:
+    import json
+
+    details = tmp_path / "details.jsonl"
+    assert gateway.main(["--data", str(split), "--weights", str(weights), "--details", str(details), "--explain",
+                         str(tmp_path / "png"), "--out", str(tmp_path / "s.parquet"), "--no-progress"]) == 0
+    lines = [json.loads(x) for x in details.read_text().splitlines()]
+    submission = pl.read_parquet(tmp_path / "s.parquet")
+    assert sorted(r[ID_COL] for r in lines) == sorted(submission[ID_COL].to_list())
+    by_uid = {r[ID_COL]: r for r in lines}
+    for row in submission.iter_rows(named=True):
+        record = by_uid[row[ID_COL]]
+        assert record["probs"] == pytest.approx([row[c] for c in LABEL_COLS])
+        if row[ID_COL] == "9.8.7":
+            assert record.get("fallback") is True
+        else:  # random weights without a fine model: the row is the classifiers' own
+            assert record["coarse_probs"] == pytest.approx(record["probs"], abs=1e-6)
+            assert len(record["centre_lps"]) == 3 and record["modality"]
+    assert len(list((tmp_path / "png").glob("*.png"))) == len(lines)
