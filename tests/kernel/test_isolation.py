@@ -53,6 +53,16 @@ def test_worker_volume_is_the_in_process_volume(tmp_path: Path) -> None:
             _same_volume(worker.prepare(tmp_path / "s", spacing, max_voxels=10**7),
                          prepare_volume(tmp_path / "s", spacing, max_voxels=10**7))
             assert worker.last.outcome == "ok" and worker.last.worker_peak_rss > 0
+        # keep_native: the canonical stack at native spacing comes back too (the fine stage samples it), equal to the
+        # in-process one, and the resampled volume is unchanged
+        remote = worker.prepare(tmp_path / "s", (1.5, 1.5, 1.5), max_voxels=10**7, keep_native=True)
+        local = prepare_volume(tmp_path / "s", (1.5, 1.5, 1.5), max_voxels=10**7, keep_native=True)
+        _same_volume(remote, local)
+        np.testing.assert_array_equal(remote.native_array, local.native_array)
+        np.testing.assert_array_equal(remote.native_affine, local.native_affine)
+        native = prepare_volume(tmp_path / "s", None, max_voxels=10**7)
+        np.testing.assert_array_equal(remote.native_array, native.array)
+        assert worker.prepare(tmp_path / "s", (1.5, 1.5, 1.5), max_voxels=10**7).native_array is None
         # A reader error comes back with its type and message; nothing is left in the handover folders.
         (tmp_path / "empty").mkdir()
         with pytest.raises(SeriesReadError) as remote:
