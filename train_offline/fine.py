@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -173,7 +174,9 @@ def build_boxes(data_root: Path, fold_dir: Path, sites: Mapping[str, Mapping[str
             jobs.append((str(data_root / "series" / uid), points, box_mm, str(path)))
     if not jobs:
         return
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    # spawn: fresh workers that do not inherit the caller's memory (a training process may hold every volume; forked
+    # copies of it were killed for memory on 2 x 24 GB)
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(extract_boxes, *job) for job in jobs]
         for future in tqdm(futures, desc="fine boxes", mininterval=10):
             future.result()

@@ -307,7 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"fine stage: run python -m train_offline.fine --config {args.config} --fold {fold}",
                               file=sys.stderr)
                     continue
+                import gc
+
                 from train_offline.fine import train_fine
+
+                gc.collect()  # the fold's preloaded volumes (held in closures' reference cycles) before the boxes
 
                 fine = train_fine(config, fold, out, resume=args.resume)
                 f = fine["validation"]
