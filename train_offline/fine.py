@@ -22,6 +22,7 @@ what it wrote, so a killed run continues where it stopped:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing
 import os
@@ -153,8 +154,6 @@ def extract_boxes(series_dir: str, points: np.ndarray, box_mm: float, out_path: 
     for i, point in enumerate(np.asarray(points, dtype=np.float64).reshape(-1, 3)):
         box, box_affine = cut_box(volume.array, volume.affine, point, box_mm)
         arrays[f"box{i}"], arrays[f"affine{i}"] = box, box_affine
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(Path(out_path), buffer.getvalue())
