@@ -200,9 +200,12 @@ def downsample_mean(array: np.ndarray, affine: np.ndarray, factor: int) -> tuple
 # --- intensity normalisation: named schemes, chosen by the manifest -------------------------------------------------
 
 
-def _ct_angio(array: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """CT window for vessels: HU [-150, 650] -> [0, 1] (bone saturates, brain sits near 0.24)."""
-    return np.clip((array + 150.0) / 800.0, 0.0, 1.0).astype(np.float32)
+Normaliser = Callable[[np.ndarray], np.ndarray]
+
+
+def _ct_angio(reference: np.ndarray) -> Normaliser:
+    """CT window for vessels: HU [-150, 650] -> [0, 1] (bone saturates, brain sits near 0.24); no statistics."""
+    return lambda a: np.clip((a + 150.0) / 800.0, 0.0, 1.0).astype(np.float32)
 
 
 def _robust_range(array: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, float]:
@@ -212,48 +215,39 @@ def _robust_range(array: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[floa
     return float(lo), float(hi)
 
 
-def _mr_percentile(array: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """MR has no absolute scale: map the 1st..99.5th percentile (of ``reference``, default the array itself) to
-    [0, 1], clip at 2 (vessels stay distinct)."""
-    lo, hi = _robust_range(array if reference is None else reference, 1.0, 99.5)
-    return np.clip((array - lo) / max(hi - lo, 1e-6), 0.0, 2.0).astype(np.float32)
+def _mr_percentile(reference: np.ndarray) -> Normaliser:
+    """MR has no absolute scale: map the reference's 1st..99.5th percentile to [0, 1], clip at 2 (vessels stay
+    distinct)."""
+    lo, hi = _robust_range(reference, 1.0, 99.5)
+    scale = max(hi - lo, 1e-6)
+    return lambda a: np.clip((a - lo) / scale, 0.0, 2.0).astype(np.float32)
 
 
-def _zscore(array: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """Zero mean, unit variance over the whole volume (``reference``, default the array itself)."""
-    ref = array if reference is None else reference
-    return ((array - ref.mean()) / max(float(ref.std()), 1e-6)).astype(np.float32)
+def _zscore(reference: np.ndarray) -> Normaliser:
+    """Zero mean, unit variance over the whole reference volume."""
+    mean, std = float(reference.mean()), max(float(reference.std()), 1e-6)
+    return lambda a: ((a - mean) / std).astype(np.float32)
 
 
-NORMALISERS: dict[str, Callable[..., np.ndarray]] = {
+# scheme name -> a function that takes the statistics from a reference volume and returns the normaliser
+NORMALISERS: dict[str, Callable[[np.ndarray], Normaliser]] = {
     "ct_angio": _ct_angio,
     "mr_percentile": _mr_percentile,
     "zscore": _zscore,
 }
 
 
+def normaliser(scheme: str, reference: np.ndarray) -> Normaliser:
+    """The named scheme (a key of ``NORMALISERS``) with the statistics of ``reference`` computed once: a patch sampled
+    from the native stack is normalised with the statistics of the whole canonical volume, as the volume itself is."""
+    if scheme not in NORMALISERS:
+        raise KeyError(f"unknown normalisation scheme {scheme!r}; known: {sorted(NORMALISERS)}")
+    return NORMALISERS[scheme](reference)
+
+
 def normalise(array: np.ndarray, scheme: str, reference: np.ndarray | None = None) -> np.ndarray:
-    """Apply the named normalisation scheme (a key of ``NORMALISERS``).
-
-    Schemes with volume statistics (MR percentiles, z-score) take them from ``reference`` when given: a patch sampled
-    from the native stack is normalised with the statistics of the whole canonical volume, as the volume itself is.
-    """
-    if scheme not in NORMALISERS:
-        raise KeyError(f"unknown normalisation scheme {scheme!r}; known: {sorted(NORMALISERS)}")
-    return NORMALISERS[scheme](array, reference)
-
-
-def normaliser(scheme: str, reference: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """``normalise(·, scheme)`` with the statistics of ``reference`` computed once (for many native patches)."""
-    if scheme not in NORMALISERS:
-        raise KeyError(f"unknown normalisation scheme {scheme!r}; known: {sorted(NORMALISERS)}")
-    if scheme == "mr_percentile":
-        lo, hi = _robust_range(reference, 1.0, 99.5)
-        return lambda a: np.clip((a - lo) / max(hi - lo, 1e-6), 0.0, 2.0).astype(np.float32)
-    if scheme == "zscore":
-        mean, std = float(reference.mean()), max(float(reference.std()), 1e-6)
-        return lambda a: ((a - mean) / std).astype(np.float32)
-    return lambda a: NORMALISERS[scheme](a)
+    """Apply the named scheme, statistics from ``reference`` (default: the array itself)."""
+    return normaliser(scheme, array if reference is None else reference)(array)
 
 
 # --- series -> canonical volume --------------------------------------------------------------------------------------

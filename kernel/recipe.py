@@ -244,10 +244,6 @@ class Classified:
     heatmap_affine: np.ndarray | None = None  # the crop's affine (heatmap cell i covers crop voxels i * stride ...)
     heatmap_stride: int = 1
 
-    def __iter__(self):
-        """Unpacks as ``probs, modality_probs`` (the two answers every classifier gives)."""
-        return iter((self.probs, self.modality_probs))
-
 
 def classify(array: np.ndarray, affine: np.ndarray, centre_lps: np.ndarray, classifiers: Sequence[ModelSpec],
              run: Runner, flip: bool = True) -> Classified:

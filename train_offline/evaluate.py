@@ -71,7 +71,8 @@ def predict_classifier(classifier: nn.Module, spec: ModelSpec,
     probs, modality = [], []
     for uid in uids:
         array, affine = volumes(uid)
-        p, m = recipe.classify(array, affine, centres[uid], [spec], run, flip_tta)
+        out = recipe.classify(array, affine, centres[uid], [spec], run, flip_tta)
+        p, m = out.probs, out.modality_probs
         probs.append(p)
         modality.append(m)
     return np.asarray(probs), np.asarray(modality)

@@ -111,11 +111,11 @@ def test_flip_tta_maps_a_mirrored_input_to_swapped_labels(weights: Path) -> None
     affine = np.diag([2.0, 2.0, 2.0, 1.0])  # classifier spacing: the crop is the whole array, no interpolation
     centre = np.array([15.5 * 2, 15.5 * 2, 15.5 * 2])[::-1]  # LPS of voxel (15.5, 15.5, 15.5)
     perm = flip_permutation()
-    probs, _ = classify(array, affine, centre, ensemble.classifiers, ensemble.run, True)
-    mirrored, _ = classify(array[..., ::-1].copy(), affine, centre, ensemble.classifiers, ensemble.run, True)
+    probs = classify(array, affine, centre, ensemble.classifiers, ensemble.run, True).probs
+    mirrored = classify(array[..., ::-1].copy(), affine, centre, ensemble.classifiers, ensemble.run, True).probs
     np.testing.assert_allclose(mirrored, probs[perm], atol=1e-6)
-    plain, _ = classify(array, affine, centre, ensemble.classifiers, ensemble.run, False)
-    plain_mirrored, _ = classify(array[..., ::-1].copy(), affine, centre, ensemble.classifiers, ensemble.run, False)
+    plain = classify(array, affine, centre, ensemble.classifiers, ensemble.run, False).probs
+    plain_mirrored = classify(array[..., ::-1].copy(), affine, centre, ensemble.classifiers, ensemble.run, False).probs
     assert not np.allclose(plain_mirrored, plain[perm], atol=1e-4), "the test model is symmetric: nothing tested"
 
 
@@ -155,10 +155,10 @@ def test_classifier_crop_follows_the_manifest_centre_offset(weights: Path, tmp_p
     centre = np.array([47.0, 47.0, 47.0])
     plain = Ensemble(load_manifest(weights))
     moved = Ensemble(load_manifest(shifted))
-    expected, _ = classify(array, affine, centre + np.asarray(offset), plain.classifiers, plain.run)
-    got, _ = classify(array, affine, centre, moved.classifiers, moved.run)
+    expected = classify(array, affine, centre + np.asarray(offset), plain.classifiers, plain.run).probs
+    got = classify(array, affine, centre, moved.classifiers, moved.run).probs
     np.testing.assert_allclose(got, expected, atol=1e-6)
-    unshifted, _ = classify(array, affine, centre, plain.classifiers, plain.run)
+    unshifted = classify(array, affine, centre, plain.classifiers, plain.run).probs
     assert not np.allclose(got, unshifted, atol=1e-4), "the offset changed nothing: nothing tested"
     manifest["models"][1]["centre_offset_lps_mm"] = [0.0, "up", 1.0]
     with pytest.raises(ManifestError, match="centre_offset_lps_mm"):

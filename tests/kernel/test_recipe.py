@@ -86,7 +86,8 @@ def test_classify_crops_at_the_offset_and_maps_the_flipped_row_back() -> None:
     offset = (4.0, -2.0, 6.0)
     spec = _classifier("c", 0, offset=offset)
     run = FakeRun({})
-    probs, modality = recipe.classify(volume, AFFINE, centre, [spec], run, flip=True)
+    out = recipe.classify(volume, AFFINE, centre, [spec], run, flip=True)
+    probs, modality = out.probs, out.modality_probs
     (name, batch), = run.calls
     crop, _ = recipe.classifier_crop(volume, AFFINE, centre, spec)
     shifted, _ = recipe.classifier_crop(volume, AFFINE, centre + np.asarray(offset), _classifier("d", 0))
@@ -108,11 +109,11 @@ def test_mirrored_volume_gives_label_swapped_probabilities_with_flip_tta() -> No
     volume = np.random.default_rng(2).random((40, 40, 40), dtype=np.float32)
     centre = np.array([39.0, 39.0, 39.0])  # on the middle of axis x: mirroring keeps the crop window
     specs = [_classifier("c", 0)]
-    probs, _ = recipe.classify(volume, AFFINE, centre, specs, FakeRun({}), flip=True)
-    mirrored, _ = recipe.classify(volume[..., ::-1].copy(), AFFINE, centre, specs, FakeRun({}), flip=True)
+    probs = recipe.classify(volume, AFFINE, centre, specs, FakeRun({}), flip=True).probs
+    mirrored = recipe.classify(volume[..., ::-1].copy(), AFFINE, centre, specs, FakeRun({}), flip=True).probs
     np.testing.assert_allclose(mirrored, probs[flip_permutation()], atol=1e-12)
-    plain, _ = recipe.classify(volume, AFFINE, centre, specs, FakeRun({}), flip=False)
-    plain_mirrored, _ = recipe.classify(volume[..., ::-1].copy(), AFFINE, centre, specs, FakeRun({}), flip=False)
+    plain = recipe.classify(volume, AFFINE, centre, specs, FakeRun({}), flip=False).probs
+    plain_mirrored = recipe.classify(volume[..., ::-1].copy(), AFFINE, centre, specs, FakeRun({}), flip=False).probs
     assert not np.allclose(plain_mirrored, plain[flip_permutation()], atol=1e-4)
 
 
