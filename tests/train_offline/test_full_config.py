@@ -8,16 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 
-from kernel.dicom_io import Volume
-from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, TRAIN_CSV_COLS
+from testkit.training_data import write_training_set
 from train_offline import train
-from train_offline.cache import save_cached
 from train_offline.config import load_config
 
 SHAPE = (64, 64, 64)  # a 64 mm "head" at full's 1 mm volume spacing
@@ -40,38 +36,10 @@ PATHS = ("data.root", "data.cache", "data.index", "data.folds_csv")
 
 
 def _write_1mm_dataset(root: Path, n: int = 15, seed: int = 0) -> tuple[Path, Path]:
-    """Like ``test_training._write_dataset`` at 1 mm: a bright 7 mm "Circle of Willis" cube per series (labelled
-    AComm in a segmentation for two series of three), a brighter 3 mm aneurysm in every second series."""
-    rng = np.random.default_rng(seed)
-    data, cache = root / "data", root / "cache"
-    rows, localizers = [], []
-    for i in range(n):
-        uid = f"1.2.9.{i}"
-        array = rng.normal(40.0, 10.0, SHAPE).astype(np.float32)
-        centre = np.array([32, 32, 32]) + rng.integers(-4, 5, 3)
-        landmark = tuple(slice(c - 3, c + 4) for c in centre)
-        array[landmark] = 400.0
-        labels = dict.fromkeys(LABEL_COLS, 0)
-        if i % 2 == 0:
-            loc = LOCATION_COLS[(i // 2) % 3 * 2 + 4]
-            point = centre + np.array([0, 0, 8 if "Left" in loc else -8])
-            array[tuple(slice(c - 1, c + 2) for c in point)] = 600.0
-            labels[loc] = labels["Aneurysm Present"] = 1
-            localizers.append({ID_COL: uid, "SOPInstanceUID": f"{uid}.{point[0]}",
-                               "coordinates": str({"x": float(point[2]), "y": float(point[1])}), "location": loc})
-        save_cached(Volume(array=array, affine=AFFINE.copy(), modality="CT", series_uid=uid,
-                           slice_lookup={(f"{uid}.{z}", 0): z for z in range(SHAPE[0])}), cache, uid)
-        rows.append({ID_COL: uid, "PatientAge": 50, "PatientSex": "M", "Modality": MODALITY_NAMES[i % 4], **labels})
-        if i % 3 != 2:
-            seg = np.zeros(SHAPE, np.uint8)
-            seg[landmark] = SEG_LABEL_VALUES["Anterior Communicating Artery"]
-            (data / "segmentations" / uid).mkdir(parents=True)
-            nib.save(nib.Nifti1Image(seg, np.diag([-1.0, -1.0, 1.0, 1.0]) @ AFFINE),
-                     str(data / "segmentations" / uid / f"{uid}_cowseg.nii"))
-    data.mkdir(exist_ok=True)
-    pd.DataFrame(rows, columns=TRAIN_CSV_COLS).to_csv(data / "train.csv", index=False)
-    pd.DataFrame(localizers).to_csv(data / "train_localizers.csv", index=False)
-    return data, cache
+    """The training fixture at 1 mm: a bright 7 mm "Circle of Willis" cube per series (labelled AComm in a
+    segmentation for two series of three), a brighter 3 mm aneurysm 8 mm beside it in every second series."""
+    return write_training_set(root, n=n, seed=seed, spacing=1.0, shape=SHAPE, uid_root="1.2.9", jitter_vox=4,
+                              landmark_half_vox=3, aneurysm_offset_vox=8, segmented=lambda i: i % 3 != 2, sex="M")
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

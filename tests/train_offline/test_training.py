@@ -10,20 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-from kernel.dicom_io import Volume
-from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, TRAIN_CSV_COLS
+from kernel.labels import ID_COL, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES
 from kernel.preprocess import voxel_to_world
 from kernel.recipe import locator_base, locator_input
+from testkit.training_data import write_training_set
 from train_offline import folds as folds_mod
 from train_offline import index as index_mod
-from train_offline.cache import save_cached
 from train_offline.config import ConfigError, load_config
 from train_offline.data import (
     SEG_FLIP,
@@ -55,41 +53,9 @@ TINY = {
 }
 
 
-# --- a tiny synthetic competition folder + cache (fixtures, not a data generator) ----------------------------------
-
-
 def _write_dataset(root: Path, n: int = 15, seed: int = 0) -> tuple[Path, Path]:
     """Cached 4 mm CT volumes with a bright blob at each aneurysm, train.csv, localizers, a few segmentations."""
-    rng = np.random.default_rng(seed)
-    data, cache = root / "data", root / "cache"
-    rows, localizers = [], []
-    for i in range(n):
-        uid = f"1.2.3.{i}"
-        array = rng.normal(40.0, 10.0, SHAPE).astype(np.float32)
-        centre_vox = np.array([20, 20, 20]) + rng.integers(-3, 4, 3)
-        array[tuple(slice(c - 1, c + 2) for c in centre_vox)] = 400.0  # a "Circle of Willis" landmark
-        labels = dict.fromkeys(LABEL_COLS, 0)
-        if i % 2 == 0:
-            loc = LOCATION_COLS[(i // 2) % 3 * 2 + 4]  # Left MCA, AComm, Right ACA cycling
-            point = centre_vox + np.array([0, 0, 4 if "Left" in loc else -4])
-            array[tuple(slice(c - 1, c + 2) for c in point)] = 600.0
-            labels[loc] = labels["Aneurysm Present"] = 1
-            localizers.append({ID_COL: uid, "SOPInstanceUID": f"{uid}.{point[0]}",
-                               "coordinates": str({"x": float(point[2]), "y": float(point[1])}), "location": loc})
-        volume = Volume(array=array, affine=AFFINE.copy(), modality="CT", series_uid=uid,
-                        slice_lookup={(f"{uid}.{z}", 0): z for z in range(SHAPE[0])})
-        save_cached(volume, cache, uid)
-        rows.append({ID_COL: uid, "PatientAge": 50, "PatientSex": "F", "Modality": MODALITY_NAMES[i % 4], **labels})
-        if i % 3 == 0:  # segmentation: the landmark labelled AComm, stored in NIfTI (RAS) convention
-            seg = np.zeros(SHAPE, np.uint8)
-            seg[tuple(slice(c - 1, c + 2) for c in centre_vox)] = SEG_LABEL_VALUES["Anterior Communicating Artery"]
-            (data / "segmentations" / uid).mkdir(parents=True)
-            nib.save(nib.Nifti1Image(seg, np.diag([-1.0, -1.0, 1.0, 1.0]) @ AFFINE),
-                     str(data / "segmentations" / uid / f"{uid}_cowseg.nii"))
-    data.mkdir(exist_ok=True)
-    pd.DataFrame(rows, columns=TRAIN_CSV_COLS).to_csv(data / "train.csv", index=False)
-    pd.DataFrame(localizers).to_csv(data / "train_localizers.csv", index=False)
-    return data, cache
+    return write_training_set(root, n=n, seed=seed, spacing=SPACING, shape=SHAPE)
 
 
 @pytest.fixture(scope="module")
