@@ -16,6 +16,7 @@ from kernel.labels import ID_COL, LABEL_COLS, PRESENT_COL
 from kernel.manifest import ModelSpec
 from kernel.preprocess import voxel_to_world
 from kernel.recipe import Prediction
+from testkit.kaggle_stub import write_stand_in_package
 from testkit.kernel_data import write_test_split
 from testkit.onnx_factory import write_random_weights
 
@@ -250,19 +251,7 @@ def test_explain_with_the_real_package_path(weights: Path, split: Path, tmp_path
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """``--kaggle-evaluation`` offers no hook: the predict it is given explains each call."""
     package = tmp_path / "download" / "kaggle_evaluation"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "rsna_inference_server.py").write_text(
-        "import polars as pl\n"
-        "class RSNAInferenceServer:\n"
-        "    def __init__(self, predict):\n"
-        "        self.predict = predict\n"
-        "    def run_local_gateway(self, data_paths=None, file_share_dir=None):\n"
-        "        test_csv, series = data_paths\n"
-        "        rows = [self.predict(series + '/' + uid).insert_column(0, pl.Series('SeriesInstanceUID', [uid]))\n"
-        "                for uid in pl.read_csv(test_csv, infer_schema_length=0)['SeriesInstanceUID']]\n"
-        "        pl.concat(rows).write_parquet('submission.parquet')\n"
-    )
+    write_stand_in_package(package)
     monkeypatch.chdir(tmp_path)
     for name in ("kaggle_evaluation", "kaggle_evaluation.rsna_inference_server"):
         monkeypatch.delitem(sys.modules, name, raising=False)

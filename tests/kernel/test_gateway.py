@@ -13,6 +13,7 @@ import pytest
 
 from kernel import gateway
 from kernel.labels import ID_COL, LABEL_COLS
+from testkit.kaggle_stub import write_stand_in_package
 from testkit.kernel_data import write_test_split
 
 
@@ -124,22 +125,7 @@ def test_score_submission_aligns_rows_to_the_solution(split: Path) -> None:
 def test_real_package_path_is_used_when_given(split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stand-in kaggle_evaluation package: the gateway must import it from the given folder and call it."""
     package = tmp_path / "download" / "kaggle_evaluation"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "rsna_inference_server.py").write_text(
-        "import polars as pl\n"
-        "LABELS = None\n"
-        "class RSNAInferenceServer:\n"
-        "    def __init__(self, predict):\n"
-        "        self.predict = predict\n"
-        "    def run_local_gateway(self, data_paths=None, file_share_dir=None):\n"
-        "        test_csv, series = data_paths\n"
-        "        rows = []\n"
-        "        for uid in pl.read_csv(test_csv)['SeriesInstanceUID']:\n"
-        "            row = self.predict(series + '/' + uid)\n"
-        "            rows.append(row.insert_column(0, pl.Series('SeriesInstanceUID', [uid])))\n"
-        "        pl.concat(rows).write_parquet('submission.parquet')\n"
-    )
+    write_stand_in_package(package)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "kaggle_evaluation", raising=False)
     monkeypatch.delitem(sys.modules, "kaggle_evaluation.rsna_inference_server", raising=False)
@@ -156,16 +142,7 @@ def test_real_package_path_is_used_when_given(split: Path, tmp_path: Path, monke
 def test_kernel_main_serves_on_a_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """KAGGLE_IS_COMPETITION_RERUN set: the competition's package is found under /kaggle/input and serve() runs."""
     package = tmp_path / "input" / gateway.COMPETITION / "kaggle_evaluation"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "rsna_inference_server.py").write_text(
-        "SERVED = []\n"
-        "class RSNAInferenceServer:\n"
-        "    def __init__(self, predict):\n"
-        "        self.predict = predict\n"
-        "    def serve(self):\n"
-        "        SERVED.append(self.predict)\n"
-    )
+    write_stand_in_package(package)
     monkeypatch.setattr(gateway, "KAGGLE_INPUT", tmp_path / "input")
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
     monkeypatch.delitem(sys.modules, "kaggle_evaluation", raising=False)
