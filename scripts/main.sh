@@ -2,9 +2,10 @@
 # The main job: set up .venv, generate a phantom test split, build the Kaggle kernel, run the built file alone through
 # the local gateway, and print the score and the per-series timing table.
 #
-# Usage: scripts/main.sh [--n N] [--seed S] [--out DIR] [--weights DIR]
+# Usage: scripts/main.sh [--n N] [--seed S] [--size SIZE] [--out DIR] [--weights DIR]
 #   --n        phantom test series (default 40)
 #   --seed     phantom seed (default 0)
+#   --size     phantom size: small or real (default small)
 #   --out      work folder (default runs/main_job; holds data/, dist/, run/)
 #   --weights  weights folder with manifest.json (default: weights/ when it loads, else random-init models exported
 #              through train_offline.export into the work folder)
@@ -12,15 +13,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=40
 SEED=0
+SIZE=small
 OUT=runs/main_job
 WEIGHTS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --weights) WEIGHTS=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -31,9 +34,9 @@ REPO=$(pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-echo "== 1/4 phantom test split: $N series (seed $SEED) -> $OUT/data"
+echo "== 1/4 phantom test split: $N $SIZE series (seed $SEED) -> $OUT/data"
 rm -rf "$OUT/data"
-$PY -m train_offline.phantoms --out "$OUT/data" --n "$N" --seed "$SEED" --split test --size small
+$PY -m train_offline.phantoms --out "$OUT/data" --n "$N" --seed "$SEED" --split test --size "$SIZE"
 
 echo "== 2/4 weights"
 if [ -z "$WEIGHTS" ]; then

@@ -45,13 +45,15 @@ def _synthetic_split(out: Path, n: int, seed: int) -> None:
     solution.write_csv(out / "solution.csv")
 
 
-def write_test_split(out: str | Path, n: int = 8, seed: int = 0, *, prefer_phantoms: bool = True) -> Path:
-    """Write a test split into ``out``; returns the folder (holds test.csv, series/, solution.csv)."""
+def write_test_split(out: str | Path, n: int = 8, seed: int = 0, *, prefer_phantoms: bool = True,
+                     size: str = "small") -> Path:
+    """Write a test split into ``out`` (phantoms of ``size`` when the generator is there); returns the folder (holds
+    test.csv, series/, solution.csv)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if prefer_phantoms and phantoms_available():
         cmd = [sys.executable, "-m", "train_offline.phantoms", "--out", str(out), "--n", str(n), "--seed", str(seed),
-               "--split", "test", "--size", "small"]
+               "--split", "test", "--size", size]
         subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True)
     else:
         _synthetic_split(out, n, seed)
