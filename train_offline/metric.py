@@ -20,7 +20,7 @@ import pandas as pd
 from kernel.labels import ID_COL, LABEL_COLS
 from kernel.metric import column_aucs, roc_auc, score_arrays, two_class_columns
 
-__all__ = ["main", "report"]
+__all__ = ["main", "read_submission", "report"]
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -29,6 +29,21 @@ def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".jsonl":
         return pd.read_json(path, lines=True, dtype={ID_COL: str})
     return pd.read_csv(path, dtype={ID_COL: str})
+
+
+def read_submission(path: Path, field: str = "probs") -> pd.DataFrame:
+    """A submission table; a gateway ``--details`` JSONL becomes one from its ``field`` list (``probs``: the rows the
+    kernel returned; ``coarse_probs``: the classifiers' before the fine stage), so both score from one run."""
+    table = _read_table(path)
+    if path.suffix != ".jsonl":
+        return table
+    if field not in table.columns:
+        raise KeyError(f"{path} has no {field!r} field (details lines carry probs and coarse_probs)")
+    rows = [probs if isinstance(probs, list) else fallback
+            for probs, fallback in zip(table[field], table["probs"], strict=True)]  # fallback rows: no coarse_probs
+    out = pd.DataFrame(rows, columns=LABEL_COLS)
+    out.insert(0, ID_COL, table[ID_COL].astype(str).to_numpy())
+    return out
 
 
 def report(solution: pd.DataFrame, submission: pd.DataFrame, groups: pd.Series | None = None,
@@ -76,7 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train_offline.metric",
                                      description="Score a submission (CSV or parquet) against a solution CSV.")
     parser.add_argument("--solution", type=Path, required=True, help="SeriesInstanceUID + 14 label columns")
-    parser.add_argument("--submission", type=Path, required=True, help="submission.parquet or a CSV of the same")
+    parser.add_argument("--submission", type=Path, required=True,
+                        help="submission.parquet, a CSV of the same, or the gateway's --details JSONL")
+    parser.add_argument("--field", default="probs", choices=["probs", "coarse_probs"],
+                        help="with a --details JSONL: the kernel's rows (probs, default) or the classifiers' before "
+                             "the fine stage (coarse_probs)")
     parser.add_argument("--groups", type=Path, help="CSV/JSONL with SeriesInstanceUID and a group column")
     parser.add_argument("--group-col", default="Modality", help="group column in --groups (default Modality)")
     parser.add_argument("--domes", type=Path, help="phantom data folder with phantom_truth.jsonl: AUC by dome size")
@@ -94,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not domes:
                 raise ValueError(f"no phantom_truth.jsonl in {args.domes}")
             largest = pd.Series({uid: max(d.dome_mm for d in ds) for uid, ds in domes.items() if ds}, dtype=float)
-        print(report(_read_table(args.solution), _read_table(args.submission), groups, largest))
+        print(report(_read_table(args.solution), read_submission(args.submission, args.field), groups, largest))
     except (OSError, KeyError, ValueError) as exc:
         print(f"metric failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -158,3 +158,33 @@ def test_report_by_largest_dome_against_every_negative(tmp_path) -> None:
         n = sum(1 for v in sizes.values() if v == size)
         assert f"| {band} | {n} | {expected:.3f} |" in text
     assert "| 3.5-4.5 mm | 0 | undefined |" in text
+
+
+def test_details_jsonl_scores_either_field(tmp_path) -> None:
+    """The gateway's --details lines: ``probs`` and ``coarse_probs`` each score as the submission they hold; a
+    fallback line (no coarse_probs) keeps its row."""
+    import json
+
+    from train_offline.metric import read_submission
+
+    solution, submission = _frames()
+    rng = np.random.default_rng(3)
+    coarse = submission.copy()
+    coarse[LABEL_COLS] = rng.random((len(coarse), len(LABEL_COLS)))
+    with open(tmp_path / "details.jsonl", "w") as fh:
+        for i, uid in enumerate(submission[ID_COL]):
+            line = {ID_COL: uid, "probs": submission.loc[i, LABEL_COLS].tolist()}
+            if i:
+                line["coarse_probs"] = coarse.loc[i, LABEL_COLS].tolist()
+            else:
+                line["fallback"] = True
+            fh.write(json.dumps(line) + "\n")
+    coarse.loc[0, LABEL_COLS] = submission.loc[0, LABEL_COLS]
+    for field, expected in (("probs", submission), ("coarse_probs", coarse)):
+        got = read_submission(tmp_path / "details.jsonl", field)
+        assert list(got.columns) == [ID_COL, *LABEL_COLS] and got[ID_COL].tolist() == expected[ID_COL].tolist()
+        np.testing.assert_allclose(got[LABEL_COLS].to_numpy(float), expected[LABEL_COLS].to_numpy(float))
+        assert score(solution, got) == pytest.approx(score(solution, expected), abs=1e-12)
+    assert score(solution, coarse) != pytest.approx(score(solution, submission))
+    with pytest.raises(KeyError, match="no 'modality'"):
+        read_submission(tmp_path / "details.jsonl", "modality")
