@@ -2,11 +2,14 @@
 
     python -m train_offline.export --run runs/demo [--out weights]          # every runs/demo/fold*/ (or one fold dir)
     python -m train_offline.export --random-init --config demo --out DIR    # same path, random weights
+    python -m train_offline.export --run runs/demo --keep weights --out DIR # + the folds of an earlier export
 
 Each model is exported with opset 17 (TorchScript exporter, ``dynamo=False``) and a dynamic batch axis, passes the
 full ONNX checker, and must match torch through onnxruntime within ``ATOL + RTOL * |torch|`` on a batch of 2. With
 ``--run`` the validation fold is then re-scored through the kernel's own onnxruntime ensemble on the cached volumes,
 and that score goes into the manifest. The manifest follows docs/ARCHITECTURE.md and is validated by kernel.manifest.
+``--keep`` carries over an earlier export's models of the folds the run does not have (an ensemble trained across
+sessions: the run folder of earlier folds need not survive), checked by sha256 and for the same volume settings.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +34,7 @@ import torch
 from torch import nn
 
 from kernel.labels import LABEL_COLS, MODALITY_NAMES
-from kernel.manifest import MANIFEST_NAME, ModelSpec, sha256_file, validate_manifest
+from kernel.manifest import MANIFEST_NAME, ModelSpec, load_manifest, sha256_file, validate_manifest
 from train_offline.config import ConfigError, load_config, load_saved_config
 from train_offline.evaluate import score_with_onnx
 from train_offline.models import (
@@ -138,8 +142,9 @@ def _entries(fold: int, locator: nn.Module, classifier: nn.Module, config: Mappi
                 validation={"centre_error_mm_median": None if centre_error is None else float(centre_error)},
                 parity_max_abs=loc_err, **common),
         replace(cls_spec, file=f"{cls_spec.name}.onnx", sha256=sha256_file(out / f"{cls_spec.name}.onnx"),
-                validation={k: validation.get(k) for k in ("score", "auc_present", "n_series", "score_onnx",
-                                                          "auc_present_onnx")},
+                validation={**{k: validation.get(k) for k in ("score", "auc_present", "n_series", "score_onnx",
+                                                             "auc_present_onnx")},
+                            "label_priors": validation.get("label_priors")},
                 parity_max_abs=cls_err, **common),
     ]
 
@@ -214,9 +219,14 @@ def _fine_entry(fold_dir: Path, config: Mapping[str, Any], out: Path, commit: st
                    git_commit=commit, opset=OPSET)
 
 
-def export_folds(run: Path, out: Path, rescore: bool = True) -> Path:
-    """Export every trained fold under ``run`` into ``out`` and write the manifest (priors: mean over folds)."""
+def export_folds(run: Path, out: Path, rescore: bool = True, keep: Path | None = None) -> Path:
+    """Export every trained fold under ``run`` (plus, with ``keep``, an earlier export's other folds) into ``out`` and
+    write the manifest (priors: mean over folds)."""
     dirs = fold_dirs(run)
+    kept = None
+    if keep is not None:  # read before anything is written: ``keep`` may be ``out``
+        run_folds = {int(json.loads((d / "summary.json").read_text())["fold"]) for d in dirs}
+        kept = kept_models(keep, run_folds, load_saved_config(dirs[0] / "config.yaml"))
     out.mkdir(parents=True, exist_ok=True)
     models, priors, config = [], [], None
     commit = git_commit()
@@ -226,7 +236,7 @@ def export_folds(run: Path, out: Path, rescore: bool = True) -> Path:
         locator, classifier = build_locator(config["locator"]), build_classifier(config["classifier"])
         locator.load_state_dict(_load_state(fold_dir / "locator.pt"))
         classifier.load_state_dict(_load_state(fold_dir / "classifier.pt"))
-        validation = dict(summary["validation"])
+        validation = {**summary["validation"], "label_priors": [float(p) for p in summary["label_priors"]]}
         entries = _entries(int(summary["fold"]), locator, classifier, config, out, validation, commit)
         if rescore:
             with tempfile.TemporaryDirectory() as tmp:
@@ -244,7 +254,36 @@ def export_folds(run: Path, out: Path, rescore: bool = True) -> Path:
         models += entries
         priors.append(summary["label_priors"])
     assert config is not None
+    if keep is not None and kept is not None:
+        kept_specs, kept_priors = kept
+        models += kept_specs
+        priors += kept_priors
+        for spec in kept_specs:
+            if (keep / spec.file).resolve() != (out / spec.file).resolve():
+                shutil.copy2(keep / spec.file, out / spec.file)
     return write_manifest(out, build_manifest(config, models, np.mean(priors, axis=0).tolist()))
+
+
+def kept_models(keep: Path, run_folds: set[int],
+                config: Mapping[str, Any]) -> tuple[list[ModelSpec], list[list[float]]]:
+    """An earlier export's models of the folds not in ``run_folds``, and each kept fold's training priors (recorded
+    with its classifier; an export without them records one fold's priors as the manifest's)."""
+    manifest = load_manifest(keep)
+    for key, ours in (("volume_spacing_mm", [float(v) for v in config["volume_spacing_mm"]]),
+                      ("normalisation", dict(config["normalisation"]))):
+        if manifest.data[key] != ours:
+            raise ExportError(f"--keep {keep}: its {key} {manifest.data[key]} differs from the run's {ours}: the folds "
+                              f"of one ensemble share the volume settings")
+    specs = [ModelSpec.parse(i, m)[0] for i, m in enumerate(manifest.data["models"])]
+    kept = [s for s in specs if s is not None and s.fold not in run_folds]
+    priors = []
+    for spec in kept:
+        if spec.role == "classifier":
+            recorded = spec.validation.get("label_priors")
+            priors.append(list(recorded) if recorded is not None else manifest.label_priors)
+    if not priors:
+        raise ExportError(f"--keep {keep}: every fold it holds is in the run; nothing to keep")
+    return kept, priors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,14 +294,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default="demo", help="config for --random-init (default: demo)")
     parser.add_argument("--folds", type=int, default=1, help="number of random folds for --random-init (default: 1)")
     parser.add_argument("--out", type=Path, default=REPO / "weights", help="output folder (default: weights/)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="an earlier export (weights folder): its models of folds the run lacks are kept")
     parser.add_argument("--no-rescore", action="store_true", help="skip re-scoring the validation fold via onnxruntime")
     args = parser.parse_args(argv)
     try:
         if args.random_init:
             path = export_random(args.config, args.out, folds=args.folds)
         else:
-            path = export_folds(args.run, args.out, rescore=not args.no_rescore)
-    except (ExportError, ConfigError, FileNotFoundError, ValueError) as exc:
+            path = export_folds(args.run, args.out, rescore=not args.no_rescore, keep=args.keep)
+    except (ExportError, ConfigError, FileNotFoundError, ValueError) as exc:  # ManifestError is a ValueError
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
     manifest = json.loads(path.read_text())

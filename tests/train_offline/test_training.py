@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from kernel.labels import ID_COL, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES
+from kernel.manifest import load_manifest
 from kernel.preprocess import voxel_to_world
 from kernel.recipe import locator_base, locator_input
 from testkit.training_data import write_training_set
@@ -334,6 +336,27 @@ def test_train_resume_export_rescore(dataset: tuple[Path, Path], tmp_path: Path)
                                                             ["validation"]["score"], abs=1e-3)
     assert manifest["volume_spacing_mm"] == [SPACING] * 3
     assert manifest["label_priors"] == pytest.approx(summary["label_priors"])
+    assert cls["validation"]["label_priors"] == pytest.approx(summary["label_priors"])
+
+    # An ensemble across sessions: a later run holds only fold 1; --keep carries fold 0 over from the first export.
+    later = tmp_path / "later" / "fold1"
+    shutil.copytree(out, later)
+    other_priors = [0.5] * 14
+    (later / "summary.json").write_text(json.dumps({**json.loads((out / "summary.json").read_text()), "fold": 1,
+                                                    "label_priors": other_priors}))
+    merged = tmp_path / "merged"
+    assert export.main(["--run", str(later.parent), "--keep", str(weights), "--out", str(merged), "--no-rescore"]) == 0
+    both = load_manifest(merged)
+    assert [(m.role, m.fold) for m in both.models("classifier")] == [("classifier", 0), ("classifier", 1)]
+    assert {m.fold for m in both.models("locator")} == {0, 1}
+    assert (merged / "classifier_f0.onnx").read_bytes() == (weights / "classifier_f0.onnx").read_bytes()
+    assert both.label_priors == pytest.approx(np.mean([summary["label_priors"], other_priors], axis=0))
+    assert export.main(["--run", str(tmp_path / "run"), "--keep", str(weights), "--out", str(tmp_path / "x"),
+                        "--no-rescore"]) == 2  # every kept fold is in the run: nothing to keep
+    config = yaml.safe_load((later / "config.yaml").read_text())
+    (later / "config.yaml").write_text(yaml.safe_dump({**config, "volume_spacing_mm": [2.0, 2.0, 2.0]}))
+    assert export.main(["--run", str(later.parent), "--keep", str(weights), "--out", str(tmp_path / "y"),
+                        "--no-rescore"]) == 2  # another volume spacing is another recipe
 
 
 def test_torchrun_two_gloo_processes(dataset: tuple[Path, Path], tmp_path: Path) -> None:
