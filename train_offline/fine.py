@@ -256,7 +256,7 @@ class FineDataset(Dataset):
             raise ConfigError(f"fine.negatives must be one of {sorted(kinds)}, got {cfg['negatives']!r}")
         self.negative_kinds = kinds[cfg["negatives"]]
         self.epoch = 0
-        self.items: list[tuple[str, int, str]] = []
+        self.items: list[tuple[str, int, str, np.ndarray]] = []  # (series, box index, kind, site LPS)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -264,7 +264,7 @@ class FineDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, 7])
         items = []
         for uid in self.uids:
-            _, kinds = all_sites(self.sites[uid], [p for _, p in self.records[uid].points])
+            points, kinds = all_sites(self.sites[uid], [p for _, p in self.records[uid].points])
             truth = [i for i, k in enumerate(kinds) if k == "truth"]
             others = [i for i, k in enumerate(kinds) if k in self.negative_kinds]
             chosen = truth[: self.per_series]
@@ -273,19 +273,19 @@ class FineDataset(Dataset):
                 chosen += list(rng.choice(others, size=min(rest, len(others)), replace=False))
             while len(chosen) < self.per_series:  # too few sites: repeat (fixed epoch length)
                 chosen.append(chosen[len(chosen) % max(len(chosen), 1)] if chosen else 0)
-            items.extend((uid, int(i), kinds[int(i)] if kinds else "random") for i in chosen)
+            items.extend((uid, int(i), kinds[int(i)] if kinds else "random", points[int(i)] if kinds else np.zeros(3))
+                         for i in chosen)
         self.items = items
 
     def __len__(self) -> int:
         return len(self.uids) * self.per_series
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        uid, site, kind = self.items[i]
+        uid, site, kind, point = self.items[i]
         localizers = [p for _, p in self.records[uid].points]
-        points, _ = all_sites(self.sites[uid], localizers)
         rng = np.random.default_rng([self.seed, self.epoch, i])
         jitter = float(self.cfg["truth_jitter_mm" if kind == "truth" else "candidate_jitter_mm"])
-        centre = points[site] + rng.uniform(-1, 1, 3) * jitter
+        centre = point + rng.uniform(-1, 1, 3) * jitter
         sample = site_sample(self.boxes.boxes(uid)[site], self.boxes.normalise(uid), centre, localizers, self.cfg)
         sample = augment(sample, rng, float(self.cfg["intensity_jitter"]))
         return {"patch": torch.from_numpy(sample["patch"][None]), "label": torch.tensor([sample["label"]]),
