@@ -223,12 +223,16 @@ def export_folds(run: Path, out: Path, rescore: bool = True, keep: Path | None =
     """Export every trained fold under ``run`` (plus, with ``keep``, an earlier export's other folds) into ``out`` and
     write the manifest (priors: mean over folds)."""
     dirs = fold_dirs(run)
-    kept = None
-    if keep is not None:  # read before anything is written: ``keep`` may be ``out``
-        run_folds = {int(json.loads((d / "summary.json").read_text())["fold"]) for d in dirs}
-        kept = kept_models(keep, run_folds, load_saved_config(dirs[0] / "config.yaml"))
     out.mkdir(parents=True, exist_ok=True)
-    models, priors, config = [], [], None
+    models: list[ModelSpec] = []
+    priors: list[list[float]] = []
+    if keep is not None:  # before the run's folds are written: ``keep`` may be ``out``
+        run_folds = {int(json.loads((d / "summary.json").read_text())["fold"]) for d in dirs}
+        models, priors = kept_models(keep, run_folds, load_saved_config(dirs[0] / "config.yaml"))
+        for spec in models:
+            if (keep / spec.file).resolve() != (out / spec.file).resolve():
+                shutil.copy2(keep / spec.file, out / spec.file)
+    config = None
     commit = git_commit()
     for fold_dir in dirs:
         summary = json.loads((fold_dir / "summary.json").read_text())
@@ -254,13 +258,6 @@ def export_folds(run: Path, out: Path, rescore: bool = True, keep: Path | None =
         models += entries
         priors.append(summary["label_priors"])
     assert config is not None
-    if keep is not None and kept is not None:
-        kept_specs, kept_priors = kept
-        models += kept_specs
-        priors += kept_priors
-        for spec in kept_specs:
-            if (keep / spec.file).resolve() != (out / spec.file).resolve():
-                shutil.copy2(keep / spec.file, out / spec.file)
     return write_manifest(out, build_manifest(config, models, np.mean(priors, axis=0).tolist()))
 
 

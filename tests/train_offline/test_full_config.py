@@ -8,16 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
-from testkit.training_data import write_training_set
+from testkit.training_data import canonical_affine, write_training_set
 from train_offline import train
 from train_offline.config import load_config
 
 SHAPE = (64, 64, 64)  # a 64 mm "head" at full's 1 mm volume spacing
-AFFINE = np.array([[0, 0, 1.0, -31.5], [0, 1.0, 0, -31.5], [1.0, 0, 0, -31.5], [0, 0, 0, 1.0]])  # z->S, y->P, x->L
+AFFINE = canonical_affine(1.0, SHAPE)  # z->S, y->P, x->L, centred on the origin
 # The only keys the test changes: shapes, widths, epochs, the device, and the data paths (set per test).
 SHRINK = {
     "locator.input_shape": [16, 16, 16],  # 64 mm at full's 4 mm

@@ -21,7 +21,7 @@ from kernel.labels import ID_COL, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUE
 from kernel.manifest import load_manifest
 from kernel.preprocess import voxel_to_world
 from kernel.recipe import locator_base, locator_input
-from testkit.training_data import write_training_set
+from testkit.training_data import canonical_affine, write_training_set
 from train_offline import folds as folds_mod
 from train_offline import index as index_mod
 from train_offline.config import ConfigError, load_config
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPACING = 4.0
 SHAPE = (40, 40, 40)  # 160 mm cube at 4 mm
 # Canonical affine: z -> superior, y -> posterior, x -> patient left; centred on the LPS origin.
-AFFINE = np.array([[0, 0, SPACING, -78.0], [0, SPACING, 0, -78.0], [SPACING, 0, 0, -78.0], [0, 0, 0, 1.0]])
+AFFINE = canonical_affine(SPACING, SHAPE)
 TINY = {
     "name": "tiny",
     "data": {"n_folds": 3},
