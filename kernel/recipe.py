@@ -15,7 +15,7 @@ kernel's ``Ensemble.run`` (onnxruntime sessions) on Kaggle, a torch ``run`` in t
    patch at its own fine spacing sampled straight from the native stack around every candidate (``fine_patches``;
    never a whole-volume resample at that spacing), with flip TTA; ``fuse`` combines the fine probability of the best
    candidate with the classifiers' probabilities in logit space (the location columns through the candidates'
-   heatmap channels).
+   heatmap channels), at the mean of the fine folds' fusion weights (``fusion_weight``).
 
 Array and affine conventions: ``kernel.preprocess`` (axes z -> S, y -> P, x -> L; affines voxel (z, y, x) -> LPS).
 """
@@ -33,9 +33,9 @@ from kernel.preprocess import crop_around, downsample_mean, resample_to_spacing,
 
 __all__ = [
     "Classified", "Native", "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify",
-    "fine_patches", "fine_probs", "fuse", "heatmap_candidates", "heatmap_peak_lps", "locate", "locate_upright",
-    "locator_base", "locator_input", "locator_input_from_base", "logit", "plan_runs", "predict_volume", "sigmoid",
-    "softmax",
+    "fine_patches", "fine_probs", "fuse", "fusion_weight", "heatmap_candidates", "heatmap_peak_lps", "locate",
+    "locate_upright", "locator_base", "locator_input", "locator_input_from_base", "logit", "plan_runs",
+    "predict_volume", "sigmoid", "softmax",
 ]
 
 Runner = Callable[[ModelSpec, np.ndarray], Sequence[np.ndarray]]
@@ -365,6 +365,12 @@ def fuse(probs: np.ndarray, channel_logits: np.ndarray, site_probs: np.ndarray, 
     return sigmoid((1.0 - weight) * logit(probs) + weight * logit(fine))
 
 
+def fusion_weight(fine: Sequence[ModelSpec]) -> float:
+    """The ensemble's fusion weight: the mean of the fine folds' own (each chosen by its out-of-fold score), so a
+    fold ensemble fuses as strongly as its folds did on average and a plan with fewer folds uses theirs."""
+    return float(np.mean([spec.fusion_weight for spec in fine])) if fine else 0.0
+
+
 def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[ModelSpec],
                    classifiers: Sequence[ModelSpec], run: Runner, plan: Plan = Plan(), *,
                    superior_known: bool = True, fine: Sequence[ModelSpec] = (),
@@ -393,7 +399,7 @@ def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[Mod
             elif reversed_z:
                 native = Native(np.ascontiguousarray(native.array[::-1]), native.affine, native.normalise)
             cand_probs = fine_probs(native, points, fine, run, plan.flip)
-            probs = fuse(probs, channels, cand_probs, fine[0].fusion_weight)
+            probs = fuse(probs, channels, cand_probs, fusion_weight(fine))
         else:
             cand_probs = sigmoid(channels.max(axis=1)) if len(points) else np.zeros(0)
     if not (np.all(np.isfinite(probs)) and np.all(np.isfinite(out.modality_probs))

@@ -20,7 +20,7 @@ import pandas as pd
 from kernel.labels import ID_COL, LABEL_COLS
 from kernel.metric import column_aucs, roc_auc, score_arrays, two_class_columns
 
-__all__ = ["main", "read_submission", "report"]
+__all__ = ["main", "read_submission", "read_submissions", "report"]
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -46,10 +46,25 @@ def read_submission(path: Path, field: str = "probs") -> pd.DataFrame:
     return out
 
 
+def read_submissions(paths: Sequence[Path], field: str = "probs") -> pd.DataFrame:
+    """Several submissions as one table (e.g. the out-of-fold predictions of each fold); a series in two is an
+    error, since pooled out-of-fold scores must see each series once."""
+    table = pd.concat([read_submission(p, field)[[ID_COL, *LABEL_COLS]] for p in paths], ignore_index=True)
+    twice = table[ID_COL][table[ID_COL].duplicated()]
+    if len(twice):
+        raise ValueError(f"{len(twice)} series have rows in more than one submission (first: {twice.iloc[0]})")
+    return table
+
+
 def report(solution: pd.DataFrame, submission: pd.DataFrame, groups: pd.Series | None = None,
-           largest_dome: pd.Series | None = None) -> str:
+           largest_dome: pd.Series | None = None, only_submitted: bool = False) -> str:
     """Markdown: overall score, AUC per label, per group (e.g. protocol) AUC(present), and with ``largest_dome``
-    (patient mm per positive series) AUC(present) of each dome band's positives against every negative."""
+    (patient mm per positive series) AUC(present) of each dome band's positives against every negative.
+    ``only_submitted`` scores the solution's series that have a row (out-of-fold predictions of some folds)."""
+    if only_submitted:
+        solution = solution[solution[ID_COL].astype(str).isin(set(submission[ID_COL].astype(str)))]
+        if solution.empty:
+            raise ValueError("no submission series is in the solution")
     merged = solution[[ID_COL, *LABEL_COLS]].merge(submission[[ID_COL, *LABEL_COLS]], on=ID_COL,
                                                    suffixes=("", "_pred"), how="left")
     if merged[[f"{c}_pred" for c in LABEL_COLS]].isna().any().any():
@@ -59,7 +74,8 @@ def report(solution: pd.DataFrame, submission: pd.DataFrame, groups: pd.Series |
     names = two_class_columns(truth)
     defined = [LABEL_COLS.index(c) for c in names]
     aucs = column_aucs(truth[:, defined], pred[:, defined], names)
-    lines = [f"score (mean weighted columnwise AUC over {len(names)} defined columns): "
+    lines = [f"series: {len(merged)}",
+             f"score (mean weighted columnwise AUC over {len(names)} defined columns): "
              f"{score_arrays(truth[:, defined], pred[:, defined], names):.4f}", "",
              "| label | positives | AUC |", "|---|---|---|"]
     for j, name in enumerate(LABEL_COLS):
@@ -91,14 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train_offline.metric",
                                      description="Score a submission (CSV or parquet) against a solution CSV.")
     parser.add_argument("--solution", type=Path, required=True, help="SeriesInstanceUID + 14 label columns")
-    parser.add_argument("--submission", type=Path, required=True,
-                        help="submission.parquet, a CSV of the same, or the gateway's --details JSONL")
+    parser.add_argument("--submission", type=Path, required=True, nargs="+",
+                        help="submission.parquet, a CSV of the same, or the gateway's --details JSONL; several are "
+                             "pooled (each series in one)")
     parser.add_argument("--field", default="probs", choices=["probs", "coarse_probs"],
                         help="with a --details JSONL: the kernel's rows (probs, default) or the classifiers' before "
                              "the fine stage (coarse_probs)")
     parser.add_argument("--groups", type=Path, help="CSV/JSONL with SeriesInstanceUID and a group column")
     parser.add_argument("--group-col", default="Modality", help="group column in --groups (default Modality)")
     parser.add_argument("--domes", type=Path, help="phantom data folder with phantom_truth.jsonl: AUC by dome size")
+    parser.add_argument("--only-submitted", action="store_true",
+                        help="score only the solution series that have a row (e.g. train.csv against the pooled "
+                             "out-of-fold files of the trained folds)")
     args = parser.parse_args(argv)
     try:
         groups = None
@@ -113,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not domes:
                 raise ValueError(f"no phantom_truth.jsonl in {args.domes}")
             largest = pd.Series({uid: max(d.dome_mm for d in ds) for uid, ds in domes.items() if ds}, dtype=float)
-        print(report(_read_table(args.solution), read_submission(args.submission, args.field), groups, largest))
+        print(report(_read_table(args.solution), read_submissions(args.submission, args.field), groups, largest,
+                     only_submitted=args.only_submitted))
     except (OSError, KeyError, ValueError) as exc:
         print(f"metric failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -188,3 +188,32 @@ def test_details_jsonl_scores_either_field(tmp_path) -> None:
     assert score(solution, coarse) != pytest.approx(score(solution, submission))
     with pytest.raises(KeyError, match="no 'modality'"):
         read_submission(tmp_path / "details.jsonl", "modality")
+
+
+def test_pooled_out_of_fold_files_score_as_one_submission(tmp_path) -> None:
+    """Several submissions (one per fold) pool into one; with --only-submitted the solution is cut to their series,
+    the score equals scikit-learn's on that subset, and a series in two files is refused."""
+    import contextlib
+    import io
+
+    from train_offline.metric import main
+
+    solution, submission = _frames()
+    solution.to_csv(tmp_path / "train.csv", index=False)
+    half = len(submission) // 2
+    subset = submission.iloc[: half + 10]
+    subset.iloc[:half].to_csv(tmp_path / "fold0.csv", index=False)
+    subset.iloc[half:].to_csv(tmp_path / "fold1.csv", index=False)
+    args = ["--solution", str(tmp_path / "train.csv"), "--submission", str(tmp_path / "fold0.csv"),
+            str(tmp_path / "fold1.csv")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*args, "--only-submitted"]) == 0
+    expected = _sklearn_score(solution.iloc[: half + 10].reset_index(drop=True), subset.reset_index(drop=True))
+    assert f"series: {half + 10}\n" in out.getvalue()
+    assert f"{expected:.4f}" in out.getvalue()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(args) == 2  # without the flag the other series have no row
+        assert main([*args, str(tmp_path / "fold1.csv"), "--only-submitted"]) == 2
+    assert "no submission row" in err.getvalue() and "more than one submission" in err.getvalue()

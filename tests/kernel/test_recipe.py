@@ -190,6 +190,34 @@ def test_fuse_is_identity_at_weight_zero_and_a_logit_mean_otherwise() -> None:
     assert fused[0] < probs[0]  # no candidate on that vessel: pulled down
 
 
+def test_fusion_weight_is_the_mean_of_the_fine_folds_used() -> None:
+    folds = [_fine(weight=0.25), _fine(weight=0.5), _fine(weight=0.0)]
+    assert recipe.fusion_weight(folds) == pytest.approx(0.25)
+    assert recipe.fusion_weight(folds[:2]) == pytest.approx(0.375)  # a plan with fewer folds: theirs
+    assert recipe.fusion_weight([]) == 0.0
+    # the prediction fuses at that mean: two folds of weights 0 and 1 give the same row as one fold at 0.5
+    coarse = np.zeros((16, 16, 16), dtype=np.float32)
+
+    def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
+        n = len(batch)
+        if spec.role == "locator":
+            heat = np.full((n, 1, 8, 8, 8), -5.0, dtype=np.float32)
+            heat[:, 0, 4, 4, 4] = 3.0
+            return [heat]
+        if spec.role == "classifier":
+            heat = np.full((n, 13, 4, 4, 4), -6.0, dtype=np.float32)
+            heat[:, 3, 2, 2, 2] = 5.0
+            return [np.full((n, 14), -1.0, np.float32), np.zeros((n, 4), np.float32), heat]
+        return [np.full((n, 1), 2.0, np.float32)]
+
+    def row(fine: list[ModelSpec]) -> np.ndarray:
+        return recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)],
+                                     [_heat_classifier()], run, fine=fine).probs
+
+    np.testing.assert_allclose(row([_fine(k=1, weight=0.0), _fine(k=1, weight=1.0)]), row([_fine(k=1, weight=0.5)]))
+    assert row([_fine(k=1, weight=0.5)])[-1] > row([_fine(k=1, weight=0.0)])[-1]  # the fine logit 2 > coarse -1
+
+
 def test_fine_stage_samples_the_native_stack_and_mirrors_heatmaps_back() -> None:
     coarse = np.zeros((16, 16, 16), dtype=np.float32)
     native = np.zeros((64, 64, 64), dtype=np.float32)
