@@ -19,12 +19,26 @@ def test_shipped_entries_round_trip_through_model_spec() -> None:
         assert problems == [] and spec is not None
         assert spec.to_dict() == entry, entry["name"]
     manifest = load_manifest(REPO / "weights")
-    (locator,) = manifest.models("locator")
-    (classifier,) = manifest.models("classifier")
-    assert locator.output_names == ("heatmap",)
-    assert locator.output_stride == entry_value(raw, "locator", "output_stride")
-    assert classifier.centre_offset_lps_mm == tuple(entry_value(raw, "classifier", "centre_offset_lps_mm"))
-    assert classifier.input_shape == tuple(entry_value(raw, "classifier", "input_shape")) and classifier.flip_tta
+    locators, classifiers = manifest.models("locator"), manifest.models("classifier")
+    assert locators and [s.fold for s in locators] == [s.fold for s in classifiers]  # one of each per fold
+    assert len({s.fold for s in classifiers}) == len(classifiers)
+    for locator in locators:
+        assert locator.output_names == ("heatmap",)
+        assert locator.output_stride == entry_value(raw, "locator", "output_stride")
+    for classifier in classifiers:
+        assert classifier.centre_offset_lps_mm == tuple(entry_value(raw, "classifier", "centre_offset_lps_mm"))
+        assert classifier.input_shape == tuple(entry_value(raw, "classifier", "input_shape")) and classifier.flip_tta
+
+
+def test_shipped_folds_carry_their_out_of_fold_scores() -> None:
+    """Each trained fold's classifier (and fine model) records its own validation fold's score, so the manifest
+    says what every member of the ensemble scored out of fold."""
+    manifest = load_manifest(REPO / "weights")
+    for spec in [*manifest.models("classifier"), *manifest.models("fine")]:
+        if (spec.config or {}).get("random_init"):
+            continue
+        score, auc, n = (spec.validation.get(k) for k in ("score", "auc_present", "n_series"))
+        assert 0.5 < score <= 1.0 and 0.5 < auc <= 1.0 and n > 0, (spec.name, spec.validation)
 
 
 def entry_value(raw: dict, role: str, key: str):
