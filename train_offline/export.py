@@ -10,6 +10,14 @@ full ONNX checker, and must match torch through onnxruntime within ``ATOL + RTOL
 and that score goes into the manifest. The manifest follows docs/ARCHITECTURE.md and is validated by kernel.manifest.
 ``--keep`` carries over an earlier export's models of the folds the run does not have (an ensemble trained across
 sessions: the run folder of earlier folds need not survive), checked by sha256 and for the same volume settings.
+
+Each fold's out-of-fold predictions travel with its models: ``oof_classifier_f<K>.csv`` (the fold's ``oof.csv``) and
+``oof_fine_f<K>.csv`` (its ``fine_oof.csv``), named in the entry's ``validation.oof_file`` and kept with it, so the
+pooled out-of-fold score of every shipped fold stays computable after the run folders are gone::
+
+    python -m train_offline.metric --solution train.csv --submission weights/oof_classifier_f*.csv --only-submitted
+
+(The kernel and ``build_kernel.py`` read only the model files; these CSVs stay out of the Kaggle dataset.)
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from train_offline.models import (
 )
 
 __all__ = ["ATOL", "OPSET", "RTOL", "ExportError", "export_folds", "export_model", "export_random", "git_commit",
-           "main", "onnx_parity"]
+           "main", "oof_name", "onnx_parity"]
 
 OPSET = 17
 ATOL = 1e-4  # onnxruntime vs torch, float32, after GroupNorm: observed differences are ~1e-6
@@ -198,6 +206,20 @@ def fold_dirs(run: Path) -> list[Path]:
     return found
 
 
+def oof_name(role: str, fold: int) -> str:
+    """File name of a fold's out-of-fold predictions in a weights folder."""
+    return f"oof_{role}_f{fold}.csv"
+
+
+def _with_oof(spec: ModelSpec, source: Path, out: Path) -> ModelSpec:
+    """Copy a fold's out-of-fold CSV next to its model and name it in the entry (unchanged when there is none)."""
+    if not source.is_file():
+        return spec
+    name = oof_name(spec.role, spec.fold)
+    shutil.copyfile(source, out / name)
+    return replace(spec, validation={**spec.validation, "oof_file": name})
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -230,8 +252,9 @@ def export_folds(run: Path, out: Path, rescore: bool = True, keep: Path | None =
         run_folds = {int(json.loads((d / "summary.json").read_text())["fold"]) for d in dirs}
         models, priors = kept_models(keep, run_folds, load_saved_config(dirs[0] / "config.yaml"))
         for spec in models:
-            if (keep / spec.file).resolve() != (out / spec.file).resolve():
-                shutil.copy2(keep / spec.file, out / spec.file)
+            for name in (spec.file, spec.validation.get("oof_file")):
+                if name and (keep / name).is_file() and (keep / name).resolve() != (out / name).resolve():
+                    shutil.copy2(keep / name, out / name)
     config = None
     commit = git_commit()
     for fold_dir in dirs:
@@ -253,8 +276,9 @@ def export_folds(run: Path, out: Path, rescore: bool = True, keep: Path | None =
                                                          "auc_present_onnx": onnx_scores["auc_present"]})
             print(f"fold {summary['fold']}: torch score {validation.get('score'):.4f}, "
                   f"onnxruntime score {onnx_scores['score']:.4f}", file=sys.stderr)
+        entries[1] = _with_oof(entries[1], fold_dir / "oof.csv", out)
         if (fold_dir / "fine.pt").is_file() and (fold_dir / "fine_summary.json").is_file():
-            entries.append(_fine_entry(fold_dir, config, out, commit))
+            entries.append(_with_oof(_fine_entry(fold_dir, config, out, commit), fold_dir / "fine_oof.csv", out))
         models += entries
         priors.append(summary["label_priors"])
     assert config is not None

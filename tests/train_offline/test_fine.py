@@ -102,6 +102,9 @@ def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp
     fine = manifest.models("fine")
     assert len(fine) == 1 and fine[0].candidates == 3
     assert fine[0].fusion_weight == tiny_run["summary"]["fusion_weight"]
+    assert fine[0].validation["oof_file"] == "oof_fine_f0.csv"
+    fold_dir = tiny_run["root"] / "runs" / "tinyfine" / "fold0"
+    assert (out.parent / "oof_fine_f0.csv").read_text() == (fold_dir / "fine_oof.csv").read_text()
     ensemble = Ensemble(manifest, providers=["CPUExecutionProvider"])
     assert ensemble.wants_native
     series = sorted((tiny_run["data"] / "series").iterdir())[1]

@@ -337,6 +337,8 @@ def test_train_resume_export_rescore(dataset: tuple[Path, Path], tmp_path: Path)
     assert manifest["volume_spacing_mm"] == [SPACING] * 3
     assert manifest["label_priors"] == pytest.approx(summary["label_priors"])
     assert cls["validation"]["label_priors"] == pytest.approx(summary["label_priors"])
+    assert cls["validation"]["oof_file"] == "oof_classifier_f0.csv"
+    assert (weights / "oof_classifier_f0.csv").read_text() == (out / "oof.csv").read_text()
 
     # An ensemble across sessions: a later run holds only fold 1; --keep carries fold 0 over from the first export.
     later = tmp_path / "later" / "fold1"
@@ -350,6 +352,10 @@ def test_train_resume_export_rescore(dataset: tuple[Path, Path], tmp_path: Path)
     assert [(m.role, m.fold) for m in both.models("classifier")] == [("classifier", 0), ("classifier", 1)]
     assert {m.fold for m in both.models("locator")} == {0, 1}
     assert (merged / "classifier_f0.onnx").read_bytes() == (weights / "classifier_f0.onnx").read_bytes()
+    # each fold's out-of-fold file: the kept one carried over, the run's own written; pooled they score every series
+    assert (merged / "oof_classifier_f0.csv").read_bytes() == (weights / "oof_classifier_f0.csv").read_bytes()
+    assert [m.validation["oof_file"] for m in both.models("classifier")] == ["oof_classifier_f0.csv",
+                                                                            "oof_classifier_f1.csv"]
     assert both.label_priors == pytest.approx(np.mean([summary["label_priors"], other_priors], axis=0))
     assert export.main(["--run", str(tmp_path / "run"), "--keep", str(weights), "--out", str(tmp_path / "x"),
                         "--no-rescore"]) == 2  # every kept fold is in the run: nothing to keep
