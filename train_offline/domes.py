@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DOME_BANDS", "Dome", "band_of", "load_domes"]
+__all__ = ["DOME_BANDS", "Dome", "band_of", "candidate_recall", "load_domes"]
 
 # Largest-dome bands of the issue's targets (patient mm): [lo, hi).
 DOME_BANDS: list[tuple[str, float, float]] = [
@@ -53,3 +54,23 @@ def band_of(dome_mm: float) -> str:
         if lo <= dome_mm < hi:
             return name
     return DOME_BANDS[-1][0]
+
+
+def candidate_recall(candidates: Mapping[str, np.ndarray], domes: Mapping[str, list], uids: Sequence[str],
+                     positive_radius_mm: float) -> dict[str, dict[str, float]]:
+    """Per dome band (and "all"): aneurysms, the fraction with a candidate (LPS mm, ``candidates[uid]`` (K, 3))
+    within dome radius + 2 mm, and within ``positive_radius_mm`` (what the fine model is trained to call positive)."""
+    rows: dict[str, list[tuple[bool, bool]]] = {}
+    for uid in uids:
+        cands = np.asarray(candidates[uid], dtype=np.float64).reshape(-1, 3)
+        for dome in domes.get(uid, []):
+            d = np.linalg.norm(cands - dome.centre_lps, axis=1).min() if len(cands) else np.inf
+            rows.setdefault(band_of(dome.dome_mm), []).append((d <= dome.dome_mm / 2 + 2.0, d <= positive_radius_mm))
+    out = {}
+    groups = [(name, rows[name]) for name, _, _ in DOME_BANDS if name in rows]
+    every = [r for v in rows.values() for r in v]
+    for name, hits in [*groups, *([("all", every)] if every else [])]:
+        arr = np.asarray(hits)
+        out[name] = {"aneurysms": len(arr), "within_radius_2mm": float(arr[:, 0].mean()),
+                     "within_positive_radius": float(arr[:, 1].mean())}
+    return out

@@ -50,14 +50,14 @@ from kernel.preprocess import canonicalise, crop_around, normaliser, spacing_of,
 from train_offline.cache import atomic_write_bytes, load_cached
 from train_offline.config import ConfigError, load_config, parse_overrides
 from train_offline.data import SeriesRecord, SeriesStore, grid_points_lps, records_from_index
-from train_offline.domes import DOME_BANDS, band_of, load_domes
+from train_offline.domes import DOME_BANDS, band_of, candidate_recall, load_domes
 from train_offline.evaluate import torch_runner
 from train_offline.folds import ensure_index_and_folds
 from train_offline.loop import atomic_torch_save, run_stage, setup_distributed
 from train_offline.losses import heatmap_focal_loss
 from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
 
-__all__ = ["BoxStore", "FineDataset", "candidate_recall", "cut_box", "extract_boxes", "fine_loss", "main",
+__all__ = ["BoxStore", "FineDataset", "cut_box", "extract_boxes", "fine_loss", "main",
            "series_sites", "site_sample", "train_fine"]
 
 SITES_FILE = "fine_sites.jsonl"
@@ -303,30 +303,6 @@ def fine_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
 # --- step 4: out-of-fold validation ----------------------------------------------------------------------------------
 
 
-def candidate_recall(sites: Mapping[str, Mapping[str, Any]], domes: Mapping[str, list], uids: Sequence[str],
-                     positive_radius_mm: float) -> dict[str, dict[str, float]]:
-    """Per dome band: aneurysms, the fraction with a candidate within dome radius + 2 mm, and within
-    ``positive_radius_mm`` (what the fine model is trained to call positive)."""
-    rows: dict[str, list[tuple[bool, bool]]] = {}
-    for uid in uids:
-        cands = np.asarray(sites[uid]["candidates"], dtype=np.float64).reshape(-1, 3)
-        for dome in domes.get(uid, []):
-            d = np.linalg.norm(cands - dome.centre_lps, axis=1).min() if len(cands) else np.inf
-            rows.setdefault(band_of(dome.dome_mm), []).append((d <= dome.dome_mm / 2 + 2.0, d <= positive_radius_mm))
-    out = {}
-    for name, _, _ in DOME_BANDS:
-        if name in rows:
-            hits = np.asarray(rows[name])
-            out[name] = {"aneurysms": len(hits), "within_radius_2mm": float(hits[:, 0].mean()),
-                         "within_positive_radius": float(hits[:, 1].mean())}
-    every = [r for v in rows.values() for r in v]
-    if every:
-        hits = np.asarray(every)
-        out["all"] = {"aneurysms": len(hits), "within_radius_2mm": float(hits[:, 0].mean()),
-                      "within_positive_radius": float(hits[:, 1].mean())}
-    return out
-
-
 def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str, Mapping[str, Any]], boxes: BoxStore,
                           records: Mapping[str, SeriesRecord], uids: Sequence[str],
                           device: torch.device) -> dict[str, np.ndarray]:
@@ -455,7 +431,8 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         "auc_present_by_dome": auc_by_band(labels_present, probs[:, -1], val_uids, domes),
         "auc_present_by_dome_coarse": None if coarse_probs is None else auc_by_band(
             labels_present, coarse_probs[:, -1], val_uids, domes),
-        "candidate_recall": candidate_recall(sites, domes, val_uids, float(cfg["positive_radius_mm"])),
+        "candidate_recall": candidate_recall({u: sites[u]["candidates"] for u in val_uids}, domes, val_uids,
+                                             float(cfg["positive_radius_mm"])),
         "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
     }

@@ -2,6 +2,10 @@
 
     python -m train_offline.metric --solution solution.csv --submission submission.parquet [--groups truth.jsonl]
         [--domes data/phantoms/real_test]     # + AUC(present) by largest dome (phantom_truth.jsonl there)
+    python -m train_offline.metric --solution S.csv --submission details.jsonl --domes DATA --candidates
+                                          # + the kernel's candidate sites: recall per dome band, cost of a miss
+    python -m train_offline.metric --solution train.csv --submission weights/oof_classifier_f*.csv --only-submitted
+                                          # pooled out-of-fold score of the shipped folds
 
 The metric itself (mean weighted columnwise ROC AUC) lives in ``kernel.metric``, so the kernel's gateway and
 training's validation score with the same code.
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,7 @@ import pandas as pd
 from kernel.labels import ID_COL, LABEL_COLS
 from kernel.metric import column_aucs, roc_auc, score_arrays, two_class_columns
 
-__all__ = ["main", "read_submission", "read_submissions", "report"]
+__all__ = ["candidate_report", "main", "read_submission", "read_submissions", "report"]
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -103,6 +107,44 @@ def report(solution: pd.DataFrame, submission: pd.DataFrame, groups: pd.Series |
     return "\n".join(lines)
 
 
+def candidate_report(details: pd.DataFrame, domes: Mapping[str, list], radius_mm: float = 6.0) -> str:
+    """Markdown: how many candidate sites the kernel took per series, the fraction of aneurysms with one within dome
+    radius + 2 mm and within ``radius_mm`` per dome band (``domes.candidate_recall``), and what a miss costs: the
+    P(present) of positive series whose every aneurysm has a candidate within radius + 2 mm, against the others."""
+    from train_offline.domes import DOME_BANDS, band_of, candidate_recall
+
+    if "candidates_lps" not in details.columns:
+        raise KeyError("the details file has no candidates_lps (write it with kernel.gateway --details)")
+    live = details[details["candidates_lps"].apply(lambda c: isinstance(c, list))]
+    cands = {str(u): np.asarray(c, dtype=np.float64).reshape(-1, 3)
+             for u, c in zip(live[ID_COL], live["candidates_lps"], strict=True)}
+    uids = list(cands)
+    counts = np.array([len(c) for c in cands.values()])
+    recall = candidate_recall(cands, domes, uids, radius_mm)
+    lines = [f"candidates per series: mean {counts.mean():.2f}, min {counts.min()}, max {counts.max()} "
+             f"({len(uids)} series)", "",
+             f"| largest dome | aneurysms | candidate within r + 2 mm | within {radius_mm:g} mm |", "|---|---|---|---|"]
+    for name in [*(b for b, _, _ in DOME_BANDS), "all"]:
+        if name in recall:
+            r = recall[name]
+            lines.append(f"| {name} | {r['aneurysms']} | {r['within_radius_2mm']:.2f} | "
+                         f"{r['within_positive_radius']:.2f} |")
+    present = {str(u): float(p[-1]) for u, p in zip(live[ID_COL], live["probs"], strict=True)}
+    lines += ["", "| largest dome | positives: every aneurysm found / not | median P(present) found / not |",
+              "|---|---|---|"]
+    for name, _, _ in DOME_BANDS:
+        found, missed = [], []
+        for uid in uids:
+            if domes.get(uid) and band_of(max(d.dome_mm for d in domes[uid])) == name:
+                hit = all(np.linalg.norm(cands[uid] - d.centre_lps, axis=1).min() <= d.dome_mm / 2 + 2.0
+                          if len(cands[uid]) else False for d in domes[uid])
+                (found if hit else missed).append(present[uid])
+        if found or missed:
+            med = [f"{np.median(v):.3f}" if v else "-" for v in (found, missed)]
+            lines.append(f"| {name} | {len(found)} / {len(missed)} | {med[0]} / {med[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train_offline.metric",
                                      description="Score a submission (CSV or parquet) against a solution CSV.")
@@ -116,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", type=Path, help="CSV/JSONL with SeriesInstanceUID and a group column")
     parser.add_argument("--group-col", default="Modality", help="group column in --groups (default Modality)")
     parser.add_argument("--domes", type=Path, help="phantom data folder with phantom_truth.jsonl: AUC by dome size")
+    parser.add_argument("--candidates", action="store_true",
+                        help="with a --details JSONL and --domes: candidate sites per series and their recall per "
+                             "dome band")
     parser.add_argument("--only-submitted", action="store_true",
                         help="score only the solution series that have a row (e.g. train.csv against the pooled "
                              "out-of-fold files of the trained folds)")
@@ -135,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             largest = pd.Series({uid: max(d.dome_mm for d in ds) for uid, ds in domes.items() if ds}, dtype=float)
         print(report(_read_table(args.solution), read_submissions(args.submission, args.field), groups, largest,
                      only_submitted=args.only_submitted))
+        if args.candidates:
+            if not (args.domes and len(args.submission) == 1 and args.submission[0].suffix == ".jsonl"):
+                raise ValueError("--candidates needs one --details JSONL as the submission and --domes")
+            print("\n" + candidate_report(_read_table(args.submission[0]), domes))
     except (OSError, KeyError, ValueError) as exc:
         print(f"metric failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

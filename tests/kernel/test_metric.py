@@ -217,3 +217,34 @@ def test_pooled_out_of_fold_files_score_as_one_submission(tmp_path) -> None:
         assert main(args) == 2  # without the flag the other series have no row
         assert main([*args, str(tmp_path / "fold1.csv"), "--only-submitted"]) == 2
     assert "no submission row" in err.getvalue() and "more than one submission" in err.getvalue()
+
+
+def test_candidate_report_counts_recall_per_band_and_the_cost_of_a_miss(tmp_path) -> None:
+    """Three positives (2 mm dome found 1 mm off, 2 mm dome missed 5 mm off, 7 mm dome found 4 mm off: within its
+    radius + 2 = 5.5 mm) and a fallback line: the table's fractions and medians are those by hand."""
+    import json
+
+    from train_offline.domes import load_domes
+    from train_offline.metric import candidate_report
+
+    truth = {"a": ([0.0, 0.0, 0.0], 2.0, [[1.0, 0.0, 0.0], [30.0, 0.0, 0.0]]),
+             "b": ([10.0, 0.0, 0.0], 2.0, [[15.0, 0.0, 0.0]]),
+             "c": ([0.0, 20.0, 0.0], 7.0, [[0.0, 24.0, 0.0], [9.0, 9.0, 9.0], [1.0, 1.0, 1.0]])}
+    with open(tmp_path / "phantom_truth.jsonl", "w") as fh:
+        for uid, (centre, dome, _) in truth.items():
+            fh.write(json.dumps({ID_COL: uid, "head_to_lps": np.eye(4).tolist(),
+                                 "aneurysms": [{"location": "Basilar Tip", "centre_lps": centre, "dome_mm": dome}]})
+                     + "\n")
+        fh.write(json.dumps({ID_COL: "n", "head_to_lps": np.eye(4).tolist(), "aneurysms": []}) + "\n")
+    present = {"a": 0.9, "b": 0.2, "c": 0.7, "n": 0.1}
+    rows = [{ID_COL: u, "probs": [0.0] * 13 + [present[u]], "candidates_lps": truth[u][2] if u in truth else []}
+            for u in present] + [{ID_COL: "f", "probs": [0.5] * 14, "fallback": True}]
+    details = pd.DataFrame(rows)
+    text = candidate_report(details, load_domes(tmp_path), radius_mm=6.0)
+    assert "candidates per series: mean 1.50, min 0, max 3 (4 series)" in text
+    assert "| < 3.5 mm | 2 | 0.50 | 1.00 |" in text  # a within 3 mm, b 5 mm off: outside 1 + 2, inside 6
+    assert "| >= 6 mm | 1 | 1.00 | 1.00 |" in text
+    assert "| all | 3 | 0.67 | 1.00 |" in text
+    assert "| < 3.5 mm | 1 / 1 | 0.900 / 0.200 |" in text and "| >= 6 mm | 1 / 0 | 0.700 / - |" in text
+    with pytest.raises(KeyError, match="candidates_lps"):
+        candidate_report(details.drop(columns="candidates_lps"), load_domes(tmp_path))
