@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DOME_BANDS", "Dome", "band_of", "candidate_recall", "load_domes"]
+__all__ = ["DOME_BANDS", "Dome", "band_of", "candidate_recall", "found_by", "load_domes", "nearest_mm"]
 
 # Largest-dome bands of the issue's targets (patient mm): [lo, hi).
 DOME_BANDS: list[tuple[str, float, float]] = [
@@ -56,16 +56,26 @@ def band_of(dome_mm: float) -> str:
     return DOME_BANDS[-1][0]
 
 
+def nearest_mm(candidates: np.ndarray, dome: Dome) -> float:
+    """Distance (mm) from a dome's centre to the nearest candidate (inf without candidates)."""
+    cands = np.asarray(candidates, dtype=np.float64).reshape(-1, 3)
+    return float(np.linalg.norm(cands - dome.centre_lps, axis=1).min()) if len(cands) else float("inf")
+
+
+def found_by(candidates: np.ndarray, dome: Dome) -> bool:
+    """A candidate lies within the dome's radius + 2 mm (the issue's recall criterion)."""
+    return nearest_mm(candidates, dome) <= dome.dome_mm / 2 + 2.0
+
+
 def candidate_recall(candidates: Mapping[str, np.ndarray], domes: Mapping[str, list], uids: Sequence[str],
                      positive_radius_mm: float) -> dict[str, dict[str, float]]:
     """Per dome band (and "all"): aneurysms, the fraction with a candidate (LPS mm, ``candidates[uid]`` (K, 3))
     within dome radius + 2 mm, and within ``positive_radius_mm`` (what the fine model is trained to call positive)."""
     rows: dict[str, list[tuple[bool, bool]]] = {}
     for uid in uids:
-        cands = np.asarray(candidates[uid], dtype=np.float64).reshape(-1, 3)
         for dome in domes.get(uid, []):
-            d = np.linalg.norm(cands - dome.centre_lps, axis=1).min() if len(cands) else np.inf
-            rows.setdefault(band_of(dome.dome_mm), []).append((d <= dome.dome_mm / 2 + 2.0, d <= positive_radius_mm))
+            rows.setdefault(band_of(dome.dome_mm), []).append(
+                (found_by(candidates[uid], dome), nearest_mm(candidates[uid], dome) <= positive_radius_mm))
     out = {}
     groups = [(name, rows[name]) for name, _, _ in DOME_BANDS if name in rows]
     every = [r for v in rows.values() for r in v]

@@ -111,7 +111,7 @@ def candidate_report(details: pd.DataFrame, domes: Mapping[str, list], radius_mm
     """Markdown: how many candidate sites the kernel took per series, the fraction of aneurysms with one within dome
     radius + 2 mm and within ``radius_mm`` per dome band (``domes.candidate_recall``), and what a miss costs: the
     P(present) of positive series whose every aneurysm has a candidate within radius + 2 mm, against the others."""
-    from train_offline.domes import DOME_BANDS, band_of, candidate_recall
+    from train_offline.domes import DOME_BANDS, band_of, candidate_recall, found_by
 
     if "candidates_lps" not in details.columns:
         raise KeyError("the details file has no candidates_lps (write it with kernel.gateway --details)")
@@ -136,8 +136,7 @@ def candidate_report(details: pd.DataFrame, domes: Mapping[str, list], radius_mm
         found, missed = [], []
         for uid in uids:
             if domes.get(uid) and band_of(max(d.dome_mm for d in domes[uid])) == name:
-                hit = all(np.linalg.norm(cands[uid] - d.centre_lps, axis=1).min() <= d.dome_mm / 2 + 2.0
-                          if len(cands[uid]) else False for d in domes[uid])
+                hit = all(found_by(cands[uid], d) for d in domes[uid])
                 (found if hit else missed).append(present[uid])
         if found or missed:
             med = [f"{np.median(v):.3f}" if v else "-" for v in (found, missed)]
