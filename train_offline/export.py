@@ -10,6 +10,9 @@ full ONNX checker, and must match torch through onnxruntime within ``ATOL + RTOL
 and that score goes into the manifest. The manifest follows docs/ARCHITECTURE.md and is validated by kernel.manifest.
 ``--keep`` carries over an earlier export's models of the folds the run does not have (an ensemble trained across
 sessions: the run folder of earlier folds need not survive), checked by sha256 and for the same volume settings.
+A fold folder that holds only a fine stage trained on the kept export's coarse models (``train_offline.fine --coarse
+WEIGHTS``: fine_summary.json records their sha256) keeps that fold's locator and classifier and replaces its fine
+model.
 
 Each fold's out-of-fold predictions travel with its models: ``oof_classifier_f<K>.csv`` (the fold's ``oof.csv``) and
 ``oof_fine_f<K>.csv`` (its ``fine_oof.csv``), named in the entry's ``validation.oof_file`` and kept with it, so the
@@ -196,14 +199,41 @@ def export_random(config_name: str, out: Path, folds: int = 1, seed: int = 0) ->
     return write_manifest(out, build_manifest(config, models, priors))
 
 
+def _is_fold(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / "fine_summary.json").is_file()
+
+
 def fold_dirs(run: Path) -> list[Path]:
-    """A fold directory (holds summary.json) or a run directory with fold*/ children that do."""
-    if (run / "summary.json").is_file():
+    """A fold directory (holds summary.json, or only fine_summary.json: a fine stage on exported coarse models) or a
+    run directory with fold*/ children that do."""
+    if _is_fold(run):
         return [run]
-    found = sorted(p for p in run.glob("fold*") if re.fullmatch(r"fold\d+", p.name) and (p / "summary.json").is_file())
+    found = sorted(p for p in run.glob("fold*") if re.fullmatch(r"fold\d+", p.name) and _is_fold(p))
     if not found:
         raise ExportError(f"{run}: no summary.json here or in fold*/ (train a fold first)")
     return found
+
+
+def fine_only(fold_dir: Path) -> bool:
+    """Whether a fold folder holds a fine stage alone (``train_offline.fine --coarse``), not a trained fold."""
+    return not (fold_dir / "summary.json").is_file()
+
+
+def _fine_on_kept(fold_dir: Path, kept: list[ModelSpec], keep: Path | None) -> tuple[int, list[ModelSpec]]:
+    """A fine-only fold folder's fold and the kept models without that fold's fine model; refused unless ``keep``
+    holds the very locator and classifier its sites came from."""
+    summary = json.loads((fold_dir / "fine_summary.json").read_text())
+    fold, provenance = int(summary["fold"]), summary.get("coarse")
+    if keep is None or not provenance:
+        raise ExportError(f"{fold_dir}: a fine stage without its fold's locator and classifier; export it with --keep "
+                          f"the weights folder it was trained on (train_offline.fine --coarse)")
+    for role in ("locator", "classifier"):
+        match = [s for s in kept if s.fold == fold and s.role == role]
+        if len(match) != 1 or match[0].sha256 != provenance[role]["sha256"]:
+            raise ExportError(f"{fold_dir}: its sites came from {role} {provenance[role]['name']} (sha256 "
+                              f"{provenance[role]['sha256'][:12]}...), which --keep {keep} does not hold for fold "
+                              f"{fold}")
+    return fold, [s for s in kept if not (s.fold == fold and s.role == "fine")]
 
 
 def oof_name(role: str, fold: int) -> str:
@@ -248,16 +278,25 @@ def export_folds(run: Path, out: Path, rescore: bool = True, keep: Path | None =
     out.mkdir(parents=True, exist_ok=True)
     models: list[ModelSpec] = []
     priors: list[list[float]] = []
+    trained, fines = [d for d in dirs if not fine_only(d)], [d for d in dirs if fine_only(d)]
+    if fines and keep is None:
+        _fine_on_kept(fines[0], [], None)  # raises: a fine-only fold needs --keep
     if keep is not None:  # before the run's folds are written: ``keep`` may be ``out``
-        run_folds = {int(json.loads((d / "summary.json").read_text())["fold"]) for d in dirs}
+        run_folds = {int(json.loads((d / "summary.json").read_text())["fold"]) for d in trained}
         models, priors = kept_models(keep, run_folds, load_saved_config(dirs[0] / "config.yaml"))
+        for fold_dir in fines:
+            _, models = _fine_on_kept(fold_dir, models, keep)
         for spec in models:
             for name in (spec.file, spec.validation.get("oof_file")):
                 if name and (keep / name).is_file() and (keep / name).resolve() != (out / name).resolve():
                     shutil.copy2(keep / name, out / name)
     config = None
     commit = git_commit()
-    for fold_dir in dirs:
+    for fold_dir in fines:
+        fine_config = load_saved_config(fold_dir / "config.yaml")
+        config = config or fine_config
+        models.append(_with_oof(_fine_entry(fold_dir, fine_config, out, commit), fold_dir / "fine_oof.csv", out))
+    for fold_dir in trained:
         summary = json.loads((fold_dir / "summary.json").read_text())
         config = load_saved_config(fold_dir / "config.yaml")
         locator, classifier = build_locator(config["locator"]), build_classifier(config["classifier"])

@@ -1,9 +1,13 @@
 """The fine stage of one fold: candidate sites, native boxes around them, the patch model, fusion chosen out of fold.
 
     python -m train_offline.fine --config demo --fold 0 [--resume] [--workers 2] [--set fine.epochs=12 ...]
+    python -m train_offline.fine --config demo --fold 1 --coarse weights   # on an exported fold's coarse models
 
-Runs after ``train_offline.train`` in the same fold folder (it needs locator.pt and classifier.pt). Each step keeps
-what it wrote, so a killed run continues where it stopped:
+Runs after ``train_offline.train`` in the same fold folder (it needs locator.pt and classifier.pt), or, with
+``--coarse WEIGHTS``, on the fold's locator and classifier of an exported weights folder through onnxruntime (the
+kernel's own sessions): a fold shipped without a fine stage gains one without retraining its coarse models, and
+``export --run ... --keep WEIGHTS`` then adds it to that fold. Each step keeps what it wrote, so a killed run continues
+where it stopped:
 
 1. ``fine_sites.jsonl``: per series, through ``kernel.recipe`` as the kernel runs it (locate, classify with the
    location heatmap, ``heatmap_candidates``), the candidate sites, their heatmap channels and the classifier's
@@ -37,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -96,20 +101,60 @@ def _read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def exported_coarse(weights: Path, config: Mapping[str, Any], fold: int,
+                    val_uids: Sequence[str]) -> tuple[ModelSpec, ModelSpec, recipe.Runner, dict[str, Any]]:
+    """Fold ``fold``'s locator and classifier of an exported weights folder, an onnxruntime runner for them and their
+    provenance (names and sha256, written into fine_summary.json; export checks it against ``--keep``).
+
+    Refused when the export was made on other volume settings than ``config``'s (the cached volumes would not be its
+    inputs) or when its classifier was validated on other series than this fold's (its training series would leak
+    into the fine stage's out-of-fold score)."""
+    from kernel.ensemble import Ensemble
+    from kernel.manifest import load_manifest
+
+    manifest = load_manifest(weights)
+    for key, ours in (("volume_spacing_mm", [float(v) for v in config["volume_spacing_mm"]]),
+                      ("normalisation", dict(config["normalisation"]))):
+        if manifest.data[key] != ours:
+            raise ConfigError(f"--coarse {weights}: its {key} {manifest.data[key]} differs from the config's {ours}")
+    specs = {}
+    for role in ("locator", "classifier"):
+        found = [s for s in manifest.models(role) if s.fold == fold]
+        if len(found) != 1:
+            raise ValueError(f"--coarse {weights}: {len(found)} {role} models of fold {fold} (need exactly one)")
+        specs[role] = found[0]
+    oof_file = specs["classifier"].validation.get("oof_file")
+    if oof_file and (weights / oof_file).is_file():
+        exported = set(pd.read_csv(weights / oof_file, usecols=[ID_COL])[ID_COL])
+        if exported != set(val_uids):
+            raise ValueError(f"--coarse {weights}: fold {fold}'s classifier was validated on {len(exported)} series, "
+                             f"{len(exported ^ set(val_uids))} of them not in this fold's {len(val_uids)} (another "
+                             f"fold split or data set)")
+    ensemble = Ensemble(manifest, providers=["CPUExecutionProvider"], threads=int(config["train"]["threads"]))
+    provenance = {"weights": str(weights),
+                  **{role: {"name": spec.name, "sha256": spec.sha256} for role, spec in specs.items()}}
+    return specs["locator"], specs["classifier"], ensemble.run, provenance
+
+
 def compute_sites(config: Mapping[str, Any], fold: int, fold_dir: Path, store: SeriesStore, uids: Sequence[str],
-                  val_uids: set[str], device: torch.device) -> dict[str, dict[str, Any]]:
+                  val_uids: set[str], device: torch.device,
+                  coarse: tuple[ModelSpec, ModelSpec, recipe.Runner] | None = None) -> dict[str, dict[str, Any]]:
     """Sites of every series (appended to ``fine_sites.jsonl``; series already there are kept). Validation series run
-    with flip TTA, as the kernel; training series without (half the time; their candidates are training data)."""
+    with flip TTA, as the kernel; training series without (half the time; their candidates are training data).
+    ``coarse`` (locator spec, classifier spec, runner) replaces the fold folder's locator.pt / classifier.pt."""
     path = fold_dir / SITES_FILE
     done = _read_jsonl(path)
     todo = [u for u in uids if u not in done]
     if not todo:
         return done
-    loc_spec, cls_spec = locator_spec(config["locator"], fold), classifier_spec(config["classifier"], fold)
-    locator, classifier = build_locator(config["locator"]), build_classifier(config["classifier"])
-    locator.load_state_dict(torch.load(fold_dir / "locator.pt", map_location="cpu", weights_only=True))
-    classifier.load_state_dict(torch.load(fold_dir / "classifier.pt", map_location="cpu", weights_only=True))
-    run = torch_runner({loc_spec.name: locator.to(device), cls_spec.name: classifier.to(device)}, device)
+    if coarse is not None:
+        loc_spec, cls_spec, run = coarse
+    else:
+        loc_spec, cls_spec = locator_spec(config["locator"], fold), classifier_spec(config["classifier"], fold)
+        locator, classifier = build_locator(config["locator"]), build_classifier(config["classifier"])
+        locator.load_state_dict(torch.load(fold_dir / "locator.pt", map_location="cpu", weights_only=True))
+        classifier.load_state_dict(torch.load(fold_dir / "classifier.pt", map_location="cpu", weights_only=True))
+        run = torch_runner({loc_spec.name: locator.to(device), cls_spec.name: classifier.to(device)}, device)
     with open(path, "a") as fh:
         for uid in tqdm(todo, desc="fine sites", mininterval=10):
             array, affine = store.volume(uid)
@@ -350,12 +395,13 @@ def auc_by_band(labels_present: np.ndarray, scores: np.ndarray, uids: Sequence[s
 
 
 def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: bool = False,
-               workers: int = 2) -> dict[str, Any]:
-    """Steps 1-4 of the module docstring for one fold; returns the fine summary."""
+               workers: int = 2, coarse: Path | None = None) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring for one fold; returns the fine summary. ``coarse``: an exported weights
+    folder whose fold ``fold`` locator and classifier give the sites (instead of the fold folder's checkpoints)."""
     cfg = config["fine"]
     if int(cfg["epochs"]) < 1:
         raise ConfigError("fine.epochs is 0: set fine.epochs (e.g. --set fine.epochs=12) to train a fine stage")
-    for name in ("locator.pt", "classifier.pt"):
+    for name in ("locator.pt", "classifier.pt") if coarse is None else ():
         if not (fold_dir / name).is_file():
             raise FileNotFoundError(f"{fold_dir / name} is missing: train the fold first (python -m "
                                     f"train_offline.train --config {config['name']} --fold {fold})")
@@ -372,9 +418,16 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), list(records.values()),
                         config["normalisation"], preload="none")
     times: dict[str, float] = {}
+    provenance = None
+    exported = None
+    if coarse is not None:
+        loc_spec, cls_spec, run, provenance = exported_coarse(coarse, config, fold, val_uids)
+        exported = (loc_spec, cls_spec, run)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
 
     t = time.perf_counter()
-    sites = compute_sites(config, fold, fold_dir, store, train_uids + val_uids, set(val_uids), device)
+    sites = compute_sites(config, fold, fold_dir, store, train_uids + val_uids, set(val_uids), device, exported)
     times["sites_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     build_boxes(Path(config["data"]["root"]), fold_dir, sites, records, float(cfg["box_mm"]), workers)
@@ -435,6 +488,7 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
                                              float(cfg["positive_radius_mm"])),
         "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
+        "coarse": provenance,
     }
     (fold_dir / "fine_summary.json").write_text(json.dumps(summary, indent=1))
     oof = pd.DataFrame(probs, columns=LABEL_COLS)
@@ -449,6 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
     parser.add_argument("--out", type=Path, help="fold folder (default <train.out_dir>/<name>/fold<K>)")
     parser.add_argument("--resume", action="store_true", help="keep a finished fine.pt / continue its checkpoint")
+    parser.add_argument("--coarse", type=Path, default=None, metavar="WEIGHTS",
+                        help="take the fold's locator and classifier from this exported weights folder (onnxruntime) "
+                             "instead of the fold folder's locator.pt / classifier.pt")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes reading DICOM for the native boxes (default 2)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -457,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, parse_overrides(args.set))
         out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{args.fold}"
-        summary = train_fine(config, args.fold, out, resume=args.resume, workers=args.workers)
+        summary = train_fine(config, args.fold, out, resume=args.resume, workers=args.workers, coarse=args.coarse)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"fine failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -139,3 +139,59 @@ def test_full_configs_fine_stage_runs_at_tiny_shapes(tiny_run: dict, tmp_path: P
     assert summary["config"]["spacing_mm"] == [0.45, 0.45, 0.45] == full["spacing_mm"]
     assert summary["config"]["box_mm"] == full["box_mm"] and (fold_dir / "fine.pt").is_file()
     assert {k for k in full if summary["config"][k] != full[k]} == set(shrink)
+
+
+def test_fine_stage_on_an_exported_folds_coarse_models(tiny_run: dict, tmp_path: Path) -> None:
+    """``--coarse WEIGHTS``: the sites come from the exported locator and classifier through onnxruntime and equal
+    the checkpoints' sites; ``export --keep`` then adds the fine model to the kept fold, and refuses a fine stage whose
+    coarse models the kept export does not hold."""
+    import shutil
+
+    import pandas as pd
+
+    from train_offline.config import load_saved_config
+    from train_offline.export import ExportError, export_folds
+
+    weights = export_folds(tiny_run["fold_dir"], tmp_path / "w1", rescore=False).parent
+    exported = load_manifest(weights)
+    specs = {s.role: s for s in exported.models("locator") + exported.models("classifier")}
+    fold_dir = tmp_path / "runs" / "fold0"
+    summary = train_fine(tiny_run["config"], 0, fold_dir, workers=1, coarse=weights)
+    assert not (fold_dir / "classifier.pt").exists()
+    assert load_saved_config(fold_dir / "config.yaml")["fine"] == tiny_run["config"]["fine"]
+    assert {r: summary["coarse"][r]["sha256"] for r in specs} == {r: s.sha256 for r, s in specs.items()}
+    ours = {json.loads(x)["SeriesInstanceUID"]: json.loads(x) for x in (fold_dir / "fine_sites.jsonl").open()}
+    theirs = {json.loads(x)["SeriesInstanceUID"]: json.loads(x)
+              for x in (tiny_run["fold_dir"] / "fine_sites.jsonl").open()}
+    assert ours.keys() == theirs.keys()
+    for uid, site in ours.items():  # onnxruntime vs torch: the same centres, candidates and probabilities
+        np.testing.assert_allclose(site["centre"], theirs[uid]["centre"], atol=1e-2)
+        np.testing.assert_allclose(site["candidates"], theirs[uid]["candidates"], atol=1e-2)
+        np.testing.assert_allclose(site["probs"], theirs[uid]["probs"], atol=1e-3)
+        np.testing.assert_allclose(site["random"], theirs[uid]["random"], atol=1e-2)
+    assert summary["scores_by_weight"]["0.0"]["score"] == pytest.approx(
+        tiny_run["summary"]["scores_by_weight"]["0.0"]["score"], abs=2e-3)
+
+    merged = export_folds(tmp_path / "runs", tmp_path / "w2", rescore=False, keep=weights).parent
+    models = load_manifest(merged)
+    for role, spec in specs.items():
+        assert [s.sha256 for s in models.models(role)] == [spec.sha256]
+    (fine,) = models.models("fine")
+    assert fine.fold == 0 and fine.fusion_weight == summary["fusion_weight"]
+    assert fine.validation["score"] == pytest.approx(summary["validation"]["score"])
+    assert (merged / "oof_fine_f0.csv").read_text() == (fold_dir / "fine_oof.csv").read_text()
+
+    with pytest.raises(ExportError, match="--keep"):
+        export_folds(tmp_path / "runs", tmp_path / "w3", rescore=False)
+    bad = tmp_path / "bad" / "fold0"
+    shutil.copytree(fold_dir, bad, ignore=shutil.ignore_patterns("fine_boxes"))
+    record = json.loads((bad / "fine_summary.json").read_text())
+    record["coarse"]["classifier"]["sha256"] = "0" * 64
+    (bad / "fine_summary.json").write_text(json.dumps(record))
+    with pytest.raises(ExportError, match="does not hold"):
+        export_folds(bad.parent, tmp_path / "w4", rescore=False, keep=weights)
+    # an export validated on other series than this fold's is refused (its training series would leak)
+    oof = pd.read_csv(weights / "oof_classifier_f0.csv")
+    oof.iloc[1:].to_csv(weights / "oof_classifier_f0.csv", index=False)
+    with pytest.raises(ValueError, match="validated on"):
+        train_fine(tiny_run["config"], 0, tmp_path / "other", workers=1, coarse=weights)
