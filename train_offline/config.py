@@ -9,6 +9,7 @@ the manifest.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,21 @@ def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{path}: base must be a relative file name, got {base!r}")
     parent = _load_raw(path.parent / base, (*seen, path))
     return merge(parent, data)
+
+
+def save_config(path: str | Path, config: Mapping[str, Any]) -> None:
+    """Write a resolved config beside a checkpoint (``config.yaml``; ``load_saved_config`` reads it back)."""
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+
+
+def volume_settings_mismatch(manifest_data: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """Why an export's volume settings differ from ``config``'s (None when they agree): its models would see other
+    inputs than the config's cached volumes."""
+    for key, ours in (("volume_spacing_mm", [float(v) for v in config["volume_spacing_mm"]]),
+                      ("normalisation", dict(config["normalisation"]))):
+        if manifest_data[key] != ours:
+            return f"its {key} {manifest_data[key]} differs from the config's {ours}"
+    return None
 
 
 def load_saved_config(path: str | Path) -> dict[str, Any]:

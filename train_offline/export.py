@@ -46,7 +46,7 @@ from torch import nn
 
 from kernel.labels import LABEL_COLS, MODALITY_NAMES
 from kernel.manifest import MANIFEST_NAME, ModelSpec, load_manifest, sha256_file, validate_manifest
-from train_offline.config import ConfigError, load_config, load_saved_config
+from train_offline.config import ConfigError, load_config, load_saved_config, volume_settings_mismatch
 from train_offline.evaluate import score_with_onnx
 from train_offline.models import (
     ExportClassifier,
@@ -219,21 +219,25 @@ def fine_only(fold_dir: Path) -> bool:
     return not (fold_dir / "summary.json").is_file()
 
 
-def _fine_on_kept(fold_dir: Path, kept: list[ModelSpec], keep: Path | None) -> tuple[int, list[ModelSpec]]:
-    """A fine-only fold folder's fold and the kept models without that fold's fine model; refused unless ``keep``
+def _no_coarse(fold_dir: Path) -> ExportError:
+    return ExportError(f"{fold_dir}: a fine stage without its fold's locator and classifier; export it with --keep "
+                       f"the weights folder it was trained on (train_offline.fine --coarse)")
+
+
+def _fine_on_kept(fold_dir: Path, kept: list[ModelSpec], keep: Path) -> list[ModelSpec]:
+    """The kept models without the fold's fine model that a fine-only fold folder replaces; refused unless ``keep``
     holds the very locator and classifier its sites came from."""
     summary = json.loads((fold_dir / "fine_summary.json").read_text())
     fold, provenance = int(summary["fold"]), summary.get("coarse")
-    if keep is None or not provenance:
-        raise ExportError(f"{fold_dir}: a fine stage without its fold's locator and classifier; export it with --keep "
-                          f"the weights folder it was trained on (train_offline.fine --coarse)")
+    if not provenance:
+        raise _no_coarse(fold_dir)
     for role in ("locator", "classifier"):
         match = [s for s in kept if s.fold == fold and s.role == role]
         if len(match) != 1 or match[0].sha256 != provenance[role]["sha256"]:
             raise ExportError(f"{fold_dir}: its sites came from {role} {provenance[role]['name']} (sha256 "
                               f"{provenance[role]['sha256'][:12]}...), which --keep {keep} does not hold for fold "
                               f"{fold}")
-    return fold, [s for s in kept if not (s.fold == fold and s.role == "fine")]
+    return [s for s in kept if not (s.fold == fold and s.role == "fine")]
 
 
 def oof_name(role: str, fold: int) -> str:
@@ -280,12 +284,12 @@ def export_folds(run: Path, out: Path, rescore: bool = True, keep: Path | None =
     priors: list[list[float]] = []
     trained, fines = [d for d in dirs if not fine_only(d)], [d for d in dirs if fine_only(d)]
     if fines and keep is None:
-        _fine_on_kept(fines[0], [], None)  # raises: a fine-only fold needs --keep
+        raise _no_coarse(fines[0])
     if keep is not None:  # before the run's folds are written: ``keep`` may be ``out``
         run_folds = {int(json.loads((d / "summary.json").read_text())["fold"]) for d in trained}
         models, priors = kept_models(keep, run_folds, load_saved_config(dirs[0] / "config.yaml"))
         for fold_dir in fines:
-            _, models = _fine_on_kept(fold_dir, models, keep)
+            models = _fine_on_kept(fold_dir, models, keep)
         for spec in models:
             for name in (spec.file, spec.validation.get("oof_file")):
                 if name and (keep / name).is_file() and (keep / name).resolve() != (out / name).resolve():
@@ -329,11 +333,9 @@ def kept_models(keep: Path, run_folds: set[int],
     """An earlier export's models of the folds not in ``run_folds``, and each kept fold's training priors (recorded
     with its classifier; an export without them records one fold's priors as the manifest's)."""
     manifest = load_manifest(keep)
-    for key, ours in (("volume_spacing_mm", [float(v) for v in config["volume_spacing_mm"]]),
-                      ("normalisation", dict(config["normalisation"]))):
-        if manifest.data[key] != ours:
-            raise ExportError(f"--keep {keep}: its {key} {manifest.data[key]} differs from the run's {ours}: the folds "
-                              f"of one ensemble share the volume settings")
+    mismatch = volume_settings_mismatch(manifest.data, config)
+    if mismatch:
+        raise ExportError(f"--keep {keep}: {mismatch}: the folds of one ensemble share the volume settings")
     specs = [ModelSpec.parse(i, m)[0] for i, m in enumerate(manifest.data["models"])]
     kept = [s for s in specs if s is not None and s.fold not in run_folds]
     priors = []

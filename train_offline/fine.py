@@ -41,7 +41,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -53,7 +52,7 @@ from kernel.manifest import ModelSpec
 from kernel.metric import evaluate_predictions, roc_auc
 from kernel.preprocess import canonicalise, crop_around, normaliser, spacing_of, voxel_to_world, world_to_voxel
 from train_offline.cache import atomic_write_bytes, load_cached
-from train_offline.config import ConfigError, load_config, parse_overrides
+from train_offline.config import ConfigError, load_config, parse_overrides, save_config, volume_settings_mismatch
 from train_offline.data import SeriesRecord, SeriesStore, grid_points_lps, records_from_index
 from train_offline.domes import DOME_BANDS, band_of, candidate_recall, load_domes
 from train_offline.evaluate import torch_runner
@@ -101,8 +100,11 @@ def _read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+Coarse = tuple[ModelSpec, ModelSpec, recipe.Runner]  # a fold's locator spec, classifier spec and their runner
+
+
 def exported_coarse(weights: Path, config: Mapping[str, Any], fold: int,
-                    val_uids: Sequence[str]) -> tuple[ModelSpec, ModelSpec, recipe.Runner, dict[str, Any]]:
+                    val_uids: Sequence[str]) -> tuple[Coarse, dict[str, Any]]:
     """Fold ``fold``'s locator and classifier of an exported weights folder, an onnxruntime runner for them and their
     provenance (names and sha256, written into fine_summary.json; export checks it against ``--keep``).
 
@@ -113,10 +115,9 @@ def exported_coarse(weights: Path, config: Mapping[str, Any], fold: int,
     from kernel.manifest import load_manifest
 
     manifest = load_manifest(weights)
-    for key, ours in (("volume_spacing_mm", [float(v) for v in config["volume_spacing_mm"]]),
-                      ("normalisation", dict(config["normalisation"]))):
-        if manifest.data[key] != ours:
-            raise ConfigError(f"--coarse {weights}: its {key} {manifest.data[key]} differs from the config's {ours}")
+    mismatch = volume_settings_mismatch(manifest.data, config)
+    if mismatch:
+        raise ConfigError(f"--coarse {weights}: {mismatch}")
     specs = {}
     for role in ("locator", "classifier"):
         found = [s for s in manifest.models(role) if s.fold == fold]
@@ -133,12 +134,12 @@ def exported_coarse(weights: Path, config: Mapping[str, Any], fold: int,
     ensemble = Ensemble(manifest, providers=["CPUExecutionProvider"], threads=int(config["train"]["threads"]))
     provenance = {"weights": str(weights),
                   **{role: {"name": spec.name, "sha256": spec.sha256} for role, spec in specs.items()}}
-    return specs["locator"], specs["classifier"], ensemble.run, provenance
+    return (specs["locator"], specs["classifier"], ensemble.run), provenance
 
 
 def compute_sites(config: Mapping[str, Any], fold: int, fold_dir: Path, store: SeriesStore, uids: Sequence[str],
                   val_uids: set[str], device: torch.device,
-                  coarse: tuple[ModelSpec, ModelSpec, recipe.Runner] | None = None) -> dict[str, dict[str, Any]]:
+                  coarse: Coarse | None = None) -> dict[str, dict[str, Any]]:
     """Sites of every series (appended to ``fine_sites.jsonl``; series already there are kept). Validation series run
     with flip TTA, as the kernel; training series without (half the time; their candidates are training data).
     ``coarse`` (locator spec, classifier spec, runner) replaces the fold folder's locator.pt / classifier.pt."""
@@ -418,13 +419,11 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), list(records.values()),
                         config["normalisation"], preload="none")
     times: dict[str, float] = {}
-    provenance = None
-    exported = None
-    if coarse is not None:
-        loc_spec, cls_spec, run, provenance = exported_coarse(coarse, config, fold, val_uids)
-        exported = (loc_spec, cls_spec, run)
+    exported, provenance = None, None
+    if coarse is not None:  # the fold folder holds only this stage: its config is written here for export
+        exported, provenance = exported_coarse(coarse, config, fold, val_uids)
         fold_dir.mkdir(parents=True, exist_ok=True)
-        (fold_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+        save_config(fold_dir / "config.yaml", config)
 
     t = time.perf_counter()
     sites = compute_sites(config, fold, fold_dir, store, train_uids + val_uids, set(val_uids), device, exported)

@@ -29,13 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import yaml
 from torch import nn
 
 from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES
 from kernel.metric import evaluate_predictions
 from train_offline.cache import check_cache_spacing
-from train_offline.config import ConfigError, load_config, load_saved_config, parse_overrides
+from train_offline.config import ConfigError, load_config, load_saved_config, parse_overrides, save_config
 from train_offline.data import (
     ClassifierDataset,
     LocatorDataset,
@@ -172,7 +171,7 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
     np.random.seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+        save_config(out_dir / "config.yaml", config)
         if not resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     index, folds = ensure_index_and_folds(config, rank, world)
