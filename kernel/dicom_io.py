@@ -25,6 +25,7 @@ import math
 import os
 import zlib
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from pydicom.uid import UID
 
 from kernel.fast_header import DEFLATED_LE, file_meta, scan_header
 
-__all__ = ["SeriesReadError", "Volume", "FrameGeometry", "read_series", "DEFAULT_MAX_VOXELS"]
+__all__ = ["SeriesReadError", "Native", "PatchSampler", "Volume", "FrameGeometry", "read_series", "DEFAULT_MAX_VOXELS"]
 
 # Largest number of voxels decoded at full resolution; beyond it the stack is subsampled in-plane before decoding.
 DEFAULT_MAX_VOXELS = 400_000_000
@@ -105,10 +106,9 @@ class Volume:
     # False when no image had a position/orientation (e.g. an Enhanced multi-frame file stripped of its functional
     # groups): the axes are then frame order and pixel grid, and superior/inferior is a guess.
     geometry_known: bool = True
-    # The canonical array before resampling (native spacing, raw intensities) and its affine, when asked for
+    # The canonical stack before resampling (native spacing, raw intensities), when asked for
     # (``kernel.preprocess.canonicalise(keep_native=True)``): what a fine stage samples its patches from.
-    native_array: np.ndarray | None = None
-    native_affine: np.ndarray | None = None
+    native: Native | None = None
 
     def __post_init__(self) -> None:
         assert self.array.ndim == 3, f"volume must be 3-D (Z, Y, X), got shape {self.array.shape}"
@@ -122,6 +122,31 @@ class Volume:
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (dz, dy, dx) in mm, from the affine's column norms."""
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+PatchSampler = Callable[[np.ndarray, Sequence[int], Sequence[float]], np.ndarray]
+"""``sample(points_lps (n, 3), shape_zyx, spacing_zyx_mm) -> (n, z, y, x) float32`` patches centred on the points."""
+
+
+def _identity(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+@dataclass(frozen=True)
+class Native:
+    """The canonical stack at native spacing (raw intensities) that a fine stage samples its patches from.
+
+    It is a sampler, not necessarily an array: an isolated read (``kernel.isolation``) keeps the stack in its worker
+    and samples the patches there, so a 400 x 512 x 512 stack is never copied between processes for a few small
+    patches. ``array`` is set when the stack is in this process (``kernel.preprocess.native_stack``). ``normalise``
+    is applied to each patch (the canonical volume's normalisation; identity until the ensemble sets it).
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    sample: PatchSampler
+    normalise: Callable[[np.ndarray], np.ndarray] = _identity
+    array: np.ndarray | None = None
 
 
 @dataclass

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from kernel import recipe
+from kernel.dicom_io import Native
 from kernel.manifest import Manifest, ModelSpec
 from kernel.preprocess import normalise, normaliser
 from kernel.recipe import Plan, Prediction
@@ -83,16 +85,16 @@ class Ensemble:
 
     def predict_volume(self, array: np.ndarray, affine: np.ndarray, dicom_modality: str,
                        plan: Plan | None = None, *, superior_known: bool = True,
-                       native: tuple[np.ndarray, np.ndarray] | None = None) -> Prediction:
+                       native: Native | None = None) -> Prediction:
         """Normalise a canonical volume (scheme from the manifest), then the recipe: locate, classify, refine.
 
-        ``native`` (canonical array at native spacing, affine) is what fine patches are sampled from; each patch is
-        normalised with the canonical volume's statistics.
+        ``native`` (the canonical stack at native spacing, ``Volume.native``) is what fine patches are sampled from;
+        each patch is normalised with the canonical volume's statistics.
         """
         scheme = self.manifest.scheme(dicom_modality)
         normalised = normalise(array, scheme)
         stack = None
         if native is not None and self.fine:
-            stack = recipe.Native(native[0], native[1], normaliser(scheme, array))
+            stack = replace(native, normalise=normaliser(scheme, array))
         return recipe.predict_volume(normalised, affine, self.locators, self.classifiers, self.run, plan or Plan(),
                                      superior_known=superior_known, fine=self.fine, native=stack)

@@ -142,9 +142,8 @@ class Predictor:
             volume = self.reader.prepare(series_path, self.manifest.volume_spacing_mm,
                                          max_voxels=self.manifest.max_voxels, keep_native=wants_native)
             read_s = time.perf_counter() - start
-            native = None if volume.native_array is None else (volume.native_array, volume.native_affine)
             out = self.ensemble.predict_volume(volume.array, volume.affine, volume.modality, plan,
-                                               superior_known=volume.geometry_known, native=native)
+                                               superior_known=volume.geometry_known, native=volume.native)
             model_s = time.perf_counter() - start - read_s
             if not volume.geometry_known:
                 LOG.warning("no geometry uid=%s: slice order %s (locator peak)", uid,

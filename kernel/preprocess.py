@@ -14,11 +14,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from kernel.dicom_io import DEFAULT_MAX_VOXELS, Volume, read_series
+from kernel.dicom_io import DEFAULT_MAX_VOXELS, Native, Volume, read_series
 
 __all__ = [
-    "NORMALISERS", "canonicalise", "crop_around", "downsample_mean", "localizer_to_lps", "normalise", "normaliser",
-    "prepare_volume",
+    "NORMALISERS", "canonicalise", "crop_around", "downsample_mean", "localizer_to_lps", "native_stack", "normalise",
+    "normaliser", "prepare_volume", "reverse_z", "sample_patches",
     "reorient_to_canonical", "resample_to_spacing", "spacing_of", "voxel_to_world", "world_to_voxel",
 ]
 
@@ -264,7 +264,7 @@ def prepare_volume(
     """Read a series, reorient it to canonical and resample it (``spacing_zyx_mm=None`` keeps the native spacing).
 
     The returned Volume keeps the native ``slice_lookup``/``source_affine``/``frame_geometry`` so localizers map;
-    with ``keep_native`` also the canonical array at native spacing (``native_array``/``native_affine``).
+    with ``keep_native`` also the canonical stack at native spacing (``native``, see ``native_stack``).
     """
     volume = read_series(series_dir, max_voxels=max_voxels)
     return canonicalise(volume, spacing_zyx_mm, backend=backend, keep_native=keep_native)
@@ -277,10 +277,10 @@ def canonicalise(
     """Reorient (and optionally resample) a native volume; geometry records are kept, and with ``keep_native`` the
     reoriented array before resampling (a view of the read array where possible: no copy)."""
     array, affine = reorient_to_canonical(volume.array, volume.affine)
-    native = (array, affine) if keep_native else (None, None)
+    native = native_stack(array, affine) if keep_native else None
     if spacing_zyx_mm is not None:
         array, affine = resample_to_spacing(array, affine, spacing_zyx_mm, backend=backend)
-    return replace(volume, array=array, affine=affine, native_array=native[0], native_affine=native[1])
+    return replace(volume, array=array, affine=affine, native=native)
 
 
 def localizer_to_lps(volume: Volume, sop_uid: str, x: float, y: float, frame: int = 0) -> np.ndarray:
@@ -336,3 +336,44 @@ def crop_around(
     new_affine[:3, :3] = affine[:3, :3] * ratio
     new_affine[:3, 3] = voxel_to_world(affine, starts[None])[0]
     return np.ascontiguousarray(out, dtype=np.float32), new_affine
+
+
+def sample_patches(array: np.ndarray, affine: np.ndarray, points_lps: np.ndarray, shape_zyx: Sequence[int],
+                   spacing_zyx_mm: Sequence[float] | None = None) -> np.ndarray:
+    """(n, z, y, x) float32: ``crop_around`` each LPS point (fill 0 outside the volume)."""
+    points = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
+    shape = tuple(int(n) for n in shape_zyx)
+    if len(points) == 0:
+        return np.zeros((0, *shape), dtype=np.float32)
+    return np.stack([crop_around(array, affine, p, shape, spacing_zyx_mm)[0] for p in points])
+
+
+def native_stack(array: np.ndarray, affine: np.ndarray,
+                 normalise: Callable[[np.ndarray], np.ndarray] | None = None) -> Native:
+    """A ``Native`` that samples an array held in this process (``sample_patches``)."""
+    affine = np.asarray(affine, dtype=np.float64)
+
+    def sample(points_lps: np.ndarray, shape_zyx: Sequence[int], spacing_zyx_mm: Sequence[float]) -> np.ndarray:
+        return sample_patches(array, affine, points_lps, shape_zyx, spacing_zyx_mm)
+
+    native = Native(tuple(int(n) for n in array.shape), affine, sample, array=array)  # type: ignore[arg-type]
+    return native if normalise is None else replace(native, normalise=normalise)
+
+
+def reverse_z(native: Native) -> Native:
+    """The stack with its slice order reversed (same affine), as ``native_stack(array[::-1], affine)`` samples it,
+    without the reversed copy: each point is mirrored on z (voxel index i -> n - 1 - i) and its patch reversed on z.
+
+    Trilinear samples commute with the mirror, so the patches are the same (voxel-grid cuts at the array's own spacing
+    can differ by one voxel where a patch centre falls exactly half-way between voxels).
+    """
+    n, affine, inner = native.shape[0], native.affine, native.sample
+
+    def sample(points_lps: np.ndarray, shape_zyx: Sequence[int], spacing_zyx_mm: Sequence[float]) -> np.ndarray:
+        voxels = world_to_voxel(affine, np.asarray(points_lps, dtype=np.float64).reshape(-1, 3))
+        voxels[:, 0] = (n - 1) - voxels[:, 0]
+        patches = inner(voxel_to_world(affine, voxels), shape_zyx, spacing_zyx_mm)
+        return np.ascontiguousarray(patches[:, ::-1])
+
+    array = None if native.array is None else native.array[::-1]
+    return replace(native, sample=sample, array=array)

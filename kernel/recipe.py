@@ -27,9 +27,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernel.dicom_io import Native
 from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, flip_permutation
 from kernel.manifest import ModelSpec
-from kernel.preprocess import crop_around, downsample_mean, resample_to_spacing, spacing_of, voxel_to_world
+from kernel.preprocess import (
+    crop_around,
+    downsample_mean,
+    native_stack,
+    resample_to_spacing,
+    reverse_z,
+    spacing_of,
+    voxel_to_world,
+)
 
 __all__ = [
     "Classified", "Native", "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify",
@@ -44,16 +53,6 @@ Runner = Callable[[ModelSpec, np.ndarray], Sequence[np.ndarray]]
 LABEL_FLIP = flip_permutation(LABEL_COLS)
 LOCATION_FLIP = flip_permutation(LOCATION_COLS)
 PROB_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before a logit
-
-
-@dataclass(frozen=True)
-class Native:
-    """The native stack a fine stage samples from: canonical orientation, native spacing, raw intensities, and the
-    normalisation of the canonical volume (``kernel.preprocess.normaliser``) applied to each patch."""
-
-    array: np.ndarray
-    affine: np.ndarray
-    normalise: Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -326,9 +325,8 @@ def heatmap_candidates(heatmap: np.ndarray, affine: np.ndarray, stride: int, k: 
 def fine_patches(native: Native, points_lps: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """(n, 1, z, y, x) float32 patches at the fine spec's shape and spacing around each point, sampled from the
     native stack (trilinear, zero outside it) and normalised like the canonical volume."""
-    patches = [native.normalise(crop_around(native.array, native.affine, p, spec.input_shape, spec.spacing_mm)[0])
-               for p in np.asarray(points_lps, dtype=np.float64)]
-    return np.ascontiguousarray(np.stack(patches)[:, None], dtype=np.float32)
+    raw = native.sample(np.asarray(points_lps, dtype=np.float64), spec.input_shape, spec.spacing_mm)
+    return np.ascontiguousarray(np.stack([native.normalise(p) for p in raw])[:, None], dtype=np.float32)
 
 
 def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], run: Runner,
@@ -395,9 +393,9 @@ def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[Mod
         names = tuple(LOCATION_COLS[int(i)] for i in np.argmax(channels, axis=1)) if len(points) else ()
         if fine and len(points):
             if native is None:
-                native = Native(array, affine, lambda a: a)
+                native = native_stack(array, affine)
             elif reversed_z:
-                native = Native(np.ascontiguousarray(native.array[::-1]), native.affine, native.normalise)
+                native = reverse_z(native)
             cand_probs = fine_probs(native, points, fine, run, plan.flip)
             probs = fuse(probs, channels, cand_probs, fusion_weight(fine))
         else:

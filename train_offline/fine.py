@@ -50,7 +50,15 @@ from kernel.dicom_io import read_series
 from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES
 from kernel.manifest import ModelSpec
 from kernel.metric import evaluate_predictions, roc_auc
-from kernel.preprocess import canonicalise, crop_around, normaliser, spacing_of, voxel_to_world, world_to_voxel
+from kernel.preprocess import (
+    canonicalise,
+    crop_around,
+    native_stack,
+    normaliser,
+    spacing_of,
+    voxel_to_world,
+    world_to_voxel,
+)
 from train_offline.cache import atomic_write_bytes, load_cached
 from train_offline.config import ConfigError, load_config, parse_overrides, save_config, volume_settings_mismatch
 from train_offline.data import SeriesRecord, SeriesStore, grid_points_lps, records_from_index
@@ -360,7 +368,7 @@ def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str,
         points, kinds = all_sites(sites[uid], localizers)
         cand = [i for i, k in enumerate(kinds) if k == "candidate"]
         norm, uid_boxes = boxes.normalise(uid), boxes.boxes(uid)
-        out[uid] = np.array([recipe.fine_probs(recipe.Native(uid_boxes[i][0], uid_boxes[i][1], norm),
+        out[uid] = np.array([recipe.fine_probs(native_stack(uid_boxes[i][0], uid_boxes[i][1], norm),
                                                points[i][None], [spec], run, flip=True)[0] for i in cand])
     return out
 

@@ -20,7 +20,7 @@ from kernel.budget import TimeBudget
 from kernel.dicom_io import SeriesReadError
 from kernel.isolation import HOOK_ENV, MEMORY_ENV, TIMEOUT_ENV, ReadLimits, ReadWorker
 from kernel.labels import LABEL_COLS
-from kernel.preprocess import prepare_volume
+from kernel.preprocess import prepare_volume, reverse_z, voxel_to_world
 from testkit.dicom_factory import write_series
 from testkit.hostile import CASES, HOOKED, TreePeak
 from testkit.onnx_factory import write_random_weights
@@ -53,16 +53,29 @@ def test_worker_volume_is_the_in_process_volume(tmp_path: Path) -> None:
             _same_volume(worker.prepare(tmp_path / "s", spacing, max_voxels=10**7),
                          prepare_volume(tmp_path / "s", spacing, max_voxels=10**7))
             assert worker.last.outcome == "ok" and worker.last.worker_peak_rss > 0
-        # keep_native: the canonical stack at native spacing comes back too (the fine stage samples it), equal to the
-        # in-process one, and the resampled volume is unchanged
+        # keep_native: the canonical stack at native spacing stays in the worker; its patches, sampled there, equal
+        # the in-process stack's, and the resampled volume is unchanged
         remote = worker.prepare(tmp_path / "s", (1.5, 1.5, 1.5), max_voxels=10**7, keep_native=True)
         local = prepare_volume(tmp_path / "s", (1.5, 1.5, 1.5), max_voxels=10**7, keep_native=True)
         _same_volume(remote, local)
-        np.testing.assert_array_equal(remote.native_array, local.native_array)
-        np.testing.assert_array_equal(remote.native_affine, local.native_affine)
+        assert remote.native.array is None and remote.native.shape == local.native.array.shape
+        np.testing.assert_array_equal(remote.native.affine, local.native.affine)
         native = prepare_volume(tmp_path / "s", None, max_voxels=10**7)
-        np.testing.assert_array_equal(remote.native_array, native.array)
-        assert worker.prepare(tmp_path / "s", (1.5, 1.5, 1.5), max_voxels=10**7).native_array is None
+        np.testing.assert_array_equal(local.native.array, native.array)
+        centre = voxel_to_world(local.native.affine, (np.array(native.array.shape) - 1) / 2.0)[0]
+        points = np.array([centre, centre + [3.1, -2.2, 1.7], centre + [400.0, 0.0, 0.0]])  # the last: outside
+        for spacing in ((0.8, 0.6, 0.7), None):
+            patches = remote.native.sample(points, (9, 8, 7), spacing)
+            np.testing.assert_array_equal(patches, local.native.sample(points, (9, 8, 7), spacing))
+            assert patches.shape == (3, 9, 8, 7) and patches[0].std() > 0 and not patches[2].any()
+        np.testing.assert_array_equal(reverse_z(remote.native).sample(points, (9, 8, 7), (0.8, 0.6, 0.7)),
+                                      reverse_z(local.native).sample(points, (9, 8, 7), (0.8, 0.6, 0.7)))
+        # the worker holds one series' stack: after the next read the old one is refused, not silently resampled
+        assert worker.prepare(tmp_path / "s", (1.5, 1.5, 1.5), max_voxels=10**7).native is None
+        with pytest.raises(isolation.WorkerError, match="no longer holds the native stack"):
+            remote.native.sample(points, (9, 8, 7), None)
+        mine = f"rsna_read_{os.getpid()}_{worker.pid}_"
+        assert not [f for d in isolation._handover_dirs() for f in os.listdir(d) if f.startswith(mine)]
         # A reader error comes back with its type and message; nothing is left in the handover folders.
         (tmp_path / "empty").mkdir()
         with pytest.raises(SeriesReadError) as remote:

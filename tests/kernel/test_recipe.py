@@ -9,7 +9,7 @@ import pytest
 from kernel import recipe
 from kernel.labels import LABEL_COLS, flip_permutation
 from kernel.manifest import ModelSpec
-from kernel.preprocess import voxel_to_world
+from kernel.preprocess import native_stack, reverse_z, voxel_to_world
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # canonical, 2 mm, origin 0
 
@@ -240,7 +240,7 @@ def test_fine_stage_samples_the_native_stack_and_mirrors_heatmaps_back() -> None
         seen.append(batch.copy())
         return [batch.mean(axis=(1, 2, 3, 4))[:, None].astype(np.float32)]
 
-    stack = recipe.Native(native, native_affine, lambda a: a / 7.0)
+    stack = native_stack(native, native_affine, lambda a: a / 7.0)
     pred = recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)], [_heat_classifier()],
                                  run, fine=[_fine(k=1)], native=stack)
     assert pred.candidate_locations == (recipe.LOCATION_COLS[3],)
@@ -254,3 +254,19 @@ def test_fine_stage_samples_the_native_stack_and_mirrors_heatmaps_back() -> None
                                   run, recipe.Plan(candidates=0), fine=[_fine(k=1)], native=stack)
     assert len(plain.candidates_lps) == 0 and plain.runs < pred.runs
     assert recipe.plan_runs([_locator("l", 0)], [_heat_classifier()], recipe.Plan(), [_fine(k=8)]) == 1 + 2 + 4
+
+
+def test_reverse_z_samples_the_reversed_stack_without_copying_it() -> None:
+    """reverse_z(stack) gives the patches of the stack with its slices reversed (what a series with no geometry whose
+    locator found it upside down is sampled from), at a fine spacing off the native grid and across an edge."""
+    rng = np.random.default_rng(3)
+    array = rng.normal(size=(23, 30, 28)).astype(np.float32)
+    affine = np.array([[0.0, 0.0, -0.7, 40.0], [0.0, -0.6, 0.0, 12.0], [1.3, 0.0, 0.0, -8.0], [0, 0, 0, 1.0]])
+    points = voxel_to_world(affine, np.array([[4.3, 10.2, 9.9], [11.0, 15.5, 14.0], [21.6, 2.0, 26.5]]))
+    expected = native_stack(np.ascontiguousarray(array[::-1]), affine).sample(points, (7, 6, 5), (0.5, 0.45, 0.4))
+    reversed_stack = reverse_z(native_stack(array, affine))
+    got = reversed_stack.sample(points, (7, 6, 5), (0.5, 0.45, 0.4))
+    assert got.shape == (3, 7, 6, 5) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected).max() > 0.5 and (expected == 0).any()  # real samples, and the third patch is cut by an edge
+    assert reversed_stack.shape == array.shape and np.shares_memory(reversed_stack.array, array)

@@ -109,8 +109,7 @@ def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp
     assert ensemble.wants_native
     series = sorted((tiny_run["data"] / "series").iterdir())[1]
     volume = prepare_volume(series, manifest.volume_spacing_mm, keep_native=True)
-    with_fine = ensemble.predict_volume(volume.array, volume.affine, volume.modality,
-                                        native=(volume.native_array, volume.native_affine))
+    with_fine = ensemble.predict_volume(volume.array, volume.affine, volume.modality, native=volume.native)
     n = len(with_fine.candidates_lps)
     assert 1 <= n <= 3 and with_fine.candidates_lps.shape == (n, 3) and len(with_fine.candidate_locations) == n
     assert np.all((with_fine.candidate_probs > 0) & (with_fine.candidate_probs < 1))
