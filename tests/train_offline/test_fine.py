@@ -121,6 +121,37 @@ def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp
         np.testing.assert_allclose(with_fine.probs, plain.probs)
 
 
+def test_predictor_fine_stage_is_the_same_with_the_isolated_reader(tiny_run: dict, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's Predictor with the read worker (fine patches sampled inside it, only they cross) gives the row,
+    candidates and candidate probabilities of in-process reading."""
+    from kernel.isolation import ISOLATION_ENV
+    from kernel.predict import Predictor
+    from train_offline.export import export_folds
+
+    weights = export_folds(tiny_run["root"] / "runs" / "tinyfine", tmp_path / "weights", rescore=False).parent
+    series = sorted((tiny_run["data"] / "series").iterdir())[:3]
+    outs = {}
+    for isolated in ("1", "0"):
+        monkeypatch.setenv(ISOLATION_ENV, isolated)
+        predictor = Predictor(str(weights), providers=["CPUExecutionProvider"])
+        predictor.keep_last = True
+        rows = []
+        for path in series:
+            frame, record = predictor.predict(str(path))
+            assert record.level == "full", record
+            rows.append((frame.to_numpy()[0], predictor.last[2]))
+        assert (predictor.reader.last.outcome == "ok") == (isolated == "1")
+        assert isolated == "0" or predictor.last[1].native.array is None  # the stack stayed in the worker
+        predictor.reader.close()
+        outs[isolated] = rows
+    assert sum(len(out.candidates_lps) for _, out in outs["1"]) > 0
+    for (row_w, out_w), (row_p, out_p) in zip(outs["1"], outs["0"], strict=True):
+        np.testing.assert_allclose(row_w, row_p, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(out_w.candidates_lps, out_p.candidates_lps, atol=1e-6)
+        np.testing.assert_allclose(out_w.candidate_probs, out_p.candidate_probs, rtol=1e-6, atol=1e-7)
+
+
 def test_full_configs_fine_stage_runs_at_tiny_shapes(tiny_run: dict, tmp_path: Path) -> None:
     """``full``'s fine section (0.45 mm, 36 mm boxes, its jitters and radii) with only shapes, widths and epochs
     shrunk, on the tiny fold's locator and classifier."""
