@@ -62,7 +62,7 @@ from kernel.preprocess import (
 from train_offline.cache import atomic_write_bytes, load_cached
 from train_offline.config import ConfigError, load_config, parse_overrides, save_config, volume_settings_mismatch
 from train_offline.data import SeriesRecord, SeriesStore, grid_points_lps, records_from_index
-from train_offline.domes import DOME_BANDS, band_of, candidate_recall, load_domes
+from train_offline.domes import DOME_BANDS, band_of, candidate_recall, load_domes, nearest_mm
 from train_offline.evaluate import torch_runner
 from train_offline.folds import ensure_index_and_folds
 from train_offline.loop import atomic_torch_save, run_stage, setup_distributed
@@ -400,6 +400,28 @@ def auc_by_band(labels_present: np.ndarray, scores: np.ndarray, uids: Sequence[s
     return out
 
 
+def auc_by_candidate(labels_present: np.ndarray, scores: np.ndarray, uids: Sequence[str], domes: Mapping[str, list],
+                     candidates: Mapping[str, Any], radius_mm: float) -> dict[str, dict[str, Any]]:
+    """What a missed candidate costs: AUC(Aneurysm Present) of the positives with a candidate within ``radius_mm`` of
+    one of their aneurysms ("found") and of the other positives ("missed"), each against every negative."""
+    negatives = labels_present == 0
+    kinds = []
+    for label, uid in zip(labels_present, uids, strict=True):
+        cands = np.asarray(candidates.get(uid, []), dtype=np.float64).reshape(-1, 3)
+        if label != 1 or not domes.get(uid):
+            kinds.append("")
+        else:
+            kinds.append("found" if any(nearest_mm(cands, d) <= radius_mm for d in domes[uid]) else "missed")
+    kinds_arr = np.array(kinds)
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("found", "missed"):
+        keep = negatives | (kinds_arr == name)
+        n = int((kinds_arr == name).sum())
+        auc = float(roc_auc(labels_present[keep], scores[keep])) if n and negatives.any() else None
+        out[name] = {"positives": n, "auc_present": auc}
+    return out
+
+
 # --- the fold ---------------------------------------------------------------------------------------------------------
 
 
@@ -493,6 +515,10 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
             labels_present, coarse_probs[:, -1], val_uids, domes),
         "candidate_recall": candidate_recall({u: sites[u]["candidates"] for u in val_uids}, domes, val_uids,
                                              float(cfg["positive_radius_mm"])),
+        "auc_present_by_candidate": {
+            stage: auc_by_candidate(labels_present, p[:, -1], val_uids, domes, {u: sites[u]["candidates"]
+                                    for u in val_uids}, float(cfg["positive_radius_mm"]))
+            for stage, p in (("fused", probs), ("coarse", coarse_probs)) if p is not None},
         "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
         "coarse": provenance,

@@ -14,7 +14,8 @@ from kernel.dicom_io import read_series
 from kernel.manifest import load_manifest
 from kernel.preprocess import canonicalise, crop_around
 from train_offline.config import load_config
-from train_offline.fine import cut_box, site_sample, train_fine
+from train_offline.domes import Dome
+from train_offline.fine import auc_by_candidate, cut_box, site_sample, train_fine
 from train_offline.phantoms.generate import generate_dataset
 from train_offline.precache_all import precache_all
 from train_offline.train import train_fold
@@ -78,10 +79,28 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
     assert summary["fusion_weight"] in (0.0, 0.5)
     assert set(summary["scores_by_weight"]) == {"0.0", "0.5"}
     assert 1.0 <= summary["candidates_per_series"] <= 3.0
+    by_candidate = summary["auc_present_by_candidate"]
+    assert set(by_candidate) == {"fused", "coarse"} and set(by_candidate["fused"]) == {"found", "missed"}
     # the coarse-only row (weight 0) is the classifier's own out-of-fold answer
     oof = (fold_dir / "oof.csv").read_text()
     assert oof and summary["scores_by_weight"]["0.0"]["score"] == pytest.approx(
         json.loads((fold_dir / "summary.json").read_text())["validation"]["score"], abs=1e-9)
+
+
+def test_auc_by_candidate_splits_positives_by_a_near_candidate() -> None:
+    """Found: a candidate within the radius of one of the series' aneurysms; each split against every negative."""
+    uids = ["a", "b", "c", "d", "e"]
+    labels = np.array([1, 1, 1, 0, 0])
+    scores = np.array([0.9, 0.2, 0.8, 0.5, 0.1])
+    origin = np.zeros(3)
+    domes = {"a": [Dome("x", origin, 3.0)], "b": [Dome("x", origin, 3.0)],
+             "c": [Dome("x", origin + 40.0, 3.0), Dome("x", origin, 5.0)]}
+    candidates = {"a": [[1.0, 0.0, 0.0]], "b": [[20.0, 0.0, 0.0]], "c": [[40.0, 47.0, 40.0]], "d": [], "e": []}
+    out = auc_by_candidate(labels, scores, uids, domes, candidates, 6.0)
+    assert out == {"found": {"positives": 1, "auc_present": 1.0}, "missed": {"positives": 2, "auc_present": 0.75}}
+    candidates["c"] = [[40.0, 44.0, 40.0]]  # 4 mm from c's first aneurysm: found
+    out = auc_by_candidate(labels, scores, uids, domes, candidates, 6.0)
+    assert out["found"] == {"positives": 2, "auc_present": 1.0} and out["missed"]["positives"] == 1
 
 
 def test_resume_keeps_the_finished_stage(tiny_run: dict) -> None:
