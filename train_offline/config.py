@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "sphere_weight": 1.0,
         "box_mm": 30.0,  # cached native box around each site (patch + jitter must fit)
         "truth_jitter_mm": 4.0,  # training patches around a localizer are shifted up to this (candidates are off)
+        "truth_repeats": 1,  # each localizer is drawn this many times per series and epoch (own jitter each)
         "candidate_jitter_mm": 1.5,
         "random_sites": 4,  # extra negatives per series: random bright (vessel) voxels inside the classifier crop
         "per_series": 6,  # training sites drawn per series and epoch (every localizer, then candidates/random)
@@ -102,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.0001,
         "val_every": 2,
         "intensity_jitter": 0.15,  # gain/offset, plus gamma and Gaussian noise of this order (renderer variety)
+        "blur_voxels": 0.0,  # half the training patches blurred, sigma up to this per axis (fine voxels; 0: off)
         "fusion_weight": 0.5,  # default; train_offline.fine chooses it by out-of-fold score from fusion_grid
         "fusion_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
     },

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -279,9 +280,14 @@ def site_sample(box: tuple[np.ndarray, np.ndarray], norm: Callable[[np.ndarray],
     return {"patch": patch, "label": np.float32(label), "sphere": sphere}
 
 
-def augment(sample: dict[str, np.ndarray], rng: np.random.Generator, jitter: float) -> dict[str, np.ndarray]:
-    """Flips on every axis, an in-plane transpose, gain/offset, gamma and Gaussian noise (vary the renderer's look)."""
+def augment(sample: dict[str, np.ndarray], rng: np.random.Generator, jitter: float,
+            blur_voxels: float = 0.0) -> dict[str, np.ndarray]:
+    """Flips on every axis, an in-plane transpose, gain/offset, gamma and Gaussian noise, and on half the patches a
+    Gaussian blur of up to ``blur_voxels`` (sigma drawn per axis: a softer or thicker-sliced scanner than the
+    renderer's). Varies the renderer's look so the model learns aneurysms, not one set of intensities and edges."""
     patch, sphere = sample["patch"], sample["sphere"]
+    if blur_voxels > 0 and rng.random() < 0.5:
+        patch = gaussian_filter(patch, rng.uniform(0.0, blur_voxels, 3), mode="nearest", truncate=3.0)
     for axis in range(3):
         if rng.random() < 0.5:
             patch, sphere = patch[(slice(None),) * axis + (slice(None, None, -1),)], \
@@ -303,6 +309,7 @@ class FineDataset(Dataset):
         self.sites, self.records, self.boxes, self.cfg, self.seed = sites, records, boxes, cfg, seed
         self.uids = [u for u in uids if u in sites]
         self.per_series = int(cfg["per_series"])
+        self.truth_repeats = int(cfg["truth_repeats"])  # each localizer this often per series and epoch
         # hard negatives: the classifier's own peaks (its false positives) beside random bright voxels; "random"
         # leaves them out (the ablation of the lever)
         kinds = {"candidates": ("candidate", "random"), "random": ("random",)}
@@ -319,7 +326,7 @@ class FineDataset(Dataset):
         items = []
         for uid in self.uids:
             points, kinds = all_sites(self.sites[uid], [p for _, p in self.records[uid].points])
-            truth = [i for i, k in enumerate(kinds) if k == "truth"]
+            truth = [i for i, k in enumerate(kinds) if k == "truth"] * self.truth_repeats
             others = [i for i, k in enumerate(kinds) if k in self.negative_kinds]
             chosen = truth[: self.per_series]
             rest = self.per_series - len(chosen)
@@ -341,7 +348,7 @@ class FineDataset(Dataset):
         jitter = float(self.cfg["truth_jitter_mm" if kind == "truth" else "candidate_jitter_mm"])
         centre = point + rng.uniform(-1, 1, 3) * jitter
         sample = site_sample(self.boxes.boxes(uid)[site], self.boxes.normalise(uid), centre, localizers, self.cfg)
-        sample = augment(sample, rng, float(self.cfg["intensity_jitter"]))
+        sample = augment(sample, rng, float(self.cfg["intensity_jitter"]), float(self.cfg["blur_voxels"]))
         return {"patch": torch.from_numpy(sample["patch"][None]), "label": torch.tensor([sample["label"]]),
                 "sphere": torch.from_numpy(sample["sphere"][None])}
 

@@ -14,8 +14,9 @@ from kernel.dicom_io import read_series
 from kernel.manifest import load_manifest
 from kernel.preprocess import canonicalise, crop_around
 from train_offline.config import load_config
+from train_offline.data import records_from_index
 from train_offline.domes import Dome
-from train_offline.fine import auc_by_candidate, cut_box, site_sample, train_fine
+from train_offline.fine import BoxStore, FineDataset, auc_by_candidate, augment, cut_box, site_sample, train_fine
 from train_offline.phantoms.generate import generate_dataset
 from train_offline.precache_all import precache_all
 from train_offline.train import train_fold
@@ -101,6 +102,44 @@ def test_auc_by_candidate_splits_positives_by_a_near_candidate() -> None:
     candidates["c"] = [[40.0, 44.0, 40.0]]  # 4 mm from c's first aneurysm: found
     out = auc_by_candidate(labels, scores, uids, domes, candidates, 6.0)
     assert out["found"] == {"positives": 2, "auc_present": 1.0} and out["missed"]["positives"] == 1
+
+
+def test_truth_repeats_draw_each_localizer_more_often(tiny_run: dict) -> None:
+    """``truth_repeats`` 2 puts every localizer twice into a series' draw; the epoch length is unchanged (3 draws a
+    series: every tiny series has at least 3 other sites, so no draw is padded)."""
+    import pandas as pd
+
+    fold_dir, config = tiny_run["fold_dir"], tiny_run["config"]
+    sites = {json.loads(line)["SeriesInstanceUID"]: json.loads(line)
+             for line in (fold_dir / "fine_sites.jsonl").read_text().splitlines()}
+    records = {r.uid: r for r in records_from_index(pd.read_csv(config["data"]["index"]))}
+    boxes = BoxStore(fold_dir, Path(config["data"]["cache"]), config["normalisation"])
+    uids = sorted(sites)
+    counts = {}
+    for repeats in (1, 2):
+        cfg = {**config["fine"], "per_series": 3, "truth_repeats": repeats}
+        dataset = FineDataset(sites, records, boxes, uids, cfg, seed=3)
+        assert len(dataset.items) == len(dataset) == 3 * len(uids)
+        counts[repeats] = sum(kind == "truth" for _, _, kind, _ in dataset.items)
+    expected = sum(min(len(records[u].points), 3) for u in uids)
+    assert expected > 0 and counts[1] == expected
+    assert counts[2] == sum(min(2 * len(records[u].points), 3) for u in uids) > counts[1]
+
+
+def test_augment_blur_smooths_the_patch_and_keeps_the_target() -> None:
+    rng = np.random.default_rng(0)
+    patch = rng.uniform(0.5, 1.5, (16, 16, 16)).astype(np.float32)  # positive: the gamma clip keeps it
+    sphere = (rng.random((8, 8, 8)) > 0.9).astype(np.float32)
+    sample = {"patch": patch, "sphere": sphere, "label": np.float32(1)}
+    plain, blurred = [], []
+    for seed in range(40):
+        plain.append(augment(sample, np.random.default_rng(seed), 0.0)["patch"].std())
+        out = augment(sample, np.random.default_rng(seed), 0.0, blur_voxels=2.0)
+        blurred.append(out["patch"].std())
+        assert out["sphere"].sum() == sphere.sum() and out["patch"].dtype == np.float32
+    plain, blurred = np.array(plain), np.array(blurred)
+    np.testing.assert_allclose(plain, patch.std(), rtol=1e-5)  # flips and transposes keep the values
+    assert 10 <= (blurred < 0.9 * plain).sum() <= 30  # about half the patches are blurred, and then visibly
 
 
 def test_resume_keeps_the_finished_stage(tiny_run: dict) -> None:
