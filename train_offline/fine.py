@@ -15,9 +15,10 @@ where it stopped:
 2. ``fine_boxes/<uid>.npz``: the raw canonical native stack (``kernel.preprocess.canonicalise`` without resampling, the
    array the kernel's fine stage samples from) in a ``box_mm`` cube around every site and every localizer, read from
    the DICOM series in worker processes. Patches cut from a box equal patches cut from the whole stack.
-3. ``fine.pt``: ``models.FineNet`` trained on the training folds' sites: every localizer (shifted up to
-   ``truth_jitter_mm``) and a draw of candidates and random sites, each patch labelled positive when a localizer lies
-   within ``positive_radius_mm`` of its centre; augmented (flips, in-plane transpose, gain, gamma, noise).
+3. ``fine.pt``: ``models.FineNet`` trained on the training folds' sites: every localizer (``truth_repeats`` times,
+   each shifted up to ``truth_jitter_mm``) and a draw of candidates and random sites, each patch labelled positive when
+   a localizer lies within ``positive_radius_mm`` of its centre; augmented (flips, in-plane transpose, gain, gamma,
+   noise, blur up to ``blur_voxels``).
 4. ``fine_summary.json`` / ``fine_oof.csv``: the validation fold through ``recipe.fine_probs`` and ``recipe.fuse`` for
    each weight of ``fusion_grid``; the best out-of-fold score picks the weight export writes into the manifest. Also
    the candidates' recall per dome size (a candidate within dome radius + 2 mm, and within ``positive_radius_mm``).
@@ -301,8 +302,9 @@ def augment(sample: dict[str, np.ndarray], rng: np.random.Generator, jitter: flo
 
 
 class FineDataset(Dataset):
-    """Training patches: per series and epoch ``per_series`` sites, every localizer first, then a draw of candidates
-    and random sites; centres shifted (``truth_jitter_mm`` / ``candidate_jitter_mm``), patches augmented."""
+    """Training patches: per series and epoch ``per_series`` sites, every localizer first (``truth_repeats`` times),
+    then a draw of candidates and random sites; centres shifted (``truth_jitter_mm`` / ``candidate_jitter_mm``),
+    patches augmented."""
 
     def __init__(self, sites: Mapping[str, Mapping[str, Any]], records: Mapping[str, SeriesRecord],
                  boxes: BoxStore, uids: Sequence[str], cfg: Mapping[str, Any], seed: int = 0):
