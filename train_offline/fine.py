@@ -72,7 +72,8 @@ from train_offline.losses import heatmap_focal_loss
 from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
 
 __all__ = ["BoxStore", "FineDataset", "cut_box", "extract_boxes", "fine_loss", "main",
-           "series_sites", "site_sample", "train_fine"]
+           "patch_auc_by_dome", "series_sites", "site_sample", "train_fine",
+           "validation_truth_probs"]
 
 SITES_FILE = "fine_sites.jsonl"
 BOX_DIR = "fine_boxes"
@@ -382,6 +383,40 @@ def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str,
     return out
 
 
+def validation_truth_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str, Mapping[str, Any]],
+                           boxes: BoxStore, records: Mapping[str, SeriesRecord], uids: Sequence[str],
+                           device: torch.device) -> dict[str, np.ndarray]:
+    """P(aneurysm) of a patch centred on each validation localizer (flip TTA, as the kernel), from its native box."""
+    run = torch_runner({spec.name: model}, device)
+    out = {}
+    for uid in uids:
+        localizers = [p for _, p in records[uid].points]
+        points, kinds = all_sites(sites[uid], localizers)
+        norm, uid_boxes = boxes.normalise(uid), boxes.boxes(uid)
+        out[uid] = np.array([recipe.fine_probs(native_stack(uid_boxes[i][0], uid_boxes[i][1], norm),
+                                               points[i][None], [spec], run, flip=True)[0]
+                             for i, k in enumerate(kinds) if k == "truth"])
+    return out
+
+
+def patch_auc_by_dome(truth: Sequence[tuple[str, float]], negatives: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Per dome band: the fine model's patch AUC with the patch centred on each aneurysm (``truth``: (band, P)) against
+    every negative site (``negatives``: P at candidates far from every aneurysm). Candidate recall aside, this says
+    whether the patch model can tell a dome of that size from the classifier's false peaks."""
+    neg = np.asarray(negatives, dtype=np.float64)
+    out: dict[str, dict[str, Any]] = {}
+    for name, _, _ in DOME_BANDS:
+        pos = np.array([p for band, p in truth if band == name], dtype=np.float64)
+        if len(pos) == 0:
+            continue
+        labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))].astype(int)
+        auc = float(roc_auc(labels, np.r_[pos, neg])) if len(neg) else None
+        out[name] = {"aneurysms": int(len(pos)), "patch_auc": auc, "median_p": float(np.median(pos))}
+    if out:
+        out["negatives"] = {"sites": int(len(neg)), "median_p": float(np.median(neg)) if len(neg) else None}
+    return out
+
+
 def fused_scores(sites: Mapping[str, Mapping[str, Any]], site_probs: Mapping[str, np.ndarray],
                  records: Mapping[str, SeriesRecord], uids: Sequence[str], weights: Sequence[float]
                  ) -> dict[float, tuple[dict[str, Any], np.ndarray]]:
@@ -512,6 +547,17 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         validate(int(cfg["epochs"]) - 1)
     best = state["best"]
     metrics, probs = state["fused"][best]
+    truth_probs = validation_truth_probs(model, spec, sites, boxes, records, val_uids, device)
+    radius = float(cfg["positive_radius_mm"])
+    truth_rows, negative_probs = [], []
+    for u in val_uids:
+        localizers = [np.asarray(q) for _, q in records[u].points]
+        if domes.get(u):
+            truth_rows += [(band_of(min(domes[u], key=lambda d, q=q: float(np.linalg.norm(d.centre_lps - q))).dome_mm),
+                            float(p)) for q, p in zip(localizers, truth_probs[u], strict=True)]
+        cands = np.asarray(sites[u]["candidates"]).reshape(-1, 3)
+        negative_probs += [float(p) for c, p in zip(cands, state["site_probs"][u], strict=True)
+                           if all(np.linalg.norm(c - q) > radius for q in localizers)]
     coarse_metrics, coarse_probs = state["fused"].get(0.0, (None, None))
     summary = {
         "fold": fold, "fusion_weight": best, "config": json.loads(json.dumps(cfg)),
@@ -528,6 +574,7 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
             stage: auc_by_candidate(labels_present, p[:, -1], val_uids, domes, {u: sites[u]["candidates"]
                                     for u in val_uids}, float(cfg["positive_radius_mm"]))
             for stage, p in (("fused", probs), ("coarse", coarse_probs)) if p is not None},
+        "patch_auc_by_dome": patch_auc_by_dome(truth_rows, negative_probs),
         "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
         "coarse": provenance,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from kernel import recipe
@@ -16,7 +17,16 @@ from kernel.preprocess import canonicalise, crop_around
 from train_offline.config import load_config
 from train_offline.data import records_from_index
 from train_offline.domes import Dome
-from train_offline.fine import BoxStore, FineDataset, auc_by_candidate, augment, cut_box, site_sample, train_fine
+from train_offline.fine import (
+    BoxStore,
+    FineDataset,
+    auc_by_candidate,
+    augment,
+    cut_box,
+    patch_auc_by_dome,
+    site_sample,
+    train_fine,
+)
 from train_offline.phantoms.generate import generate_dataset
 from train_offline.precache_all import precache_all
 from train_offline.train import train_fold
@@ -80,6 +90,13 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
     assert summary["fusion_weight"] in (0.0, 0.5)
     assert set(summary["scores_by_weight"]) == {"0.0", "0.5"}
     assert 1.0 <= summary["candidates_per_series"] <= 3.0
+    by_dome = summary["patch_auc_by_dome"]  # every validation aneurysm's patch, per band, against far candidates
+    n_val_aneurysms = sum(len(json.loads(line)["aneurysms"]) for line in
+                          (tiny_run["data"] / "phantom_truth.jsonl").read_text().splitlines()
+                          if json.loads(line)["SeriesInstanceUID"] in set(pd.read_csv(fold_dir / "fine_oof.csv")
+                                                                          ["SeriesInstanceUID"]))
+    assert sum(v["aneurysms"] for k, v in by_dome.items() if k != "negatives") == n_val_aneurysms
+    assert all(0.0 <= v["patch_auc"] <= 1.0 for k, v in by_dome.items() if k != "negatives")
     by_candidate = summary["auc_present_by_candidate"]
     assert set(by_candidate) == {"fused", "coarse"} and set(by_candidate["fused"]) == {"found", "missed"}
     # the coarse-only row (weight 0) is the classifier's own out-of-fold answer
@@ -104,11 +121,21 @@ def test_auc_by_candidate_splits_positives_by_a_near_candidate() -> None:
     assert out["found"] == {"positives": 2, "auc_present": 1.0} and out["missed"]["positives"] == 1
 
 
+def test_patch_auc_by_dome_ranks_each_bands_aneurysms_against_the_far_candidates() -> None:
+    truth = [("< 3.5 mm", 0.2), ("< 3.5 mm", 0.6), (">= 6 mm", 0.9)]
+    negatives = [0.1, 0.3, 0.5, 0.7]
+    out = patch_auc_by_dome(truth, negatives)
+    assert set(out) == {"< 3.5 mm", ">= 6 mm", "negatives"}  # bands without an aneurysm are left out
+    # 0.2 beats 1 of 4 negatives, 0.6 beats 3 of 4: (1 + 3) / 8
+    assert out["< 3.5 mm"] == {"aneurysms": 2, "patch_auc": 0.5, "median_p": pytest.approx(0.4)}
+    assert out[">= 6 mm"]["patch_auc"] == 1.0
+    assert out["negatives"] == {"sites": 4, "median_p": pytest.approx(0.4)}
+    assert patch_auc_by_dome([], negatives) == {}  # real data: no sizes, no table
+
+
 def test_truth_repeats_draw_each_localizer_more_often(tiny_run: dict) -> None:
     """``truth_repeats`` 2 puts every localizer twice into a series' draw; the epoch length is unchanged (3 draws a
     series: every tiny series has at least 3 other sites, so no draw is padded)."""
-    import pandas as pd
-
     fold_dir, config = tiny_run["fold_dir"], tiny_run["config"]
     sites = {json.loads(line)["SeriesInstanceUID"]: json.loads(line)
              for line in (fold_dir / "fine_sites.jsonl").read_text().splitlines()}
