@@ -470,10 +470,14 @@ def auc_by_candidate(labels_present: np.ndarray, scores: np.ndarray, uids: Seque
 
 
 def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: bool = False,
-               workers: int = 2, coarse: Path | None = None) -> dict[str, Any]:
+               workers: int = 2, coarse: Path | None = None, rescore: bool = False) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one fold; returns the fine summary. ``coarse``: an exported weights
-    folder whose fold ``fold`` locator and classifier give the sites (instead of the fold folder's checkpoints)."""
+    folder whose fold ``fold`` locator and classifier give the sites (instead of the fold folder's checkpoints).
+    ``rescore``: validate the trained ``fine.pt`` again (boxes of the validation series only; the earlier summary's
+    times kept) and rewrite the summary and out-of-fold file, e.g. after the summary gained a table."""
     cfg = config["fine"]
+    if rescore and not (fold_dir / "fine.pt").is_file():
+        raise FileNotFoundError(f"--rescore: {fold_dir / 'fine.pt'} is missing: train the fine stage first")
     if int(cfg["epochs"]) < 1:
         raise ConfigError("fine.epochs is 0: set fine.epochs (e.g. --set fine.epochs=12) to train a fine stage")
     for name in ("locator.pt", "classifier.pt") if coarse is None else ():
@@ -503,7 +507,8 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     sites = compute_sites(config, fold, fold_dir, store, train_uids + val_uids, set(val_uids), device, exported)
     times["sites_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    build_boxes(Path(config["data"]["root"]), fold_dir, sites, records, float(cfg["box_mm"]), workers)
+    build_boxes(Path(config["data"]["root"]), fold_dir, {u: sites[u] for u in val_uids} if rescore else sites,
+                records, float(cfg["box_mm"]), workers)
     times["boxes_s"] = round(time.perf_counter() - t, 1)
 
     boxes = BoxStore(fold_dir, Path(config["data"]["cache"]), config["normalisation"])
@@ -536,7 +541,7 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
            "num_workers": config["train"]["num_workers"], "channels_last": False}
     dataset = FineDataset(sites, records, boxes, train_uids, cfg, seed=seed)
     t = time.perf_counter()
-    if resume and (fold_dir / "fine.pt").is_file():
+    if (resume or rescore) and (fold_dir / "fine.pt").is_file():
         model.load_state_dict(torch.load(fold_dir / "fine.pt", map_location="cpu", weights_only=True))
         model.to(device)
     else:
@@ -577,8 +582,12 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         "patch_auc_by_dome": patch_auc_by_dome(truth_rows, negative_probs),
         "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
+        **({"rescore_seconds": round(time.perf_counter() - started, 1)} if rescore else {}),
         "coarse": provenance,
     }
+    earlier = fold_dir / "fine_summary.json"
+    if rescore and earlier.is_file():  # the training's times, not the rescore's
+        summary["seconds"] = json.loads(earlier.read_text()).get("seconds", summary["seconds"])
     (fold_dir / "fine_summary.json").write_text(json.dumps(summary, indent=1))
     oof = pd.DataFrame(probs, columns=LABEL_COLS)
     oof.insert(0, ID_COL, val_uids)
@@ -592,6 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
     parser.add_argument("--out", type=Path, help="fold folder (default <train.out_dir>/<name>/fold<K>)")
     parser.add_argument("--resume", action="store_true", help="keep a finished fine.pt / continue its checkpoint")
+    parser.add_argument("--rescore", action="store_true",
+                        help="validate a trained fine.pt again (validation series' boxes only) and rewrite its summary")
     parser.add_argument("--coarse", type=Path, default=None, metavar="WEIGHTS",
                         help="take the fold's locator and classifier from this exported weights folder (onnxruntime) "
                              "instead of the fold folder's locator.pt / classifier.pt")
@@ -603,7 +614,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, parse_overrides(args.set))
         out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{args.fold}"
-        summary = train_fine(config, args.fold, out, resume=args.resume, workers=args.workers, coarse=args.coarse)
+        summary = train_fine(config, args.fold, out, resume=args.resume, workers=args.workers, coarse=args.coarse,
+                             rescore=args.rescore)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"fine failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,25 @@ def test_resume_keeps_the_finished_stage(tiny_run: dict) -> None:
     again = train_fine(tiny_run["config"], 0, fold_dir, resume=True, workers=1)
     assert (fold_dir / "fine.pt").stat().st_mtime_ns == before
     assert again["scores_by_weight"] == tiny_run["summary"]["scores_by_weight"]
+
+
+def test_rescore_validates_the_trained_model_again_from_validation_boxes_only(tiny_run: dict, tmp_path: Path) -> None:
+    """``--rescore`` rewrites the summary of an unchanged fine.pt: same out-of-fold scores, the training's times
+    kept, boxes cut only for the validation series."""
+    fold_dir = tmp_path / "fold0"
+    shutil.copytree(tiny_run["fold_dir"], fold_dir, ignore=shutil.ignore_patterns("fine_boxes", "fine_summary.json"))
+    with pytest.raises(FileNotFoundError, match="fine.pt"):
+        train_fine(tiny_run["config"], 0, tmp_path / "untrained", workers=1, rescore=True)
+    earlier = tiny_run["summary"]
+    (fold_dir / "fine_summary.json").write_text(json.dumps(earlier))
+    weights = (fold_dir / "fine.pt").read_bytes()
+    again = train_fine(tiny_run["config"], 0, fold_dir, workers=1, rescore=True)
+    assert (fold_dir / "fine.pt").read_bytes() == weights
+    assert again["validation"]["score"] == pytest.approx(earlier["validation"]["score"], abs=1e-6)
+    assert again["seconds"] == earlier["seconds"] and again["rescore_seconds"] > 0
+    val_uids = set(pd.read_csv(fold_dir / "fine_oof.csv")["SeriesInstanceUID"])
+    assert {p.stem for p in (fold_dir / "fine_boxes").glob("*.npz")} == val_uids
+    assert json.loads((fold_dir / "fine_summary.json").read_text())["patch_auc_by_dome"] == again["patch_auc_by_dome"]
 
 
 def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp_path: Path) -> None:
