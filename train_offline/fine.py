@@ -554,15 +554,19 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     metrics, probs = state["fused"][best]
     truth_probs = validation_truth_probs(model, spec, sites, boxes, records, val_uids, device)
     radius = float(cfg["positive_radius_mm"])
-    truth_rows, negative_probs = [], []
+    truth_rows: dict[str, list[tuple[str, float]]] = {}  # per modality: (band, P) at each aneurysm
+    negative_probs: dict[str, list[float]] = {}  # per modality: P at candidates far from every aneurysm
     for u in val_uids:
+        modality = MODALITY_NAMES[records[u].modality]
         localizers = [np.asarray(q) for _, q in records[u].points]
         if domes.get(u):
-            truth_rows += [(band_of(min(domes[u], key=lambda d, q=q: float(np.linalg.norm(d.centre_lps - q))).dome_mm),
-                            float(p)) for q, p in zip(localizers, truth_probs[u], strict=True)]
+            truth_rows.setdefault(modality, []).extend(
+                (band_of(min(domes[u], key=lambda d, q=q: float(np.linalg.norm(d.centre_lps - q))).dome_mm), float(p))
+                for q, p in zip(localizers, truth_probs[u], strict=True))
         cands = np.asarray(sites[u]["candidates"]).reshape(-1, 3)
-        negative_probs += [float(p) for c, p in zip(cands, state["site_probs"][u], strict=True)
-                           if all(np.linalg.norm(c - q) > radius for q in localizers)]
+        negative_probs.setdefault(modality, []).extend(
+            float(p) for c, p in zip(cands, state["site_probs"][u], strict=True)
+            if all(np.linalg.norm(c - q) > radius for q in localizers))
     coarse_metrics, coarse_probs = state["fused"].get(0.0, (None, None))
     summary = {
         "fold": fold, "fusion_weight": best, "config": json.loads(json.dumps(cfg)),
@@ -579,7 +583,10 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
             stage: auc_by_candidate(labels_present, p[:, -1], val_uids, domes, {u: sites[u]["candidates"]
                                     for u in val_uids}, float(cfg["positive_radius_mm"]))
             for stage, p in (("fused", probs), ("coarse", coarse_probs)) if p is not None},
-        "patch_auc_by_dome": patch_auc_by_dome(truth_rows, negative_probs),
+        "patch_auc_by_dome": patch_auc_by_dome([r for rows in truth_rows.values() for r in rows],
+                                               [p for probs in negative_probs.values() for p in probs]),
+        "patch_auc_by_dome_modality": {m: patch_auc_by_dome(truth_rows.get(m, []), negative_probs[m])
+                                       for m in sorted(negative_probs)},
         "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
         **({"rescore_seconds": round(time.perf_counter() - started, 1)} if rescore else {}),

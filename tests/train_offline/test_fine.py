@@ -98,6 +98,12 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
                                                                           ["SeriesInstanceUID"]))
     assert sum(v["aneurysms"] for k, v in by_dome.items() if k != "negatives") == n_val_aneurysms
     assert all(0.0 <= v["patch_auc"] <= 1.0 for k, v in by_dome.items() if k != "negatives")
+    by_modality = summary["patch_auc_by_dome_modality"]  # the same sites, split by protocol
+    assert sum(v["aneurysms"] for table in by_modality.values() for k, v in table.items() if k != "negatives") \
+        == n_val_aneurysms
+    if by_dome:
+        assert sum(table["negatives"]["sites"] for table in by_modality.values() if table) \
+            <= by_dome["negatives"]["sites"]
     by_candidate = summary["auc_present_by_candidate"]
     assert set(by_candidate) == {"fused", "coarse"} and set(by_candidate["fused"]) == {"found", "missed"}
     # the coarse-only row (weight 0) is the classifier's own out-of-fold answer
