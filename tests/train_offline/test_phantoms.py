@@ -207,6 +207,38 @@ def test_label_statistics_follow_the_competition() -> None:
     assert np.all(np.abs(observed[expected.index] - expected) < 0.2 * expected + 0.004)
 
 
+def _inside_capsules(point: np.ndarray, a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray) -> bool:
+    """Whether an LPS point lies in one of the tapered capsules (a, b, radii), by its own segment geometry."""
+    ab = b - a
+    t = np.clip(np.einsum("ij,ij->i", point - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12), 0.0, 1.0)
+    dist = np.linalg.norm(a + t[:, None] * ab - point, axis=1)
+    return bool(np.any(dist <= ra + t * (rb - ra) + 1e-6))
+
+
+def test_truth_records_each_mimic_inside_a_drawn_vessel(train_set: Path) -> None:
+    """Loops and infundibula (the hard mimics of negatives and positives alike) are recorded where they are drawn:
+    each centre lies inside a drawn artery, one record per mimic the variants name."""
+    from train_offline.phantoms.anatomy import KIND_ARTERY, build_anatomy
+
+    n_mimics = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        anatomy = build_anatomy(rng, sample_locations(rng))
+        kinds = [m["kind"] for m in anatomy.mimics]
+        assert kinds.count("loop") == len(anatomy.variants.get("loops", []))
+        assert kinds.count("infundibulum") == len(anatomy.variants.get("infundibula", []))
+        artery = anatomy.cap_kind == KIND_ARTERY
+        for m in anatomy.mimics:
+            assert _inside_capsules(np.asarray(m["centre_lps"]), anatomy.cap_a[artery], anatomy.cap_b[artery],
+                                    anatomy.cap_ra[artery], anatomy.cap_rb[artery]), m
+        n_mimics += len(anatomy.mimics)
+    assert n_mimics >= 20
+    for rec in load_truth(train_set).values():  # and written to phantom_truth.jsonl
+        names = rec["variants"].get("loops", []) + rec["variants"].get("infundibula", [])
+        assert sorted(m["vessel"] for m in rec["mimics"]) == sorted(names)
+        assert all(len(m["centre_lps"]) == 3 for m in rec["mimics"])
+
+
 def test_quirks_survive_the_reader(tmp_path: Path) -> None:
     # Enhanced multi-frame MR with per-frame rescale, JPEG 2000: the read volume is smooth across frames.
     r = generate_series(tmp_path, 0, 9, modality="MRA", locations=[],

@@ -209,6 +209,9 @@ class Anatomy:
     fov_points: np.ndarray  # (K, 3) LPS points every field of view must hold (aneurysms, or decoys for negatives)
     variants: dict[str, object] = field(default_factory=dict)
     head_params: dict[str, float] = field(default_factory=dict)
+    # hard mimics drawn in this head: {"kind": "loop" | "infundibulum", "vessel": name, "centre_lps": (3,)}; the
+    # fine stage can sample them as negatives and measure how a small dome compares with them
+    mimics: list[dict[str, object]] = field(default_factory=list)
 
     def lps_to_head(self, points_lps: np.ndarray) -> np.ndarray:
         """Map (N, 3) LPS points back to the head frame (RAS mm, unscaled)."""
@@ -383,6 +386,7 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         lines[(spec.name, s)] = Centreline(spec.name, s, dense, radii, labels, spec.flow, spec.kind)
 
     # Hard mimic: loops (tortuous sections) on a few vessels.
+    mimics_head: list[tuple[str, str, np.ndarray]] = []  # (kind, vessel, head-frame centre) of each, for the truth
     for key in [k for k in lines if k[0] in ("m2_sup", "p2", "pica", "a2", "ica_infra")]:
         if rng.random() < 0.12:
             cl = lines[key]
@@ -395,6 +399,7 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
             bump = np.sin(np.linspace(0, np.pi, w)) ** 2 * float(rng.uniform(2.0, 5.0))
             cl.points[i0:i0 + w] += bump[:, None] * normal
             variants.setdefault("loops", []).append(key[0])
+            mimics_head.append(("loop", key[0], cl.points[i0 + w // 2].copy()))
 
     caps: list[tuple] = []  # (a, b, ra, rb, label, flow, kind, group)
     group = 0
@@ -461,6 +466,7 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         caps.append((cl.points[0], cl.points[k], base_r, float(cl.radii[k]), int(cl.labels[0]), cl.flow,
                      KIND_ARTERY, group))
         variants.setdefault("infundibula", []).append(origins[j][0])
+        mimics_head.append(("infundibulum", origins[j][0], (cl.points[0] + cl.points[k]) / 2.0))
 
     a = _to_lps(head_to_lps, np.array([c[0] for c in caps]))
     b = _to_lps(head_to_lps, np.array([c[1] for c in caps]))
@@ -488,6 +494,8 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         fov_points=np.array(fov_points).reshape(-1, 3),
         variants=variants,
         head_params=head_params,
+        mimics=[{"kind": kind, "vessel": vessel, "centre_lps": _to_lps(head_to_lps, centre[None])[0]}
+                for kind, vessel, centre in mimics_head],
     )
 
 

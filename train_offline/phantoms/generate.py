@@ -172,6 +172,8 @@ def generate_series(
         "pixel_spacing": list(acq.pixel_spacing), "slice_spacing": acq.slice_spacing,
         "head_to_lps": anatomy.head_to_lps.round(8).tolist(), "aneurysms": aneurysm_truth,
         "variants": json.loads(json.dumps(anatomy.variants, default=str)), "quirks": quirks.as_dict(),
+        "mimics": [{"kind": m["kind"], "vessel": m["vessel"], "centre_lps": np.round(m["centre_lps"], 4).tolist()}
+                   for m in anatomy.mimics],
         "segmentation": bool(with_segmentation), "n_files": len(written.files) + len(written.extras),
     }
     age = int(np.clip(rng.normal(58, 14), 18, 90))
