@@ -72,8 +72,7 @@ from train_offline.losses import heatmap_focal_loss
 from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
 
 __all__ = ["BoxStore", "FineDataset", "cut_box", "extract_boxes", "fine_loss", "main",
-           "patch_auc_by_dome", "series_sites", "site_sample", "train_fine",
-           "validation_truth_probs"]
+           "patch_auc_by_dome", "series_sites", "site_sample", "train_fine"]
 
 SITES_FILE = "fine_sites.jsonl"
 BOX_DIR = "fine_boxes"
@@ -369,33 +368,18 @@ def fine_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
 
 def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str, Mapping[str, Any]], boxes: BoxStore,
                           records: Mapping[str, SeriesRecord], uids: Sequence[str],
-                          device: torch.device) -> dict[str, np.ndarray]:
-    """P(aneurysm) at each validation candidate through ``recipe.fine_probs`` (flip TTA), from its native box."""
+                          device: torch.device, kind: str = "candidate") -> dict[str, np.ndarray]:
+    """P(aneurysm) through ``recipe.fine_probs`` (flip TTA, as the kernel) of a patch centred on each validation site
+    of ``kind`` ("candidate": the kernel's sites; "truth": each localizer), from its native box."""
     run = torch_runner({spec.name: model}, device)
     out = {}
     for uid in uids:
         localizers = [p for _, p in records[uid].points]
         points, kinds = all_sites(sites[uid], localizers)
-        cand = [i for i, k in enumerate(kinds) if k == "candidate"]
+        chosen = [i for i, k in enumerate(kinds) if k == kind]
         norm, uid_boxes = boxes.normalise(uid), boxes.boxes(uid)
         out[uid] = np.array([recipe.fine_probs(native_stack(uid_boxes[i][0], uid_boxes[i][1], norm),
-                                               points[i][None], [spec], run, flip=True)[0] for i in cand])
-    return out
-
-
-def validation_truth_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str, Mapping[str, Any]],
-                           boxes: BoxStore, records: Mapping[str, SeriesRecord], uids: Sequence[str],
-                           device: torch.device) -> dict[str, np.ndarray]:
-    """P(aneurysm) of a patch centred on each validation localizer (flip TTA, as the kernel), from its native box."""
-    run = torch_runner({spec.name: model}, device)
-    out = {}
-    for uid in uids:
-        localizers = [p for _, p in records[uid].points]
-        points, kinds = all_sites(sites[uid], localizers)
-        norm, uid_boxes = boxes.normalise(uid), boxes.boxes(uid)
-        out[uid] = np.array([recipe.fine_probs(native_stack(uid_boxes[i][0], uid_boxes[i][1], norm),
-                                               points[i][None], [spec], run, flip=True)[0]
-                             for i, k in enumerate(kinds) if k == "truth"])
+                                               points[i][None], [spec], run, flip=True)[0] for i in chosen])
     return out
 
 
@@ -552,7 +536,7 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         validate(int(cfg["epochs"]) - 1)
     best = state["best"]
     metrics, probs = state["fused"][best]
-    truth_probs = validation_truth_probs(model, spec, sites, boxes, records, val_uids, device)
+    truth_probs = validation_site_probs(model, spec, sites, boxes, records, val_uids, device, kind="truth")
     radius = float(cfg["positive_radius_mm"])
     truth_rows: dict[str, list[tuple[str, float]]] = {}  # per modality: (band, P) at each aneurysm
     negative_probs: dict[str, list[float]] = {}  # per modality: P at candidates far from every aneurysm
