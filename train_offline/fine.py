@@ -72,7 +72,7 @@ from train_offline.losses import heatmap_focal_loss
 from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
 
 __all__ = ["BoxStore", "FineDataset", "cut_box", "extract_boxes", "fine_loss", "main",
-           "patch_auc_by_dome", "series_sites", "site_sample", "train_fine"]
+           "near_localizer", "patch_auc_by_dome", "patch_tables", "series_sites", "site_sample", "train_fine"]
 
 SITES_FILE = "fine_sites.jsonl"
 BOX_DIR = "fine_boxes"
@@ -383,6 +383,37 @@ def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str,
     return out
 
 
+def near_localizer(points: np.ndarray, localizers: Sequence[np.ndarray], radius_mm: float) -> np.ndarray:
+    """(n,) bool: each point (LPS mm) lies within ``radius_mm`` of a localizer: what a patch there is labelled."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if not len(localizers):
+        return np.zeros(len(points), dtype=bool)
+    dist = np.linalg.norm(points[:, None, :] - np.asarray(localizers, dtype=np.float64)[None], axis=-1)
+    return (dist <= radius_mm).any(axis=1)
+
+
+def patch_tables(truth_probs: Mapping[str, np.ndarray], site_probs: Mapping[str, np.ndarray],
+                 sites: Mapping[str, Mapping[str, Any]], records: Mapping[str, SeriesRecord],
+                 domes: Mapping[str, list], uids: Sequence[str], radius_mm: float) -> dict[str, Any]:
+    """The summary's ``patch_auc_by_dome`` (all protocols) and ``patch_auc_by_dome_modality``: P at each aneurysm's
+    localizer (band of its nearest dome) against P at the candidates farther than ``radius_mm`` from every one."""
+    truth_rows: dict[str, list[tuple[str, float]]] = {}
+    negative_probs: dict[str, list[float]] = {}
+    for u in uids:
+        modality = MODALITY_NAMES[records[u].modality]
+        localizers = [np.asarray(q) for _, q in records[u].points]
+        if domes.get(u):
+            truth_rows.setdefault(modality, []).extend(
+                (band_of(min(domes[u], key=lambda d, q=q: float(np.linalg.norm(d.centre_lps - q))).dome_mm), float(p))
+                for q, p in zip(localizers, truth_probs[u], strict=True))
+        far = ~near_localizer(np.asarray(sites[u]["candidates"]), localizers, radius_mm)
+        negative_probs.setdefault(modality, []).extend(float(p) for p in np.asarray(site_probs[u])[far])
+    return {"patch_auc_by_dome": patch_auc_by_dome([r for rows in truth_rows.values() for r in rows],
+                                                   [p for probs in negative_probs.values() for p in probs]),
+            "patch_auc_by_dome_modality": {m: patch_auc_by_dome(truth_rows.get(m, []), negative_probs[m])
+                                           for m in sorted(negative_probs)}}
+
+
 def patch_auc_by_dome(truth: Sequence[tuple[str, float]], negatives: Sequence[float]) -> dict[str, dict[str, Any]]:
     """Per dome band: the fine model's patch AUC with the patch centred on each aneurysm (``truth``: (band, P)) against
     every negative site (``negatives``: P at candidates far from every aneurysm). Candidate recall aside, this says
@@ -510,13 +541,10 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         best_w = max(fused, key=lambda w: fused[w][0]["score"])
         state.update(site_probs=site_probs, fused=fused, best=best_w)
         # patch-level AUC over every validation candidate (label: a localizer within positive_radius_mm)
-        y, p = [], []
-        for u in val_uids:
-            cands = np.asarray(sites[u]["candidates"]).reshape(-1, 3)
-            for c, prob in zip(cands, site_probs[u], strict=True):
-                y.append(any(np.linalg.norm(c - q) <= float(cfg["positive_radius_mm"]) for _, q in records[u].points))
-                p.append(prob)
-        patch_auc = float(roc_auc(np.asarray(y, dtype=int), np.asarray(p))) if 0 < sum(y) < len(y) else None
+        y = np.concatenate([near_localizer(np.asarray(sites[u]["candidates"]), [q for _, q in records[u].points],
+                                           float(cfg["positive_radius_mm"])) for u in val_uids])
+        p = np.concatenate([np.asarray(site_probs[u], dtype=np.float64) for u in val_uids])
+        patch_auc = float(roc_auc(y.astype(int), p)) if 0 < y.sum() < len(y) else None
         return {"val_patch_auc": patch_auc, "val_fusion_weight": best_w,
                 "val_score": fused[best_w][0]["score"], "val_auc_present": fused[best_w][0]["auc_present"],
                 "val_score_coarse": fused[0.0][0]["score"] if 0.0 in fused else None}
@@ -537,20 +565,6 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     best = state["best"]
     metrics, probs = state["fused"][best]
     truth_probs = validation_site_probs(model, spec, sites, boxes, records, val_uids, device, kind="truth")
-    radius = float(cfg["positive_radius_mm"])
-    truth_rows: dict[str, list[tuple[str, float]]] = {}  # per modality: (band, P) at each aneurysm
-    negative_probs: dict[str, list[float]] = {}  # per modality: P at candidates far from every aneurysm
-    for u in val_uids:
-        modality = MODALITY_NAMES[records[u].modality]
-        localizers = [np.asarray(q) for _, q in records[u].points]
-        if domes.get(u):
-            truth_rows.setdefault(modality, []).extend(
-                (band_of(min(domes[u], key=lambda d, q=q: float(np.linalg.norm(d.centre_lps - q))).dome_mm), float(p))
-                for q, p in zip(localizers, truth_probs[u], strict=True))
-        cands = np.asarray(sites[u]["candidates"]).reshape(-1, 3)
-        negative_probs.setdefault(modality, []).extend(
-            float(p) for c, p in zip(cands, state["site_probs"][u], strict=True)
-            if all(np.linalg.norm(c - q) > radius for q in localizers))
     coarse_metrics, coarse_probs = state["fused"].get(0.0, (None, None))
     summary = {
         "fold": fold, "fusion_weight": best, "config": json.loads(json.dumps(cfg)),
@@ -567,18 +581,17 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
             stage: auc_by_candidate(labels_present, p[:, -1], val_uids, domes, {u: sites[u]["candidates"]
                                     for u in val_uids}, float(cfg["positive_radius_mm"]))
             for stage, p in (("fused", probs), ("coarse", coarse_probs)) if p is not None},
-        "patch_auc_by_dome": patch_auc_by_dome([r for rows in truth_rows.values() for r in rows],
-                                               [p for probs in negative_probs.values() for p in probs]),
-        "patch_auc_by_dome_modality": {m: patch_auc_by_dome(truth_rows.get(m, []), negative_probs[m])
-                                       for m in sorted(negative_probs)},
+        **patch_tables(truth_probs, state["site_probs"], sites, records, domes, val_uids,
+                       float(cfg["positive_radius_mm"])),
         "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
-        **({"rescore_seconds": round(time.perf_counter() - started, 1)} if rescore else {}),
         "coarse": provenance,
     }
-    earlier = fold_dir / "fine_summary.json"
-    if rescore and earlier.is_file():  # the training's times, not the rescore's
-        summary["seconds"] = json.loads(earlier.read_text()).get("seconds", summary["seconds"])
+    if rescore:  # the training's times stay; the rescore's go beside them
+        earlier = fold_dir / "fine_summary.json"
+        summary["rescore_seconds"] = summary["seconds"]["total_s"]
+        if earlier.is_file():
+            summary["seconds"] = json.loads(earlier.read_text()).get("seconds", summary["seconds"])
     (fold_dir / "fine_summary.json").write_text(json.dumps(summary, indent=1))
     oof = pd.DataFrame(probs, columns=LABEL_COLS)
     oof.insert(0, ID_COL, val_uids)

@@ -13,6 +13,7 @@ import pytest
 
 from kernel import recipe
 from kernel.dicom_io import read_series
+from kernel.labels import ID_COL
 from kernel.manifest import load_manifest
 from kernel.preprocess import canonicalise, crop_around
 from train_offline.config import load_config
@@ -24,11 +25,12 @@ from train_offline.fine import (
     auc_by_candidate,
     augment,
     cut_box,
+    near_localizer,
     patch_auc_by_dome,
     site_sample,
     train_fine,
 )
-from train_offline.phantoms.generate import generate_dataset
+from train_offline.phantoms.generate import generate_dataset, load_truth
 from train_offline.precache_all import precache_all
 from train_offline.train import train_fold
 
@@ -92,10 +94,8 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
     assert set(summary["scores_by_weight"]) == {"0.0", "0.5"}
     assert 1.0 <= summary["candidates_per_series"] <= 3.0
     by_dome = summary["patch_auc_by_dome"]  # every validation aneurysm's patch, per band, against far candidates
-    n_val_aneurysms = sum(len(json.loads(line)["aneurysms"]) for line in
-                          (tiny_run["data"] / "phantom_truth.jsonl").read_text().splitlines()
-                          if json.loads(line)["SeriesInstanceUID"] in set(pd.read_csv(fold_dir / "fine_oof.csv")
-                                                                          ["SeriesInstanceUID"]))
+    truth = load_truth(tiny_run["data"])
+    n_val_aneurysms = sum(len(truth[u]["aneurysms"]) for u in pd.read_csv(fold_dir / "fine_oof.csv")[ID_COL])
     assert sum(v["aneurysms"] for k, v in by_dome.items() if k != "negatives") == n_val_aneurysms
     assert all(0.0 <= v["patch_auc"] <= 1.0 for k, v in by_dome.items() if k != "negatives")
     by_modality = summary["patch_auc_by_dome_modality"]  # the same sites, split by protocol
@@ -126,6 +126,13 @@ def test_auc_by_candidate_splits_positives_by_a_near_candidate() -> None:
     candidates["c"] = [[40.0, 44.0, 40.0]]  # 4 mm from c's first aneurysm: found
     out = auc_by_candidate(labels, scores, uids, domes, candidates, 6.0)
     assert out["found"] == {"positives": 2, "auc_present": 1.0} and out["missed"]["positives"] == 1
+
+
+def test_near_localizer_labels_points_within_the_radius_of_any_localizer() -> None:
+    points = np.array([[0.0, 0.0, 0.0], [5.9, 0.0, 0.0], [0.0, 6.1, 0.0], [20.0, 20.0, 20.0]])
+    localizers = [np.zeros(3), np.array([20.0, 20.0, 26.0])]
+    assert near_localizer(points, localizers, 6.0).tolist() == [True, True, False, True]
+    assert near_localizer(points, [], 6.0).tolist() == [False] * 4  # a negative series
 
 
 def test_patch_auc_by_dome_ranks_each_bands_aneurysms_against_the_far_candidates() -> None:

@@ -209,8 +209,8 @@ class Anatomy:
     fov_points: np.ndarray  # (K, 3) LPS points every field of view must hold (aneurysms, or decoys for negatives)
     variants: dict[str, object] = field(default_factory=dict)
     head_params: dict[str, float] = field(default_factory=dict)
-    # hard mimics drawn in this head: {"kind": "loop" | "infundibulum", "vessel": name, "centre_lps": (3,)}; the
-    # fine stage can sample them as negatives and measure how a small dome compares with them
+    # hard mimics drawn in this head: {"kind": "loop" | "infundibulum", "vessel": name, "centre_lps": (3,)}, written
+    # to the truth file for analysis (nothing in training reads them yet)
     mimics: list[dict[str, object]] = field(default_factory=list)
 
     def lps_to_head(self, points_lps: np.ndarray) -> np.ndarray:
