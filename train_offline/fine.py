@@ -240,8 +240,10 @@ def build_boxes(data_root: Path, fold_dir: Path, sites: Mapping[str, Mapping[str
 class BoxStore:
     """Each series' native boxes (raw intensities) and the normalisation of its canonical volume, loaded once."""
 
-    def __init__(self, fold_dir: Path, cache_dir: Path, normalisation: Mapping[str, str]):
+    def __init__(self, fold_dir: Path, cache_dir: Path, normalisation: Mapping[str, str],
+                 supplement_caches: Mapping[str, Path] | None = None):
         self.box_dir, self.cache_dir, self.normalisation = fold_dir / BOX_DIR, Path(cache_dir), dict(normalisation)
+        self.supplement_caches = {uid: Path(c) for uid, c in (supplement_caches or {}).items()}  # uid -> its cache
         self._boxes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._norms: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
@@ -255,7 +257,7 @@ class BoxStore:
     def normalise(self, uid: str) -> Callable[[np.ndarray], np.ndarray]:
         """The kernel's patch normalisation for this series: statistics of its canonical volume (the cache)."""
         if uid not in self._norms:
-            volume = load_cached(self.cache_dir, uid, mmap=True)
+            volume = load_cached(self.supplement_caches.get(uid, self.cache_dir), uid, mmap=True)
             scheme = self.normalisation["CT" if volume.modality == "CT" else "MR"]
             self._norms[uid] = normaliser(scheme, np.asarray(volume.array))
         return self._norms[uid]
@@ -484,6 +486,32 @@ def auc_by_candidate(labels_present: np.ndarray, scores: np.ndarray, uids: Seque
 # --- the fold ---------------------------------------------------------------------------------------------------------
 
 
+def load_supplements(cfg: Mapping[str, Any], known: set[str]) -> list[tuple[Path, Path, list[SeriesRecord]]]:
+    """(data root, cache, records) of each of ``fine.supplements``: training-only series. The index is built on first
+    use. A series also in the main data (``known``) or in two supplements would leak across folds: refused."""
+    from train_offline.index import build_index, load_index
+
+    out, seen = [], set(known)
+    for i, item in enumerate(cfg["supplements"]):
+        if not isinstance(item, Mapping) or sorted(item) != ["cache", "index", "root"] or not all(
+                isinstance(v, str) for v in item.values()):
+            raise ConfigError(f"fine.supplements[{i}] must be a mapping of root, cache and index paths, got {item!r}")
+        root, cache, index_path = Path(item["root"]), Path(item["cache"]), Path(item["index"])
+        if not index_path.is_file():
+            if not (root / "train.csv").is_file():
+                raise FileNotFoundError(f"fine.supplements[{i}]: {root / 'train.csv'} is missing (generate it, e.g. "
+                                        "python -m train_offline.phantoms --dome-range 2 4.5 ...)")
+            build_index(root, cache).to_csv(index_path, index=False)
+        records = records_from_index(load_index(index_path))
+        shared = seen & {r.uid for r in records}
+        if shared:
+            raise ValueError(f"fine.supplements[{i}] ({root}) repeats {len(shared)} series of the training data or "
+                             f"of an earlier supplement, e.g. {sorted(shared)[0]}")
+        seen |= {r.uid for r in records}
+        out.append((root, cache, records))
+    return out
+
+
 def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: bool = False,
                workers: int = 2, coarse: Path | None = None, rescore: bool = False) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one fold; returns the fine summary. ``coarse``: an exported weights
@@ -511,6 +539,10 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     records = {r.uid: r for r in records_from_index(index)}
     store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), list(records.values()),
                         config["normalisation"], preload="none")
+    supplements = load_supplements(cfg, set(records))
+    for _, _, extra in supplements:
+        records.update({r.uid: r for r in extra})
+    extra_uids = [r.uid for _, _, extra in supplements for r in extra]
     times: dict[str, float] = {}
     exported, provenance = None, None
     if coarse is not None:  # the fold folder holds only this stage: its config is written here for export
@@ -520,13 +552,20 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
 
     t = time.perf_counter()
     sites = compute_sites(config, fold, fold_dir, store, train_uids + val_uids, set(val_uids), device, exported)
+    for root, cache, extra in supplements if not rescore else ():  # training series of every fold
+        extra_store = SeriesStore(cache, root, extra, config["normalisation"], preload="none")
+        sites = compute_sites(config, fold, fold_dir, extra_store, [r.uid for r in extra], set(), device, exported)
     times["sites_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    build_boxes(Path(config["data"]["root"]), fold_dir, {u: sites[u] for u in val_uids} if rescore else sites,
+    main_uids = val_uids if rescore else train_uids + val_uids
+    build_boxes(Path(config["data"]["root"]), fold_dir, {u: sites[u] for u in main_uids if u in sites},
                 records, float(cfg["box_mm"]), workers)
+    for root, _, extra in supplements if not rescore else ():
+        build_boxes(root, fold_dir, {r.uid: sites[r.uid] for r in extra}, records, float(cfg["box_mm"]), workers)
     times["boxes_s"] = round(time.perf_counter() - t, 1)
 
-    boxes = BoxStore(fold_dir, Path(config["data"]["cache"]), config["normalisation"])
+    boxes = BoxStore(fold_dir, Path(config["data"]["cache"]), config["normalisation"],
+                     {r.uid: cache for _, cache, extra in supplements for r in extra})
     model, spec = build_fine(cfg), fine_spec(cfg, fold)
     domes = load_domes(config["data"]["root"])
     labels_present = np.array([records[u].labels[-1] for u in val_uids])
@@ -551,7 +590,7 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
 
     ctx = {"rank": 0, "world": 1, "device": device, "seed": seed, "resume": resume, "amp": config["train"]["amp"],
            "num_workers": config["train"]["num_workers"], "channels_last": False}
-    dataset = FineDataset(sites, records, boxes, train_uids, cfg, seed=seed)
+    dataset = FineDataset(sites, records, boxes, train_uids + extra_uids, cfg, seed=seed)
     t = time.perf_counter()
     if (resume or rescore) and (fold_dir / "fine.pt").is_file():
         model.load_state_dict(torch.load(fold_dir / "fine.pt", map_location="cpu", weights_only=True))
@@ -568,7 +607,8 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     coarse_metrics, coarse_probs = state["fused"].get(0.0, (None, None))
     summary = {
         "fold": fold, "fusion_weight": best, "config": json.loads(json.dumps(cfg)),
-        "n_train_series": len(dataset.uids), "n_val": len(val_uids),
+        "n_train_series": len(dataset.uids), "n_supplement_series": len([u for u in extra_uids if u in sites]),
+        "supplements": [str(root) for root, _, _ in supplements], "n_val": len(val_uids),
         "scores_by_weight": {str(w): {"score": m["score"], "auc_present": m["auc_present"]}
                              for w, (m, _) in state["fused"].items()},
         "validation": metrics,

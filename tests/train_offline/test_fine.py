@@ -210,6 +210,35 @@ def test_rescore_validates_the_trained_model_again_from_validation_boxes_only(ti
     assert json.loads((fold_dir / "fine_summary.json").read_text())["patch_auc_by_dome"] == again["patch_auc_by_dome"]
 
 
+def test_supplement_series_join_every_folds_training_only(tiny_run: dict, tmp_path: Path) -> None:
+    """``fine.supplements``: training-only series (here a small-dome supplement) get sites and boxes and join the
+    training set; validation is the same fold's; a supplement that repeats the training data is refused."""
+    from train_offline.config import ConfigError
+
+    extra, cache = tmp_path / "extra", tmp_path / "extra_cache"
+    generate_dataset(extra, 3, seed=77, split="train", size="small", progress=False, dome_range=(2.0, 4.0),
+                     segmentations=False)
+    precache_all(extra, cache, workers=1, spacing=(SPACING,) * 3, progress=False)
+    fold_dir = tmp_path / "fold0"  # the trained fold, its main series' sites and boxes kept
+    shutil.copytree(tiny_run["fold_dir"], fold_dir, ignore=shutil.ignore_patterns("fine.pt", "fine_summary.json"))
+    item = {"root": str(extra), "cache": str(cache), "index": str(tmp_path / "extra_index.csv")}
+    config = {**tiny_run["config"], "fine": {**tiny_run["config"]["fine"], "supplements": [item]}}
+    summary = train_fine(config, 0, fold_dir, workers=1)
+    extra_uids = set(pd.read_csv(extra / "train.csv")[ID_COL])
+    sites = {json.loads(x)[ID_COL] for x in (fold_dir / "fine_sites.jsonl").open()}
+    assert len(sites) == 13 and extra_uids <= sites
+    assert extra_uids <= {p.stem for p in (fold_dir / "fine_boxes").glob("*.npz")}
+    assert summary["n_supplement_series"] == 3 and summary["supplements"] == [str(extra)]
+    assert summary["n_train_series"] == tiny_run["summary"]["n_train_series"] + 3
+    assert summary["n_val"] == tiny_run["summary"]["n_val"]
+    assert not extra_uids & set(pd.read_csv(fold_dir / "fine_oof.csv")[ID_COL])
+    assert (tmp_path / "extra_index.csv").is_file()  # built on first use
+    main = {"root": str(tiny_run["data"]), "cache": config["data"]["cache"], "index": config["data"]["index"]}
+    for bad, error in (([main], ValueError), ([{"root": str(extra)}], ConfigError)):
+        with pytest.raises(error, match="supplements"):
+            train_fine({**config, "fine": {**config["fine"], "supplements": bad}}, 0, fold_dir, workers=1)
+
+
 def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp_path: Path) -> None:
     from kernel.ensemble import Ensemble
     from kernel.preprocess import prepare_volume

@@ -175,6 +175,34 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path: Path) -> None:
     assert set(a).isdisjoint({k for k in c if k.startswith("series/")})  # another seed, other uids
 
 
+def test_dome_range_supplement_is_positive_with_drawn_small_domes_and_segmentations_are_optional(
+        tmp_path: Path) -> None:
+    """``dome_range``: every series positive, every sac of a series one patient diameter inside the range (drawn per
+    series); ``segmentations=False`` writes none and leaves the series' bytes as they are."""
+    def digest(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    with_segs = generate_dataset(tmp_path / "a", 8, seed=11, workers=1, progress=False, dome_range=(2.0, 3.0))
+    generate_dataset(tmp_path / "b", 8, seed=11, workers=1, progress=False, dome_range=(2.0, 3.0),
+                     segmentations=False)
+    assert all(r.labels[PRESENT_COL] == 1 for r in with_segs)
+    domes = []
+    for rec in load_truth(tmp_path / "a").values():
+        scale = abs(np.linalg.det(np.asarray(rec["head_to_lps"])[:3, :3])) ** (1 / 3)  # truth domes: head frame
+        patient = {round(a["dome_mm"] * scale, 2) for a in rec["aneurysms"]}
+        assert len(patient) == 1 and 2.0 - 0.01 <= patient.pop() <= 3.0 + 0.01
+        assert not any(a["bleb"] for a in rec["aneurysms"])
+        domes.append(rec["aneurysms"][0]["dome_mm"])
+    assert np.ptp(domes) > 0.2  # drawn per series, not one size
+    a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
+    assert any(k.startswith("segmentations/") for k in a) and not any(k.startswith("segmentations/") for k in b)
+    assert {k: v for k, v in a.items() if k.startswith("series/")} == {k: v for k, v in b.items()
+                                                                        if k.startswith("series/")}
+    with pytest.raises(ValueError, match="dome range"):
+        generate_dataset(tmp_path / "c", 2, seed=11, progress=False, dome_range=(3.0, 2.0))
+
+
 def test_test_split_has_only_allowlisted_tags(tmp_path: Path) -> None:
     results = generate_dataset(tmp_path, 4, seed=3, split="test", workers=1, progress=False)
     generate_series(tmp_path, 99, 3, split="test", modality="MRA", locations=["Basilar Tip"],

@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "<= 0.9 mm slices, 3D MR ~1 mm, 2D MR 4-6 mm slices with 0.45-0.9 mm pixels; ~1-2 s a "
                         "series) (default small)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2; output does not depend on it)")
+    p.add_argument("--dome-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="a training supplement: every series positive, each sac a sphere of a diameter drawn "
+                        "uniformly in LOW-HIGH mm (e.g. 2 4 for small domes); use its own --seed")
+    p.add_argument("--no-segmentations", action="store_true",
+                   help="write no segmentation NIfTIs (they are ~40%% of a real-size train set's bytes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -36,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     results = generate_dataset(args.out, args.n, args.seed, split=args.split, size=args.size,
-                               workers=args.workers, progress=not args.quiet)
+                               workers=args.workers, progress=not args.quiet,
+                               dome_range=tuple(args.dome_range) if args.dome_range else None,
+                               segmentations=not args.no_segmentations)
     positive = sum(r.labels["Aneurysm Present"] for r in results)
     print(f"wrote {len(results)} {args.split} series ({positive} positive) to {args.out} "
           f"in {time.perf_counter() - t0:.1f} s")

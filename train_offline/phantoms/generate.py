@@ -115,8 +115,8 @@ def generate_series(
     uids["patient"] = f"PHANTOM{int(seed):04d}{int(index):06d}"
     modality = modality or sample_modality(rng)
     locations = sample_locations(rng) if locations is None else list(locations)
-    if with_segmentation is None:
-        with_segmentation = split == "train" and bool(rng.random() < SEG_FRACTION)
+    drawn_segmentation = split == "train" and bool(rng.random() < SEG_FRACTION)  # drawn either way: same stream
+    with_segmentation = drawn_segmentation if with_segmentation is None else with_segmentation
     anatomy = build_anatomy(rng, locations, dome_mm=dome_mm)
     acq = sample_acquisition(rng, modality, anatomy, size)
     if n_slices is not None:
@@ -181,10 +181,22 @@ def generate_series(
     return SeriesResult(uids["series"], modality, labels, age, sex, localizers, truth)
 
 
+def supplement_draw(seed: int, index: int, dome_range: tuple[float, float]) -> tuple[list[str], float]:
+    """Locations (at least one, competition frequencies) and dome diameter of series ``index`` of a dome-range
+    supplement: drawn from their own stream, so the head, scanner and noise are the generator's as for any series."""
+    lo, hi = float(dome_range[0]), float(dome_range[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"dome range must satisfy 0 < low <= high, got {dome_range}")
+    rng = np.random.default_rng([int(seed), int(index), 1])
+    return sample_locations(rng, force_positive=True), float(rng.uniform(lo, hi))
+
+
 def _job(args: tuple) -> SeriesResult:
-    out, index, seed, split, size = args
+    out, index, seed, split, size, dome_range, segmentations = args
     try:
-        return generate_series(out, index, seed, split=split, size=size)
+        locations, dome_mm = supplement_draw(seed, index, dome_range) if dome_range else (None, None)
+        return generate_series(out, index, seed, split=split, size=size, locations=locations, dome_mm=dome_mm,
+                               with_segmentation=None if segmentations else False)
     except Exception as exc:
         raise RuntimeError(f"phantom series {index} of seed {seed} ({split}, {size}) failed: {exc!r}") from exc
 
@@ -198,15 +210,23 @@ def generate_dataset(
     size: str = "small",
     workers: int = 1,
     progress: bool = True,
+    dome_range: tuple[float, float] | None = None,
+    segmentations: bool = True,
 ) -> list[SeriesResult]:
-    """Write ``n`` series and the competition CSVs for ``split`` into ``out``; returns the per-series results."""
+    """Write ``n`` series and the competition CSVs for ``split`` into ``out``; returns the per-series results.
+
+    ``dome_range`` (low, high mm) makes a training supplement: every series positive, each sac a sphere with a
+    diameter drawn uniformly in the range (e.g. 2-4 mm: many more small domes than the drawn sizes give).
+    ``segmentations=False`` writes none (the draw is kept, so the series are the same bytes)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), i, seed, split, size) for i in range(n)]
+    if dome_range is not None:
+        supplement_draw(seed, 0, dome_range)  # a bad range fails here, not in a worker
+    jobs = [(str(out), i, seed, split, size, dome_range, segmentations) for i in range(n)]
     results: Iterable[SeriesResult]
     if workers <= 1:
         results = (_job(j) for j in jobs)
