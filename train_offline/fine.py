@@ -516,8 +516,9 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
                workers: int = 2, coarse: Path | None = None, rescore: bool = False) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one fold; returns the fine summary. ``coarse``: an exported weights
     folder whose fold ``fold`` locator and classifier give the sites (instead of the fold folder's checkpoints).
-    ``rescore``: validate the trained ``fine.pt`` again (boxes of the validation series only; the earlier summary's
-    times kept) and rewrite the summary and out-of-fold file, e.g. after the summary gained a table."""
+    ``rescore``: validate the trained ``fine.pt`` again (sites and boxes of the validation series only; the earlier
+    summary's times and training counts kept) and rewrite the summary and out-of-fold file: after the summary gained
+    a table, or to measure an inference setting such as ``fine.candidates``."""
     cfg = config["fine"]
     if rescore and not (fold_dir / "fine.pt").is_file():
         raise FileNotFoundError(f"--rescore: {fold_dir / 'fine.pt'} is missing: train the fine stage first")
@@ -551,13 +552,13 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         save_config(fold_dir / "config.yaml", config)
 
     t = time.perf_counter()
-    sites = compute_sites(config, fold, fold_dir, store, train_uids + val_uids, set(val_uids), device, exported)
+    main_uids = val_uids if rescore else train_uids + val_uids  # a rescore needs the validation series only
+    sites = compute_sites(config, fold, fold_dir, store, main_uids, set(val_uids), device, exported)
     for root, cache, extra in supplements if not rescore else ():  # training series of every fold
         extra_store = SeriesStore(cache, root, extra, config["normalisation"], preload="none")
         sites = compute_sites(config, fold, fold_dir, extra_store, [r.uid for r in extra], set(), device, exported)
     times["sites_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    main_uids = val_uids if rescore else train_uids + val_uids
     build_boxes(Path(config["data"]["root"]), fold_dir, {u: sites[u] for u in main_uids if u in sites},
                 records, float(cfg["box_mm"]), workers)
     for root, _, extra in supplements if not rescore else ():
@@ -627,11 +628,13 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
         "coarse": provenance,
     }
-    if rescore:  # the training's times stay; the rescore's go beside them
+    if rescore:  # what the training saw and how long it took stay; the rescore's time goes beside them
         earlier = fold_dir / "fine_summary.json"
         summary["rescore_seconds"] = summary["seconds"]["total_s"]
         if earlier.is_file():
-            summary["seconds"] = json.loads(earlier.read_text()).get("seconds", summary["seconds"])
+            trained = json.loads(earlier.read_text())
+            summary.update({k: trained[k] for k in ("seconds", "n_train_series", "n_supplement_series", "supplements")
+                            if k in trained})
     (fold_dir / "fine_summary.json").write_text(json.dumps(summary, indent=1))
     oof = pd.DataFrame(probs, columns=LABEL_COLS)
     oof.insert(0, ID_COL, val_uids)
@@ -646,7 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="fold folder (default <train.out_dir>/<name>/fold<K>)")
     parser.add_argument("--resume", action="store_true", help="keep a finished fine.pt / continue its checkpoint")
     parser.add_argument("--rescore", action="store_true",
-                        help="validate a trained fine.pt again (validation series' boxes only) and rewrite its summary")
+                        help="validate a trained fine.pt again (validation series' sites and boxes only) and "
+                             "rewrite its summary")
     parser.add_argument("--coarse", type=Path, default=None, metavar="WEIGHTS",
                         help="take the fold's locator and classifier from this exported weights folder (onnxruntime) "
                              "instead of the fold folder's locator.pt / classifier.pt")

@@ -193,9 +193,10 @@ def test_resume_keeps_the_finished_stage(tiny_run: dict) -> None:
 
 def test_rescore_validates_the_trained_model_again_from_validation_boxes_only(tiny_run: dict, tmp_path: Path) -> None:
     """``--rescore`` rewrites the summary of an unchanged fine.pt: same out-of-fold scores, the training's times
-    kept, boxes cut only for the validation series."""
+    and counts kept, sites found and boxes cut only for the validation series."""
     fold_dir = tmp_path / "fold0"
-    shutil.copytree(tiny_run["fold_dir"], fold_dir, ignore=shutil.ignore_patterns("fine_boxes", "fine_summary.json"))
+    shutil.copytree(tiny_run["fold_dir"], fold_dir,
+                    ignore=shutil.ignore_patterns("fine_boxes", "fine_sites.jsonl", "fine_summary.json"))
     with pytest.raises(FileNotFoundError, match="fine.pt"):
         train_fine(tiny_run["config"], 0, tmp_path / "untrained", workers=1, rescore=True)
     earlier = tiny_run["summary"]
@@ -207,6 +208,8 @@ def test_rescore_validates_the_trained_model_again_from_validation_boxes_only(ti
     assert again["seconds"] == earlier["seconds"] and again["rescore_seconds"] > 0
     val_uids = set(pd.read_csv(fold_dir / "fine_oof.csv")["SeriesInstanceUID"])
     assert {p.stem for p in (fold_dir / "fine_boxes").glob("*.npz")} == val_uids
+    assert {json.loads(x)[ID_COL] for x in (fold_dir / "fine_sites.jsonl").open()} == val_uids
+    assert again["n_train_series"] == earlier["n_train_series"] > 0
     assert json.loads((fold_dir / "fine_summary.json").read_text())["patch_auc_by_dome"] == again["patch_auc_by_dome"]
 
 
