@@ -631,10 +631,12 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     if rescore:  # what the training saw and how long it took stay; the rescore's time goes beside them
         earlier = fold_dir / "fine_summary.json"
         summary["rescore_seconds"] = summary["seconds"]["total_s"]
-        if earlier.is_file():
-            trained = json.loads(earlier.read_text())
-            summary.update({k: trained[k] for k in ("seconds", "n_train_series", "n_supplement_series", "supplements")
-                            if k in trained})
+        trained = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        summary["seconds"] = trained.get("seconds", summary["seconds"])
+        # the training's counts (summaries from before supplements had none); unknown without its summary
+        summary.update({"n_train_series": trained.get("n_train_series"),
+                        "n_supplement_series": trained.get("n_supplement_series", 0) if trained else None,
+                        "supplements": trained.get("supplements", []) if trained else None})
     (fold_dir / "fine_summary.json").write_text(json.dumps(summary, indent=1))
     oof = pd.DataFrame(probs, columns=LABEL_COLS)
     oof.insert(0, ID_COL, val_uids)
