@@ -100,12 +100,13 @@ def generate_series(
     n_slices: int | None = None,
     quirks_override: dict[str, object] | None = None,
     dome_mm: float | None = None,
+    segmentations: bool = True,
 ) -> SeriesResult:
     """Generate series ``index`` of dataset ``seed`` under ``out/series/<uid>/``; returns its labels and ground truth.
 
     Optional overrides (modality, locations, transfer syntax, slice count, quirks, ``dome_mm``: every sac a sphere of
     that diameter in patient mm, see ``anatomy.build_anatomy``) are for tests and benchmarks; by default everything is
-    drawn from the series generator.
+    drawn from the series generator. ``segmentations=False`` writes no segmentation but draws as with it.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -115,8 +116,9 @@ def generate_series(
     uids["patient"] = f"PHANTOM{int(seed):04d}{int(index):06d}"
     modality = modality or sample_modality(rng)
     locations = sample_locations(rng) if locations is None else list(locations)
-    drawn_segmentation = split == "train" and bool(rng.random() < SEG_FRACTION)  # drawn either way: same stream
-    with_segmentation = drawn_segmentation if with_segmentation is None else with_segmentation
+    if with_segmentation is None:
+        with_segmentation = split == "train" and bool(rng.random() < SEG_FRACTION)
+    with_segmentation = with_segmentation and segmentations  # after the draw: the series stay the same bytes
     anatomy = build_anatomy(rng, locations, dome_mm=dome_mm)
     acq = sample_acquisition(rng, modality, anatomy, size)
     if n_slices is not None:
@@ -196,7 +198,7 @@ def _job(args: tuple) -> SeriesResult:
     try:
         locations, dome_mm = supplement_draw(seed, index, dome_range) if dome_range else (None, None)
         return generate_series(out, index, seed, split=split, size=size, locations=locations, dome_mm=dome_mm,
-                               with_segmentation=None if segmentations else False)
+                               segmentations=segmentations)
     except Exception as exc:
         raise RuntimeError(f"phantom series {index} of seed {seed} ({split}, {size}) failed: {exc!r}") from exc
 
