@@ -66,7 +66,7 @@ from train_offline.config import ConfigError, load_config, parse_overrides, save
 from train_offline.data import SeriesRecord, SeriesStore, grid_points_lps, records_from_index
 from train_offline.domes import DOME_BANDS, band_of, candidate_recall, load_domes, nearest_mm
 from train_offline.evaluate import torch_runner
-from train_offline.folds import ensure_index_and_folds
+from train_offline.folds import ensure_index, ensure_index_and_folds
 from train_offline.loop import atomic_torch_save, run_stage, setup_distributed
 from train_offline.losses import heatmap_focal_loss
 from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
@@ -489,7 +489,7 @@ def auc_by_candidate(labels_present: np.ndarray, scores: np.ndarray, uids: Seque
 def load_supplements(cfg: Mapping[str, Any], known: set[str]) -> list[tuple[Path, Path, list[SeriesRecord]]]:
     """(data root, cache, records) of each of ``fine.supplements``: training-only series. The index is built on first
     use. A series also in the main data (``known``) or in two supplements would leak across folds: refused."""
-    from train_offline.index import build_index, load_index
+    from train_offline.index import load_index
 
     out, seen = [], set(known)
     for i, item in enumerate(cfg["supplements"]):
@@ -497,11 +497,10 @@ def load_supplements(cfg: Mapping[str, Any], known: set[str]) -> list[tuple[Path
                 isinstance(v, str) for v in item.values()):
             raise ConfigError(f"fine.supplements[{i}] must be a mapping of root, cache and index paths, got {item!r}")
         root, cache, index_path = Path(item["root"]), Path(item["cache"]), Path(item["index"])
-        if not index_path.is_file():
-            if not (root / "train.csv").is_file():
-                raise FileNotFoundError(f"fine.supplements[{i}]: {root / 'train.csv'} is missing (generate it, e.g. "
-                                        "python -m train_offline.phantoms --dome-range 2 4.5 ...)")
-            build_index(root, cache).to_csv(index_path, index=False)
+        if not index_path.is_file() and not (root / "train.csv").is_file():
+            raise FileNotFoundError(f"fine.supplements[{i}]: {root / 'train.csv'} is missing (generate it, e.g. "
+                                    "python -m train_offline.phantoms --dome-range 2 4.5 ...)")
+        ensure_index(root, cache, index_path)
         records = records_from_index(load_index(index_path))
         shared = seen & {r.uid for r in records}
         if shared:
@@ -608,7 +607,7 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     coarse_metrics, coarse_probs = state["fused"].get(0.0, (None, None))
     summary = {
         "fold": fold, "fusion_weight": best, "config": json.loads(json.dumps(cfg)),
-        "n_train_series": len(dataset.uids), "n_supplement_series": len([u for u in extra_uids if u in sites]),
+        "n_train_series": len(dataset.uids), "n_supplement_series": len(extra_uids),
         "supplements": [str(root) for root, _, _ in supplements], "n_val": len(val_uids),
         "scores_by_weight": {str(w): {"score": m["score"], "auc_present": m["auc_present"]}
                              for w, (m, _) in state["fused"].items()},
@@ -635,8 +634,8 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         summary["seconds"] = trained.get("seconds", summary["seconds"])
         # the training's counts (summaries from before supplements had none); unknown without its summary
         summary.update({"n_train_series": trained.get("n_train_series"),
-                        "n_supplement_series": trained.get("n_supplement_series", 0) if trained else None,
-                        "supplements": trained.get("supplements", []) if trained else None})
+                        "n_supplement_series": trained.get("n_supplement_series", 0 if trained else None),
+                        "supplements": trained.get("supplements", [] if trained else None)})
     (fold_dir / "fine_summary.json").write_text(json.dumps(summary, indent=1))
     oof = pd.DataFrame(probs, columns=LABEL_COLS)
     oof.insert(0, ID_COL, val_uids)

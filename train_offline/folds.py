@@ -116,17 +116,24 @@ def fold_report(frame: pd.DataFrame, folds: pd.DataFrame) -> tuple[pd.DataFrame,
     return table, gaps
 
 
+def ensure_index(root: Path, cache: Path, index_path: Path) -> None:
+    """Write ``index_path`` (``train_offline.index`` of a data root and its cache) unless it exists."""
+    from train_offline.index import build_index
+
+    if not index_path.is_file():
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        build_index(root, cache).to_csv(index_path, index=False)
+
+
 def ensure_index_and_folds(config: Mapping[str, Any], rank: int, world: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(index, folds) of a config's data, each built on first use (rank 0 writes, every rank waits for it)."""
-    from train_offline.index import build_index, load_index
+    from train_offline.index import load_index
     from train_offline.loop import barrier
 
     data = config["data"]
     index_path, folds_path = Path(data["index"]), Path(data["folds_csv"])
-    if rank == 0 and not index_path.is_file():
-        index = build_index(Path(data["root"]), Path(data["cache"]))
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        index.to_csv(index_path, index=False)
+    if rank == 0:
+        ensure_index(Path(data["root"]), Path(data["cache"]), index_path)
     barrier(world)
     index = load_index(index_path)
     if rank == 0 and not folds_path.is_file():

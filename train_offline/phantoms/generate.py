@@ -183,12 +183,17 @@ def generate_series(
     return SeriesResult(uids["series"], modality, labels, age, sex, localizers, truth)
 
 
-def supplement_draw(seed: int, index: int, dome_range: tuple[float, float]) -> tuple[list[str], float]:
-    """Locations (at least one, competition frequencies) and dome diameter of series ``index`` of a dome-range
-    supplement: drawn from their own stream, so the head, scanner and noise are the generator's as for any series."""
+def _checked_dome_range(dome_range: tuple[float, float]) -> tuple[float, float]:
     lo, hi = float(dome_range[0]), float(dome_range[1])
     if not 0 < lo <= hi:
         raise ValueError(f"dome range must satisfy 0 < low <= high, got {dome_range}")
+    return lo, hi
+
+
+def supplement_draw(seed: int, index: int, dome_range: tuple[float, float]) -> tuple[list[str], float]:
+    """Locations (at least one, competition frequencies) and dome diameter of series ``index`` of a dome-range
+    supplement: drawn from their own stream, so the head, scanner and noise are the generator's as for any series."""
+    lo, hi = _checked_dome_range(dome_range)
     rng = np.random.default_rng([int(seed), int(index), 1])
     return sample_locations(rng, force_positive=True), float(rng.uniform(lo, hi))
 
@@ -227,7 +232,7 @@ def generate_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if dome_range is not None:
-        supplement_draw(seed, 0, dome_range)  # a bad range fails here, not in a worker
+        _checked_dome_range(dome_range)  # a bad range fails here, not in a worker
     jobs = [(str(out), i, seed, split, size, dome_range, segmentations) for i in range(n)]
     results: Iterable[SeriesResult]
     if workers <= 1:
