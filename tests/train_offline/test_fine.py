@@ -45,7 +45,7 @@ TINY = {
                    "epochs": 1, "batch_size": 4, "heatmap_sigma_mm": 8.0, "jitter_mm": 4.0},
     "fine": {"epochs": 1, "input_shape": [16, 16, 16], "spacing_mm": [1.0] * 3, "channels": [4, 8, 8, 8],
              "candidates": 3, "random_sites": 2, "per_series": 3, "batch_size": 8, "box_mm": 24.0,
-             "truth_jitter_mm": 3.0, "fusion_grid": [0.0, 0.5]},
+             "truth_jitter_mm": 3.0, "fusion_grid": [0.0, 0.5], "supplements": []},  # not demo's supplement
     "train": {"device": "cpu", "threads": 1},
 }
 
