@@ -1,6 +1,7 @@
-"""The fine stage of one fold: candidate sites, native boxes around them, the patch model, fusion chosen out of fold.
+"""The fine stage of a fold: candidate sites, native boxes around them, the patch model, fusion chosen out of fold.
 
     python -m train_offline.fine --config demo --fold 0 [--resume] [--workers 2] [--set fine.epochs=12 ...]
+    python -m train_offline.fine --config demo --fold 0 1 2   # every fold's sites, one box pass, then each fold
     python -m train_offline.fine --config demo --fold 1 --coarse weights   # on an exported fold's coarse models
 
 Runs after ``train_offline.train`` in the same fold folder (it needs locator.pt and classifier.pt), or, with
@@ -14,7 +15,10 @@ where it stopped:
    probabilities; plus random bright (vessel) voxels inside the crop as extra negatives.
 2. ``fine_boxes/<uid>.npz``: the raw canonical native stack (``kernel.preprocess.canonicalise`` without resampling, the
    array the kernel's fine stage samples from) in a ``box_mm`` cube around every site and every localizer, read from
-   the DICOM series in worker processes. Patches cut from a box equal patches cut from the whole stack.
+   the DICOM series in worker processes (int16 where that keeps every value). Patches cut from a box equal patches
+   cut from the whole stack. With several folds (``--fold 0 1 2``) every fold's sites come first and each series is
+   read once for all the folds' boxes (``fine_prepare.json`` holds that shared pass's time): reading is most of this
+   step, so each fold pays about a third of it.
 3. ``fine.pt``: ``models.FineNet`` trained on the training folds' sites: every localizer (``truth_repeats`` times,
    each shifted up to ``truth_jitter_mm``) and a draw of candidates and random sites, each patch labelled positive when
    a localizer lies within ``positive_radius_mm`` of its centre; augmented (flips, in-plane transpose, gain, gamma,
@@ -35,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +81,7 @@ __all__ = ["BoxStore", "FineDataset", "cut_box", "extract_boxes", "fine_loss", "
 
 SITES_FILE = "fine_sites.jsonl"
 BOX_DIR = "fine_boxes"
+PREPARE_FILE = "fine_prepare.json"
 
 
 # --- step 1: sites ---------------------------------------------------------------------------------------------------
@@ -203,38 +209,60 @@ def cut_box(array: np.ndarray, affine: np.ndarray, point_lps: np.ndarray,
     return np.ascontiguousarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32), box_affine
 
 
-def extract_boxes(series_dir: str, points: np.ndarray, box_mm: float, out_path: str) -> str:
-    """Read a series as the kernel's fine stage does (canonical, native spacing) and save a box per point (npz)."""
+def _stored(box: np.ndarray) -> np.ndarray:
+    """A box as written to disk: int16 when that keeps every value (CT in HU, most MR), else float32. Half the bytes
+    on disk and in the training process's memory, and the same patches (``crop_around`` samples in float32)."""
+    if box.size and np.all(np.isfinite(box)) and box.min() >= -32768 and box.max() <= 32767:
+        small = box.astype(np.int16)
+        if np.array_equal(small, box):
+            return small
+    return box
+
+
+def extract_boxes(series_dir: str, targets: Sequence[tuple[np.ndarray, str]], box_mm: float) -> list[str]:
+    """Read a series once as the kernel's fine stage does (canonical, native spacing) and write, for each (points,
+    npz path) of ``targets`` (one per fold that needs the series), a box per point."""
     volume = canonicalise(read_series(series_dir), None)
-    arrays: dict[str, np.ndarray] = {}
-    for i, point in enumerate(np.asarray(points, dtype=np.float64).reshape(-1, 3)):
-        box, box_affine = cut_box(volume.array, volume.affine, point, box_mm)
-        arrays[f"box{i}"], arrays[f"affine{i}"] = box, box_affine
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(Path(out_path), buffer.getvalue())
-    return out_path
+    for points, out_path in targets:
+        arrays: dict[str, np.ndarray] = {}
+        for i, point in enumerate(np.asarray(points, dtype=np.float64).reshape(-1, 3)):
+            box, box_affine = cut_box(volume.array, volume.affine, point, box_mm)
+            arrays[f"box{i}"], arrays[f"affine{i}"] = _stored(box), box_affine
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(Path(out_path), buffer.getvalue())
+    return [out for _, out in targets]
 
 
-def build_boxes(data_root: Path, fold_dir: Path, sites: Mapping[str, Mapping[str, Any]],
-                records: Mapping[str, SeriesRecord], box_mm: float, workers: int) -> None:
-    """``fine_boxes/<uid>.npz`` for every series with sites (those already written are kept)."""
+BoxJobs = dict[str, list[tuple[np.ndarray, str]]]  # series folder -> (points, npz path) per fold that lacks its boxes
+
+
+def box_jobs(data_root: Path, fold_dir: Path, sites: Mapping[str, Mapping[str, Any]],
+             records: Mapping[str, SeriesRecord], jobs: BoxJobs | None = None) -> BoxJobs:
+    """Add to ``jobs`` the boxes one fold still lacks: ``fine_boxes/<uid>.npz`` for every series with sites."""
+    jobs = {} if jobs is None else jobs
     out_dir = fold_dir / BOX_DIR
-    out_dir.mkdir(exist_ok=True)
-    jobs = []
+    out_dir.mkdir(parents=True, exist_ok=True)
     for uid, record in sites.items():
         path = out_dir / f"{uid}.npz"
         if not path.is_file():
             points, _ = all_sites(record, [p for _, p in records[uid].points])
-            jobs.append((str(data_root / "series" / uid), points, box_mm, str(path)))
+            jobs.setdefault(str(data_root / "series" / uid), []).append((points, str(path)))
+    return jobs
+
+
+def build_boxes(jobs: BoxJobs, box_mm: float, workers: int) -> int:
+    """Write the boxes of ``jobs`` (see ``box_jobs``), each series read once for all the folds that need it; returns
+    the number of series read."""
     if not jobs:
-        return
+        return 0
     # spawn: fresh workers that do not inherit the caller's memory (a training process may hold every volume; forked
     # copies of it were killed for memory on 2 x 24 GB)
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(extract_boxes, *job) for job in jobs]
+        futures = [pool.submit(extract_boxes, series, targets, box_mm) for series, targets in jobs.items()]
         for future in tqdm(futures, desc="fine boxes", mininterval=10):
             future.result()
+    return len(jobs)
 
 
 class BoxStore:
@@ -248,11 +276,17 @@ class BoxStore:
         self._norms: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
     def boxes(self, uid: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every box of a series as stored (int16 or float32, see ``_stored``) with its affine."""
         if uid not in self._boxes:
             with np.load(self.box_dir / f"{uid}.npz") as data:
                 n = len(data.files) // 2
                 self._boxes[uid] = [(data[f"box{i}"], data[f"affine{i}"]) for i in range(n)]
         return self._boxes[uid]
+
+    def box(self, uid: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Box ``i`` of a series in float32 (the raw intensities the kernel's native stack holds) and its affine."""
+        array, affine = self.boxes(uid)[i]
+        return array.astype(np.float32, copy=False), affine
 
     def normalise(self, uid: str) -> Callable[[np.ndarray], np.ndarray]:
         """The kernel's patch normalisation for this series: statistics of its canonical volume (the cache)."""
@@ -351,7 +385,7 @@ class FineDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         jitter = float(self.cfg["truth_jitter_mm" if kind == "truth" else "candidate_jitter_mm"])
         centre = point + rng.uniform(-1, 1, 3) * jitter
-        sample = site_sample(self.boxes.boxes(uid)[site], self.boxes.normalise(uid), centre, localizers, self.cfg)
+        sample = site_sample(self.boxes.box(uid, site), self.boxes.normalise(uid), centre, localizers, self.cfg)
         sample = augment(sample, rng, float(self.cfg["intensity_jitter"]), float(self.cfg["blur_voxels"]))
         return {"patch": torch.from_numpy(sample["patch"][None]), "label": torch.tensor([sample["label"]]),
                 "sphere": torch.from_numpy(sample["sphere"][None])}
@@ -379,9 +413,9 @@ def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str,
         localizers = [p for _, p in records[uid].points]
         points, kinds = all_sites(sites[uid], localizers)
         chosen = [i for i, k in enumerate(kinds) if k == kind]
-        norm, uid_boxes = boxes.normalise(uid), boxes.boxes(uid)
-        out[uid] = np.array([recipe.fine_probs(native_stack(uid_boxes[i][0], uid_boxes[i][1], norm),
-                                               points[i][None], [spec], run, flip=True)[0] for i in chosen])
+        norm = boxes.normalise(uid)
+        out[uid] = np.array([recipe.fine_probs(native_stack(*boxes.box(uid, i), norm), points[i][None], [spec], run,
+                                               flip=True)[0] for i in chosen])
     return out
 
 
@@ -511,6 +545,107 @@ def load_supplements(cfg: Mapping[str, Any], known: set[str]) -> list[tuple[Path
     return out
 
 
+@dataclass
+class FoldPlan:
+    """One fold's series and their sites (step 1 done): what its boxes are cut for and its training reads."""
+
+    train_uids: list[str]
+    val_uids: list[str]
+    main_uids: list[str]  # the main data's series with sites (the validation fold's alone for a rescore)
+    records: dict[str, SeriesRecord]  # main data and supplements
+    supplements: list[tuple[Path, Path, list[SeriesRecord]]]
+    sites: dict[str, dict[str, Any]]
+    provenance: dict[str, Any] | None
+    sites_s: float
+
+    @property
+    def extra_uids(self) -> list[str]:
+        return [r.uid for _, _, extra in self.supplements for r in extra]
+
+
+def plan_fold(config: Mapping[str, Any], fold: int, fold_dir: Path, device: torch.device,
+              coarse: Path | None = None, rescore: bool = False) -> FoldPlan:
+    """A fold's split, its supplements and the sites of its series (step 1; sites already written are kept)."""
+    cfg = config["fine"]
+    for name in ("locator.pt", "classifier.pt") if coarse is None else ():
+        if not (fold_dir / name).is_file():
+            raise FileNotFoundError(f"{fold_dir / name} is missing: train the fold first (python -m "
+                                    f"train_offline.train --config {config['name']} --fold {fold})")
+    index, folds = ensure_index_and_folds(config, 0, 1)
+    index = index.merge(folds, on=ID_COL, how="inner")
+    train_uids = index.loc[index["fold"] != fold, ID_COL].tolist()
+    val_uids = index.loc[index["fold"] == fold, ID_COL].tolist()
+    records = {r.uid: r for r in records_from_index(index)}
+    store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), list(records.values()),
+                        config["normalisation"], preload="none")
+    supplements = load_supplements(cfg, set(records))
+    for _, _, extra in supplements:
+        records.update({r.uid: r for r in extra})
+    exported, provenance = None, None
+    if coarse is not None:  # the fold folder holds only this stage: its config is written here for export
+        exported, provenance = exported_coarse(coarse, config, fold, val_uids)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        save_config(fold_dir / "config.yaml", config)
+    t = time.perf_counter()
+    main_uids = val_uids if rescore else train_uids + val_uids  # a rescore needs the validation series only
+    sites = compute_sites(config, fold, fold_dir, store, main_uids, set(val_uids), device, exported)
+    for root, cache, extra in supplements if not rescore else ():  # training series of every fold
+        extra_store = SeriesStore(cache, root, extra, config["normalisation"], preload="none")
+        sites = compute_sites(config, fold, fold_dir, extra_store, [r.uid for r in extra], set(), device, exported)
+    return FoldPlan(train_uids, val_uids, main_uids, records, supplements if not rescore else [], sites, provenance,
+                    round(time.perf_counter() - t, 1))
+
+
+def plan_box_jobs(config: Mapping[str, Any], fold_dir: Path, plan: FoldPlan, jobs: BoxJobs | None = None) -> BoxJobs:
+    """The boxes a planned fold still lacks, its main series and its supplements', added to ``jobs``."""
+    jobs = box_jobs(Path(config["data"]["root"]), fold_dir, {u: plan.sites[u] for u in plan.main_uids
+                                                             if u in plan.sites}, plan.records, jobs)
+    for root, _, extra in plan.supplements:
+        jobs = box_jobs(root, fold_dir, {r.uid: plan.sites[r.uid] for r in extra}, plan.records, jobs)
+    return jobs
+
+
+def prepare_folds(config: Mapping[str, Any], folds: Sequence[int], fold_dirs: Sequence[Path], workers: int = 2,
+                  coarse: Path | None = None) -> dict[str, Any]:
+    """Steps 1 and 2 for several folds at once: each fold's sites, then one pass over the series that cuts every
+    fold's boxes (a series is read and decoded once, not once per fold: most of the boxes step's time). Writes
+    ``fine_prepare.json`` into each fold folder (the shared pass's time, added up over resumed runs); ``train_fine``
+    then finds its sites and boxes done and quotes it in its summary."""
+    _, _, device = setup_distributed(config["train"]["device"])
+    torch.set_num_threads(int(config["train"]["threads"]))
+    jobs: BoxJobs = {}
+    sites_s = {}
+    for fold, fold_dir in zip(folds, fold_dirs, strict=True):
+        plan = plan_fold(config, fold, fold_dir, device, coarse)
+        sites_s[str(fold)] = plan.sites_s
+        jobs = plan_box_jobs(config, fold_dir, plan, jobs)
+    t = time.perf_counter()
+    n_read = build_boxes(jobs, float(config["fine"]["box_mm"]), workers)
+    fresh = {"folds": [int(f) for f in folds], "sites_s": sites_s, "boxes_s": round(time.perf_counter() - t, 1),
+             "series_read": n_read, "boxes_written": sum(len(v) for v in jobs.values())}
+    record = fresh
+    for fold_dir in fold_dirs:
+        path = Path(fold_dir) / PREPARE_FILE
+        earlier = json.loads(path.read_text()) if path.is_file() else None
+        record = fresh
+        if earlier and earlier.get("folds") == fresh["folds"]:  # a resumed pass: the times and counts add up
+            record = {**fresh, "boxes_s": round(earlier["boxes_s"] + fresh["boxes_s"], 1),
+                      "series_read": earlier["series_read"] + fresh["series_read"],
+                      "boxes_written": earlier["boxes_written"] + fresh["boxes_written"],
+                      "sites_s": {k: round(earlier["sites_s"].get(k, 0.0) + v, 1) for k, v in sites_s.items()}}
+        path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def train_fines(config: Mapping[str, Any], folds: Sequence[int], fold_dirs: Sequence[Path], resume: bool = False,
+                workers: int = 2, coarse: Path | None = None) -> list[dict[str, Any]]:
+    """The fine stage of several folds: ``prepare_folds`` (one box pass for all), then ``train_fine`` fold by fold."""
+    if len(folds) > 1:
+        prepare_folds(config, folds, fold_dirs, workers, coarse)
+    return [train_fine(config, fold, fold_dir, resume=resume, workers=workers, coarse=coarse)
+            for fold, fold_dir in zip(folds, fold_dirs, strict=True)]
+
+
 def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: bool = False,
                workers: int = 2, coarse: Path | None = None, rescore: bool = False) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one fold; returns the fine summary. ``coarse``: an exported weights
@@ -523,46 +658,20 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         raise FileNotFoundError(f"--rescore: {fold_dir / 'fine.pt'} is missing: train the fine stage first")
     if int(cfg["epochs"]) < 1:
         raise ConfigError("fine.epochs is 0: set fine.epochs (e.g. --set fine.epochs=12) to train a fine stage")
-    for name in ("locator.pt", "classifier.pt") if coarse is None else ():
-        if not (fold_dir / name).is_file():
-            raise FileNotFoundError(f"{fold_dir / name} is missing: train the fold first (python -m "
-                                    f"train_offline.train --config {config['name']} --fold {fold})")
     _, _, device = setup_distributed(config["train"]["device"])
     torch.set_num_threads(int(config["train"]["threads"]))
     seed = int(config["seed"]) + 1000 * fold + 17
     torch.manual_seed(seed)
     started = time.perf_counter()
-    index, folds = ensure_index_and_folds(config, 0, 1)
-    index = index.merge(folds, on=ID_COL, how="inner")
-    train_uids = index.loc[index["fold"] != fold, ID_COL].tolist()
-    val_uids = index.loc[index["fold"] == fold, ID_COL].tolist()
-    records = {r.uid: r for r in records_from_index(index)}
-    store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), list(records.values()),
-                        config["normalisation"], preload="none")
-    supplements = load_supplements(cfg, set(records))
-    for _, _, extra in supplements:
-        records.update({r.uid: r for r in extra})
-    extra_uids = [r.uid for _, _, extra in supplements for r in extra]
-    times: dict[str, float] = {}
-    exported, provenance = None, None
-    if coarse is not None:  # the fold folder holds only this stage: its config is written here for export
-        exported, provenance = exported_coarse(coarse, config, fold, val_uids)
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        save_config(fold_dir / "config.yaml", config)
-
+    plan = plan_fold(config, fold, fold_dir, device, coarse, rescore)
+    train_uids, val_uids, records, sites = plan.train_uids, plan.val_uids, plan.records, plan.sites
+    supplements, extra_uids, provenance = plan.supplements, plan.extra_uids, plan.provenance
+    times: dict[str, Any] = {"sites_s": plan.sites_s}
     t = time.perf_counter()
-    main_uids = val_uids if rescore else train_uids + val_uids  # a rescore needs the validation series only
-    sites = compute_sites(config, fold, fold_dir, store, main_uids, set(val_uids), device, exported)
-    for root, cache, extra in supplements if not rescore else ():  # training series of every fold
-        extra_store = SeriesStore(cache, root, extra, config["normalisation"], preload="none")
-        sites = compute_sites(config, fold, fold_dir, extra_store, [r.uid for r in extra], set(), device, exported)
-    times["sites_s"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
-    build_boxes(Path(config["data"]["root"]), fold_dir, {u: sites[u] for u in main_uids if u in sites},
-                records, float(cfg["box_mm"]), workers)
-    for root, _, extra in supplements if not rescore else ():
-        build_boxes(root, fold_dir, {r.uid: sites[r.uid] for r in extra}, records, float(cfg["box_mm"]), workers)
+    build_boxes(plan_box_jobs(config, fold_dir, plan), float(cfg["box_mm"]), workers)
     times["boxes_s"] = round(time.perf_counter() - t, 1)
+    if (fold_dir / PREPARE_FILE).is_file() and not rescore:  # sites and boxes made with other folds: their time
+        times["prepared"] = json.loads((fold_dir / PREPARE_FILE).read_text())
 
     boxes = BoxStore(fold_dir, Path(config["data"]["cache"]), config["normalisation"],
                      {r.uid: cache for _, cache, extra in supplements for r in extra})
@@ -646,8 +755,10 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train_offline.fine", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="config name in train_offline/configs or a YAML path")
-    parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
-    parser.add_argument("--out", type=Path, help="fold folder (default <train.out_dir>/<name>/fold<K>)")
+    parser.add_argument("--fold", type=int, nargs="+", default=[0],
+                        help="validation fold(s) (default 0); several, e.g. --fold 0 1 2, find every fold's sites "
+                             "first and read each series once for all their boxes, then train fold by fold")
+    parser.add_argument("--out", type=Path, help="fold folder (default <train.out_dir>/<name>/fold<K>; one fold)")
     parser.add_argument("--resume", action="store_true", help="keep a finished fine.pt / continue its checkpoint")
     parser.add_argument("--rescore", action="store_true",
                         help="validate a trained fine.pt again (validation series' sites and boxes only) and "
@@ -660,17 +771,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. fine.epochs=12")
     args = parser.parse_args(argv)
+    if args.out is not None and len(args.fold) > 1:
+        parser.error("--out takes one --fold")
     try:
         config = load_config(args.config, parse_overrides(args.set))
-        out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{args.fold}"
-        summary = train_fine(config, args.fold, out, resume=args.resume, workers=args.workers, coarse=args.coarse,
-                             rescore=args.rescore)
+        dirs = [args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{k}" for k in args.fold]
+        if args.rescore:
+            summaries = [train_fine(config, k, d, resume=args.resume, workers=args.workers, coarse=args.coarse,
+                                    rescore=True) for k, d in zip(args.fold, dirs, strict=True)]
+        else:
+            summaries = train_fines(config, args.fold, dirs, resume=args.resume, workers=args.workers,
+                                    coarse=args.coarse)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"fine failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    v = summary["validation"]
-    print(f"fold {args.fold} fine: val score {v['score']:.4f}, AUC present {v['auc_present']:.4f} at fusion weight "
-          f"{summary['fusion_weight']} -> {out}")
+    for fold, out, summary in zip(args.fold, dirs, summaries, strict=True):
+        v = summary["validation"]
+        print(f"fold {fold} fine: val score {v['score']:.4f}, AUC present {v['auc_present']:.4f} at fusion weight "
+              f"{summary['fusion_weight']} -> {out}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Train folds: the Circle-of-Willis locator, then the region classifier on crops around its predictions, then (when
-the config's ``fine.epochs`` > 0) the fine stage of ``train_offline.fine``.
+the config's ``fine.epochs`` > 0) the fine stage of ``train_offline.fine``. Several folds train their coarse models
+one after the other, then their fine stages (``fine.train_fines``: one pass over the DICOM series cuts every fold's
+native boxes).
 
     python -m train_offline.train --config demo --fold 0 [1 2 ...] [--resume] [--set classifier.epochs=2 ...]
     torchrun --nproc_per_node N -m train_offline.train --config full --fold 0     # DistributedDataParallel
@@ -293,26 +295,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--out takes one --fold")
     try:
         config = load_config(args.config, parse_overrides(args.set))
-        for fold in args.fold:
-            out = args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{fold}"
+        outs = [args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{fold}" for fold in args.fold]
+        for fold, out in zip(args.fold, outs, strict=True):
             summary = train_fold(config, fold, out, resume=args.resume)
             if summary is not None:
                 v = summary["validation"]
                 print(f"fold {fold}: val score {v['score']}, AUC present {v['auc_present']}, "
                       f"centre error median {v['centre_error_mm_median']} mm -> {out}", flush=True)
-            if int(config["fine"]["epochs"]) > 0 and not args.no_fine:
-                if dist.is_initialized():  # the fine stage is one process: run it after torchrun
-                    if summary is not None:
-                        print(f"fine stage: run python -m train_offline.fine --config {args.config} --fold {fold}",
-                              file=sys.stderr)
-                    continue
-                import gc
+        if int(config["fine"]["epochs"]) > 0 and not args.no_fine:
+            if dist.is_initialized():  # the fine stage is one process: run it after torchrun
+                if dist.get_rank() == 0:
+                    print(f"fine stage: run python -m train_offline.fine --config {args.config} --fold "
+                          f"{' '.join(map(str, args.fold))}", file=sys.stderr)
+                return 0
+            import gc
 
-                from train_offline.fine import train_fine
+            from train_offline.fine import train_fines
 
-                gc.collect()  # the fold's preloaded volumes (held in closures' reference cycles) before the boxes
-
-                fine = train_fine(config, fold, out, resume=args.resume)
+            gc.collect()  # the folds' preloaded volumes (held in closures' reference cycles) before the boxes
+            # every fold's coarse models first, then one box pass for all the folds' sites (each series read once)
+            for fold, fine in zip(args.fold, train_fines(config, args.fold, outs, resume=args.resume), strict=True):
                 f = fine["validation"]
                 print(f"fold {fold} fine: val score {f['score']:.4f}, AUC present {f['auc_present']:.4f} at fusion "
                       f"weight {fine['fusion_weight']}", flush=True)

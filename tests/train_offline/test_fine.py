@@ -22,13 +22,16 @@ from train_offline.domes import Dome
 from train_offline.fine import (
     BoxStore,
     FineDataset,
+    _stored,
     auc_by_candidate,
     augment,
     cut_box,
     near_localizer,
     patch_auc_by_dome,
+    prepare_folds,
     site_sample,
     train_fine,
+    train_fines,
 )
 from train_offline.phantoms.generate import generate_dataset, load_truth
 from train_offline.precache_all import precache_all
@@ -110,6 +113,47 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
     oof = (fold_dir / "oof.csv").read_text()
     assert oof and summary["scores_by_weight"]["0.0"]["score"] == pytest.approx(
         json.loads((fold_dir / "summary.json").read_text())["validation"]["score"], abs=1e-9)
+
+
+def test_boxes_are_stored_as_int16_only_when_that_keeps_every_value(tiny_run: dict) -> None:
+    whole = np.array([[[-1024.0, 0.0], [3071.0, 12.0]]], dtype=np.float32)
+    assert _stored(whole).dtype == np.int16 and np.array_equal(_stored(whole), whole)
+    for kept in (whole + 0.5, whole * 20.0, np.zeros((0, 2, 2), np.float32)):  # a fraction, beyond int16, empty
+        assert _stored(kept).dtype == np.float32
+    boxes = BoxStore(tiny_run["fold_dir"], Path(tiny_run["config"]["data"]["cache"]), {})
+    uid = sorted(p.stem for p in (tiny_run["fold_dir"] / "fine_boxes").glob("*.npz"))[0]
+    stored, affine = boxes.boxes(uid)[0]
+    array, same_affine = boxes.box(uid, 0)
+    assert array.dtype == np.float32 and np.array_equal(array, stored) and same_affine is affine
+
+
+def test_several_folds_share_one_box_pass(tiny_run: dict, tmp_path: Path) -> None:
+    """``prepare_folds``: each fold's sites, then every series read once for both folds' boxes; each fold's boxes are
+    the ones its own pass cuts, and its fine stage then finds them and quotes the shared pass's time."""
+
+    config = tiny_run["config"]
+    dirs = [tmp_path / "fold0", tmp_path / "fold1"]
+    shutil.copytree(tiny_run["fold_dir"], dirs[0], ignore=shutil.ignore_patterns("fine*"))
+    train_fold(config, 1, dirs[1])
+    record = prepare_folds(config, [0, 1], dirs, workers=1)
+    assert record["folds"] == [0, 1] and record["series_read"] == 10 and record["boxes_written"] == 20
+    assert set(record["sites_s"]) == {"0", "1"} and record["boxes_s"] > 0
+    ours = {json.loads(x)[ID_COL]: json.loads(x) for x in (dirs[0] / "fine_sites.jsonl").open()}
+    theirs = {json.loads(x)[ID_COL]: json.loads(x) for x in (tiny_run["fold_dir"] / "fine_sites.jsonl").open()}
+    assert ours == theirs
+    for path in sorted((tiny_run["fold_dir"] / "fine_boxes").glob("*.npz")):
+        with np.load(path) as a, np.load(dirs[0] / "fine_boxes" / path.name) as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype
+                                              for k in a.files)
+    sites1 = {json.loads(x)[ID_COL]: json.loads(x) for x in (dirs[1] / "fine_sites.jsonl").open()}
+    assert sites1.keys() == ours.keys() and any(sites1[u]["candidates"] != ours[u]["candidates"] for u in ours)
+    with np.load(next((dirs[1] / "fine_boxes").glob("*.npz"))) as one:
+        assert len(one.files) > 0
+    again = prepare_folds(config, [0, 1], dirs, workers=1)  # resumed: nothing to read, the counts kept
+    assert again["series_read"] == 10 and again["boxes_written"] == 20
+    (summary,) = train_fines(config, [1], dirs[1:], workers=1)
+    assert summary["seconds"]["prepared"]["folds"] == [0, 1] and summary["fold"] == 1
+    assert json.loads((dirs[1] / "fine_summary.json").read_text())["seconds"]["prepared"]["series_read"] == 10
 
 
 def test_auc_by_candidate_splits_positives_by_a_near_candidate() -> None:
