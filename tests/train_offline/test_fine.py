@@ -156,6 +156,23 @@ def test_several_folds_share_one_box_pass(tiny_run: dict, tmp_path: Path) -> Non
     assert json.loads((dirs[1] / "fine_summary.json").read_text())["seconds"]["prepared"]["series_read"] == 10
 
 
+def test_train_with_several_folds_trains_every_coarse_fold_before_the_shared_box_pass(
+        tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train --fold 0 1``: both folds' locator and classifier first, then one box pass (each series read once),
+    then each fold's fine stage."""
+    from train_offline import train
+
+    config = {**tiny_run["config"], "train": {**tiny_run["config"]["train"], "out_dir": str(tmp_path)}}
+    monkeypatch.setattr(train, "load_config", lambda name, overrides: config)
+    assert train.main(["--config", "tiny", "--fold", "0", "1"]) == 0
+    dirs = [tmp_path / "tinyfine" / f"fold{k}" for k in (0, 1)]
+    for d in dirs:
+        prepared = json.loads((d / "fine_summary.json").read_text())["seconds"]["prepared"]
+        assert prepared["folds"] == [0, 1] and prepared["series_read"] == 10 and prepared["boxes_written"] == 20
+    first_site = min((d / "fine_sites.jsonl").stat().st_mtime_ns for d in dirs)
+    assert max((d / "classifier.pt").stat().st_mtime_ns for d in dirs) < first_site
+
+
 def test_auc_by_candidate_splits_positives_by_a_near_candidate() -> None:
     """Found: a candidate within the radius of one of the series' aneurysms; each split against every negative."""
     uids = ["a", "b", "c", "d", "e"]
