@@ -76,8 +76,9 @@ from train_offline.loop import atomic_torch_save, run_stage, setup_distributed
 from train_offline.losses import heatmap_focal_loss
 from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
 
-__all__ = ["BoxStore", "FineDataset", "cut_box", "extract_boxes", "fine_loss", "main",
-           "near_localizer", "patch_auc_by_dome", "patch_tables", "series_sites", "site_sample", "train_fine"]
+__all__ = ["BoxStore", "FineDataset", "box_jobs", "build_boxes", "cut_box", "extract_boxes", "fine_loss", "main",
+           "near_localizer", "patch_auc_by_dome", "patch_tables", "prepare_folds", "series_sites", "site_sample",
+           "train_fine", "train_fines"]
 
 SITES_FILE = "fine_sites.jsonl"
 BOX_DIR = "fine_boxes"
@@ -623,7 +624,7 @@ def prepare_folds(config: Mapping[str, Any], folds: Sequence[int], fold_dirs: Se
     n_read = build_boxes(jobs, float(config["fine"]["box_mm"]), workers)
     fresh = {"folds": [int(f) for f in folds], "sites_s": sites_s, "boxes_s": round(time.perf_counter() - t, 1),
              "series_read": n_read, "boxes_written": sum(len(v) for v in jobs.values())}
-    record = fresh
+    record = fresh  # what this call did, with the earlier runs' times and counts of the same folds added
     for fold_dir in fold_dirs:
         path = Path(fold_dir) / PREPARE_FILE
         earlier = json.loads(path.read_text()) if path.is_file() else None
