@@ -606,54 +606,67 @@ def plan_box_jobs(config: Mapping[str, Any], fold_dir: Path, plan: FoldPlan, job
     return jobs
 
 
+def _with_earlier(fresh: dict[str, Any], earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """A shared pass's record with an earlier (killed, then resumed) pass of the same folds added: times and counts."""
+    if not earlier or earlier.get("folds") != fresh["folds"]:
+        return fresh
+    return {**fresh, "boxes_s": round(earlier["boxes_s"] + fresh["boxes_s"], 1),
+            "series_read": earlier["series_read"] + fresh["series_read"],
+            "boxes_written": earlier["boxes_written"] + fresh["boxes_written"],
+            "sites_s": {k: round(earlier["sites_s"].get(k, 0.0) + v, 1) for k, v in fresh["sites_s"].items()}}
+
+
+def _prepare(config: Mapping[str, Any], folds: Sequence[int], fold_dirs: Sequence[Path], workers: int,
+             coarse: Path | None) -> tuple[dict[str, Any], list[FoldPlan]]:
+    """``prepare_folds``, also returning each fold's plan (``train_fines`` hands them on, not planning twice)."""
+    _, _, device = setup_distributed(config["train"]["device"])
+    torch.set_num_threads(int(config["train"]["threads"]))
+    jobs: BoxJobs = {}
+    plans = []
+    for fold, fold_dir in zip(folds, fold_dirs, strict=True):
+        plans.append(plan_fold(config, fold, fold_dir, device, coarse))
+        jobs = plan_box_jobs(config, fold_dir, plans[-1], jobs)
+    t = time.perf_counter()
+    n_read = build_boxes(jobs, float(config["fine"]["box_mm"]), workers)
+    fresh = {"folds": [int(f) for f in folds],
+             "sites_s": {str(f): p.sites_s for f, p in zip(folds, plans, strict=True)},
+             "boxes_s": round(time.perf_counter() - t, 1), "series_read": n_read,
+             "boxes_written": sum(len(v) for v in jobs.values())}
+    records = []
+    for fold_dir in fold_dirs:
+        path = Path(fold_dir) / PREPARE_FILE
+        records.append(_with_earlier(fresh, json.loads(path.read_text()) if path.is_file() else None))
+        path.write_text(json.dumps(records[-1], indent=1))
+    return records[-1], plans
+
+
 def prepare_folds(config: Mapping[str, Any], folds: Sequence[int], fold_dirs: Sequence[Path], workers: int = 2,
                   coarse: Path | None = None) -> dict[str, Any]:
     """Steps 1 and 2 for several folds at once: each fold's sites, then one pass over the series that cuts every
     fold's boxes (a series is read and decoded once, not once per fold: most of the boxes step's time). Writes
-    ``fine_prepare.json`` into each fold folder (the shared pass's time, added up over resumed runs); ``train_fine``
-    then finds its sites and boxes done and quotes it in its summary."""
-    _, _, device = setup_distributed(config["train"]["device"])
-    torch.set_num_threads(int(config["train"]["threads"]))
-    jobs: BoxJobs = {}
-    sites_s = {}
-    for fold, fold_dir in zip(folds, fold_dirs, strict=True):
-        plan = plan_fold(config, fold, fold_dir, device, coarse)
-        sites_s[str(fold)] = plan.sites_s
-        jobs = plan_box_jobs(config, fold_dir, plan, jobs)
-    t = time.perf_counter()
-    n_read = build_boxes(jobs, float(config["fine"]["box_mm"]), workers)
-    fresh = {"folds": [int(f) for f in folds], "sites_s": sites_s, "boxes_s": round(time.perf_counter() - t, 1),
-             "series_read": n_read, "boxes_written": sum(len(v) for v in jobs.values())}
-    record = fresh  # what this call did, with the earlier runs' times and counts of the same folds added
-    for fold_dir in fold_dirs:
-        path = Path(fold_dir) / PREPARE_FILE
-        earlier = json.loads(path.read_text()) if path.is_file() else None
-        record = fresh
-        if earlier and earlier.get("folds") == fresh["folds"]:  # a resumed pass: the times and counts add up
-            record = {**fresh, "boxes_s": round(earlier["boxes_s"] + fresh["boxes_s"], 1),
-                      "series_read": earlier["series_read"] + fresh["series_read"],
-                      "boxes_written": earlier["boxes_written"] + fresh["boxes_written"],
-                      "sites_s": {k: round(earlier["sites_s"].get(k, 0.0) + v, 1) for k, v in sites_s.items()}}
-        path.write_text(json.dumps(record, indent=1))
-    return record
+    ``fine_prepare.json`` into each fold folder (the shared pass's time, added up over resumed runs) and returns it;
+    ``train_fine`` then finds its sites and boxes done and quotes it in its summary."""
+    return _prepare(config, folds, fold_dirs, workers, coarse)[0]
 
 
 def train_fines(config: Mapping[str, Any], folds: Sequence[int], fold_dirs: Sequence[Path], resume: bool = False,
                 workers: int = 2, coarse: Path | None = None) -> list[dict[str, Any]]:
     """The fine stage of several folds: ``prepare_folds`` (one box pass for all), then ``train_fine`` fold by fold."""
-    if len(folds) > 1:
-        prepare_folds(config, folds, fold_dirs, workers, coarse)
-    return [train_fine(config, fold, fold_dir, resume=resume, workers=workers, coarse=coarse)
-            for fold, fold_dir in zip(folds, fold_dirs, strict=True)]
+    plans: Sequence[FoldPlan | None] = (_prepare(config, folds, fold_dirs, workers, coarse)[1] if len(folds) > 1
+                                        else [None] * len(folds))
+    return [train_fine(config, fold, fold_dir, resume=resume, workers=workers, coarse=coarse, plan=plan)
+            for fold, fold_dir, plan in zip(folds, fold_dirs, plans, strict=True)]
 
 
 def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: bool = False,
-               workers: int = 2, coarse: Path | None = None, rescore: bool = False) -> dict[str, Any]:
+               workers: int = 2, coarse: Path | None = None, rescore: bool = False,
+               plan: FoldPlan | None = None) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one fold; returns the fine summary. ``coarse``: an exported weights
     folder whose fold ``fold`` locator and classifier give the sites (instead of the fold folder's checkpoints).
     ``rescore``: validate the trained ``fine.pt`` again (sites and boxes of the validation series only; the earlier
     summary's times and training counts kept) and rewrite the summary and out-of-fold file: after the summary gained
-    a table, or to measure an inference setting such as ``fine.candidates``."""
+    a table, or to measure an inference setting such as ``fine.candidates``. ``plan``: the fold's plan from a shared
+    pass (``train_fines``; its sites time is in ``fine_prepare.json``)."""
     cfg = config["fine"]
     if rescore and not (fold_dir / "fine.pt").is_file():
         raise FileNotFoundError(f"--rescore: {fold_dir / 'fine.pt'} is missing: train the fine stage first")
@@ -664,10 +677,12 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     seed = int(config["seed"]) + 1000 * fold + 17
     torch.manual_seed(seed)
     started = time.perf_counter()
-    plan = plan_fold(config, fold, fold_dir, device, coarse, rescore)
+    times: dict[str, Any] = {"sites_s": 0.0}
+    if plan is None:
+        plan = plan_fold(config, fold, fold_dir, device, coarse, rescore)
+        times["sites_s"] = plan.sites_s
     train_uids, val_uids, records, sites = plan.train_uids, plan.val_uids, plan.records, plan.sites
     supplements, extra_uids, provenance = plan.supplements, plan.extra_uids, plan.provenance
-    times: dict[str, Any] = {"sites_s": plan.sites_s}
     t = time.perf_counter()
     build_boxes(plan_box_jobs(config, fold_dir, plan), float(cfg["box_mm"]), workers)
     times["boxes_s"] = round(time.perf_counter() - t, 1)

@@ -23,6 +23,7 @@ from train_offline.fine import (
     BoxStore,
     FineDataset,
     _stored,
+    all_sites,
     auc_by_candidate,
     augment,
     cut_box,
@@ -130,7 +131,6 @@ def test_boxes_are_stored_as_int16_only_when_that_keeps_every_value(tiny_run: di
 def test_several_folds_share_one_box_pass(tiny_run: dict, tmp_path: Path) -> None:
     """``prepare_folds``: each fold's sites, then every series read once for both folds' boxes; each fold's boxes are
     the ones its own pass cuts, and its fine stage then finds them and quotes the shared pass's time."""
-
     config = tiny_run["config"]
     dirs = [tmp_path / "fold0", tmp_path / "fold1"]
     shutil.copytree(tiny_run["fold_dir"], dirs[0], ignore=shutil.ignore_patterns("fine*"))
@@ -147,8 +147,10 @@ def test_several_folds_share_one_box_pass(tiny_run: dict, tmp_path: Path) -> Non
                                               for k in a.files)
     sites1 = {json.loads(x)[ID_COL]: json.loads(x) for x in (dirs[1] / "fine_sites.jsonl").open()}
     assert sites1.keys() == ours.keys() and any(sites1[u]["candidates"] != ours[u]["candidates"] for u in ours)
-    with np.load(next((dirs[1] / "fine_boxes").glob("*.npz"))) as one:
-        assert len(one.files) > 0
+    records = {r.uid: r for r in records_from_index(pd.read_csv(config["data"]["index"]))}
+    for uid, site in sites1.items():  # fold 1's own sites, a box (and its affine) for each
+        with np.load(dirs[1] / "fine_boxes" / f"{uid}.npz") as one:
+            assert len(one.files) == 2 * len(all_sites(site, [p for _, p in records[uid].points])[0])
     again = prepare_folds(config, [0, 1], dirs, workers=1)  # resumed: nothing to read, the counts kept
     assert again["series_read"] == 10 and again["boxes_written"] == 20
     (summary,) = train_fines(config, [1], dirs[1:], workers=1)
