@@ -66,7 +66,9 @@ class ModelSpec:
     optional third output is the 13-channel location heatmap at ``output_stride`` that candidates are read from. Fine
     models (optional) map a patch sampled from the native stack around each of ``candidates`` candidate sites (peaks
     of the classifiers' heatmap at least ``candidate_min_distance_mm`` apart) to one logit, P(aneurysm at the site);
-    ``fusion_weight`` is their weight against the classifiers' in logit space (``kernel.recipe.fuse``).
+    ``fusion_weight`` is their weight against the classifiers' in logit space (``kernel.recipe.fuse``). A fine model
+    may also return its ball map (P(aneurysm) per cell at ``output_stride``); with ``recentre_max_mm`` > 0 each
+    candidate is first moved to the map's maximum within that distance (``kernel.recipe.recentre``).
     """
 
     name: str
@@ -82,6 +84,7 @@ class ModelSpec:
     candidates: int = 0  # fine: candidate sites per series
     candidate_min_distance_mm: float = 0.0  # fine: non-maximum suppression radius between candidates
     fusion_weight: float = 0.0  # fine: weight of the fine logit against the classifiers' (0..1)
+    recentre_max_mm: float = 0.0  # fine: move each candidate up to this far to its ball-map maximum (0: off)
     file: str = ""  # ONNX file name inside the weights folder
     sha256: str = ""
     validation: dict[str, Any] = field(default_factory=dict)  # scores recorded at export
@@ -109,6 +112,8 @@ class ModelSpec:
                        candidates=int(self.candidates),
                        candidate_min_distance_mm=float(self.candidate_min_distance_mm),
                        fusion_weight=float(self.fusion_weight))
+            if len(self.output_names) > 1:
+                out.update(output_stride=int(self.output_stride), recentre_max_mm=float(self.recentre_max_mm))
         out.update(validation=dict(self.validation), parity_max_abs=self.parity_max_abs, fold=int(self.fold),
                    config=self.config, git_commit=self.git_commit, opset=self.opset)
         return out
@@ -163,8 +168,17 @@ class ModelSpec:
                     problems.append(f"{where}.output_stride must be a positive integer with a heatmap output")
         if role == "fine":
             names = model.get("output_names")
-            if not (isinstance(names, list) and len(names) == 1 and isinstance(names[0], str)):
-                problems.append(f"{where}.output_names must be [logit]")
+            if not (isinstance(names, list) and len(names) in (1, 2) and all(isinstance(n, str) for n in names)):
+                problems.append(f"{where}.output_names must be [logit] or [logit, ball map] names")
+            elif len(names) == 2:
+                stride = model.get("output_stride")
+                if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+                    problems.append(f"{where}.output_stride must be a positive integer with a ball-map output")
+            recentre = model.get("recentre_max_mm", 0.0)
+            if not (_is_number(recentre) and recentre >= 0):
+                problems.append(f"{where}.recentre_max_mm must be a number >= 0")
+            elif recentre > 0 and not (isinstance(names, list) and len(names) == 2):
+                problems.append(f"{where}.recentre_max_mm > 0 needs the ball-map output (output_names [logit, map])")
             k = model.get("candidates")
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 problems.append(f"{where}.candidates must be a positive integer")
@@ -197,6 +211,7 @@ class ModelSpec:
             candidates=int(model.get("candidates", 0)),
             candidate_min_distance_mm=float(model.get("candidate_min_distance_mm", 0.0)),
             fusion_weight=float(model.get("fusion_weight", 0.0)),
+            recentre_max_mm=float(model.get("recentre_max_mm", 0.0)),
             file=model["file"], sha256=model["sha256"], validation=dict(validation), config=model.get("config"),
             git_commit=str(model.get("git_commit", "")), opset=model.get("opset"),
             parity_max_abs=model.get("parity_max_abs"),

@@ -17,8 +17,8 @@ import numpy as np
 from kernel.dicom_io import DEFAULT_MAX_VOXELS, Native, Volume, read_series
 
 __all__ = [
-    "NORMALISERS", "canonicalise", "crop_around", "downsample_mean", "localizer_to_lps", "native_stack", "normalise",
-    "normaliser", "prepare_volume", "reverse_z", "sample_patches",
+    "NORMALISERS", "canonicalise", "crop_affine", "crop_around", "downsample_mean", "grid_points_lps",
+    "localizer_to_lps", "native_stack", "normalise", "normaliser", "prepare_volume", "reverse_z", "sample_patches",
     "reorient_to_canonical", "resample_to_spacing", "spacing_of", "voxel_to_world", "world_to_voxel",
 ]
 
@@ -311,14 +311,7 @@ def crop_around(
     otherwise it is sampled trilinearly. Outside the volume the patch holds ``fill``.
     """
     shape = np.asarray(shape_zyx, dtype=int)
-    assert shape.shape == (3,) and np.all(shape > 0), f"crop shape must be 3 positive ints, got {shape_zyx}"
-    old = spacing_of(affine)
-    new = old if spacing_zyx_mm is None else np.asarray(spacing_zyx_mm, dtype=np.float64)
-    ratio = new / old
-    centre = world_to_voxel(affine, np.asarray(centre_lps, dtype=np.float64)[None])[0]
-    starts = centre - (shape - 1) / 2.0 * ratio
-    same = np.isclose(ratio, 1.0, rtol=1e-6)
-    starts = np.where(same, np.floor(starts + 0.5), starts)  # round half up: the same rule for every parity
+    starts, ratio = _crop_grid(affine, centre_lps, shape, spacing_zyx_mm)
     sources = [starts[ax] + np.arange(shape[ax]) * ratio[ax] for ax in range(3)]
     # Cut the input to the box the samples need before interpolating, so no intermediate is larger than that box (a
     # 64^3 crop of a 1 x 6666^2 image used to make a 64 x 6666^2 array). Samples outside the volume keep their fill:
@@ -332,10 +325,42 @@ def crop_around(
     out = np.asarray(array[tuple(box)], dtype=np.float32)
     for ax in range(3):
         out = _interp_axis(out, ax, sources[ax] - box[ax].start, fill=fill)
-    new_affine = affine.copy()
-    new_affine[:3, :3] = affine[:3, :3] * ratio
-    new_affine[:3, 3] = voxel_to_world(affine, starts[None])[0]
-    return np.ascontiguousarray(out, dtype=np.float32), new_affine
+    return np.ascontiguousarray(out, dtype=np.float32), _grid_affine(affine, starts, ratio)
+
+
+def _crop_grid(affine: np.ndarray, centre_lps: Sequence[float], shape: np.ndarray,
+               spacing_zyx_mm: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(first sample, step) in the array's voxel coordinates of a ``crop_around`` patch, per axis."""
+    assert shape.shape == (3,) and np.all(shape > 0), f"crop shape must be 3 positive ints, got {shape}"
+    old = spacing_of(affine)
+    new = old if spacing_zyx_mm is None else np.asarray(spacing_zyx_mm, dtype=np.float64)
+    ratio = new / old
+    centre = world_to_voxel(affine, np.asarray(centre_lps, dtype=np.float64)[None])[0]
+    starts = centre - (shape - 1) / 2.0 * ratio
+    same = np.isclose(ratio, 1.0, rtol=1e-6)
+    return np.where(same, np.floor(starts + 0.5), starts), ratio  # round half up: the same rule for every parity
+
+
+def _grid_affine(affine: np.ndarray, starts: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    out = np.asarray(affine, dtype=np.float64).copy()
+    out[:3, :3] = out[:3, :3] * ratio
+    out[:3, 3] = voxel_to_world(affine, starts[None])[0]
+    return out
+
+
+def crop_affine(affine: np.ndarray, centre_lps: Sequence[float], shape_zyx: Sequence[int],
+                spacing_zyx_mm: Sequence[float] | None = None) -> np.ndarray:
+    """The affine of the ``crop_around`` patch (same arguments) without cutting it: where a patch that was sampled
+    elsewhere (``Native.sample``) lies, so its model output cells can be placed in LPS."""
+    shape = np.asarray(shape_zyx, dtype=int)
+    return _grid_affine(affine, *_crop_grid(affine, centre_lps, shape, spacing_zyx_mm))
+
+
+def grid_points_lps(affine: np.ndarray, shape: Sequence[int], stride: int) -> np.ndarray:
+    """(d, h, w, 3) LPS centres of the stride-``stride`` output cells of an input with ``affine`` and ``shape``."""
+    axes = [(np.arange(n // stride) + 0.5) * stride - 0.5 for n in shape]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    return voxel_to_world(affine, grid.reshape(-1, 3)).reshape(*grid.shape)
 
 
 def sample_patches(array: np.ndarray, affine: np.ndarray, points_lps: np.ndarray, shape_zyx: Sequence[int],

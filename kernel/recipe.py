@@ -13,9 +13,11 @@ kernel's ``Ensemble.run`` (onnxruntime sessions) on Kaggle, a torch ``run`` in t
    with a third output also return their 13-channel location heatmap (mirrored back the same way, averaged).
 3. fine (optional): ``heatmap_candidates`` takes the strongest heatmap peaks as candidate sites; each fine fold sees a
    patch at its own fine spacing sampled straight from the native stack around every candidate (``fine_patches``;
-   never a whole-volume resample at that spacing), with flip TTA; ``fuse`` combines the fine probability of the best
-   candidate with the classifiers' probabilities in logit space (the location columns through the candidates'
-   heatmap channels), at the mean of the fine folds' fusion weights (``fusion_weight``).
+   never a whole-volume resample at that spacing), with flip TTA. Where the fine models return their ball map and
+   set ``recentre_max_mm``, each candidate is first moved to the map's maximum nearby (``recentre``). ``fuse``
+   combines the fine probability of the best candidate with the classifiers' probabilities in logit space (the
+   location columns through the candidates' heatmap channels), at the mean of the fine folds' fusion weights
+   (``fusion_weight``).
 
 Array and affine conventions: ``kernel.preprocess`` (axes z -> S, y -> P, x -> L; affines voxel (z, y, x) -> LPS).
 """
@@ -31,8 +33,10 @@ from kernel.dicom_io import Native
 from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, flip_permutation
 from kernel.manifest import ModelSpec
 from kernel.preprocess import (
+    crop_affine,
     crop_around,
     downsample_mean,
+    grid_points_lps,
     native_stack,
     resample_to_spacing,
     reverse_z,
@@ -44,7 +48,7 @@ __all__ = [
     "Classified", "Native", "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify",
     "fine_patches", "fine_probs", "fuse", "fusion_weight", "heatmap_candidates", "heatmap_peak_lps", "locate",
     "locate_upright", "locator_base", "locator_input", "locator_input_from_base", "logit", "plan_runs",
-    "predict_volume", "sigmoid", "softmax",
+    "predict_volume", "recentre", "sigmoid", "softmax",
 ]
 
 Runner = Callable[[ModelSpec, np.ndarray], Sequence[np.ndarray]]
@@ -183,13 +187,15 @@ def _group_by_input(specs: Sequence[ModelSpec]) -> dict[tuple, list[ModelSpec]]:
 def plan_runs(locators: Sequence[ModelSpec], classifiers: Sequence[ModelSpec], plan: Plan,
               fine: Sequence[ModelSpec] = ()) -> int:
     """Model evaluations a plan costs (the cost unit of the kernel's time budget). Every 4 fine candidates count as
-    one evaluation per fold (two with flips): four 32^3 patches hold about as many voxels as a 48 x 64 x 64 crop."""
+    one evaluation per fold (two with flips, one more where the fold recentres them): four 32^3 patches hold about as
+    many voxels as a 48 x 64 x 64 crop."""
     flips = sum(2 if (plan.flip and spec.flip_tta) else 1 for spec in classifiers[: plan.folds])
     fine_runs = 0
     if fine and plan.candidates != 0:
         k = fine[0].candidates if plan.candidates is None else min(fine[0].candidates, plan.candidates)
         per_fold = -(-k // 4)
-        fine_runs = sum(per_fold * (2 if (plan.flip and spec.flip_tta) else 1) for spec in fine[: plan.folds])
+        fine_runs = sum(per_fold * ((2 if (plan.flip and spec.flip_tta) else 1) + (spec.recentre_max_mm > 0))
+                        for spec in fine[: plan.folds])
     return len(locators[: plan.folds]) + flips + fine_runs
 
 
@@ -329,6 +335,40 @@ def fine_patches(native: Native, points_lps: np.ndarray, spec: ModelSpec) -> np.
     return np.ascontiguousarray(np.stack([native.normalise(p) for p in raw])[:, None], dtype=np.float32)
 
 
+def recentre(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], run: Runner) -> np.ndarray:
+    """(n, 3) the candidates moved to the maximum of the fine folds' mean ball map around each, at most
+    ``recentre_max_mm`` away (the mean of the folds' settings); unchanged without a fold that sets it.
+
+    The ball map (P(aneurysm) per stride-``output_stride`` cell of the patch, the fine model's auxiliary output)
+    places a small dome to a cell of 2 fine voxels, where the coarse heatmap's peak is a 6 mm cell; the patch is then
+    scored centred on it (``fine_probs``). One unflipped run per fold.
+    """
+    points = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
+    movers = [s for s in fine if s.recentre_max_mm > 0 and len(s.output_names) > 1]
+    if not movers or not len(points):
+        return points.copy()
+    specs = next(iter(_group_by_input(movers).values()))
+    spec = specs[0]
+    patches = fine_patches(native, points, spec)
+    maps = []
+    for s in specs:
+        ball = np.asarray(run(s, patches)[1], dtype=np.float64)
+        expected = (len(points), 1, *(n // s.output_stride for n in s.input_shape))
+        if ball.shape != expected:
+            raise ValueError(f"fine model {s.name} ball map has shape {ball.shape}; expected {expected}")
+        maps.append(ball[:, 0])
+    mean_map = np.mean(maps, axis=0)
+    radius = float(np.mean([s.recentre_max_mm for s in specs]))
+    moved = np.empty_like(points)
+    for i, point in enumerate(points):
+        grid = grid_points_lps(crop_affine(native.affine, point, spec.input_shape, spec.spacing_mm), spec.input_shape,
+                               spec.output_stride)
+        near = np.linalg.norm(grid - point, axis=-1) <= radius
+        score = np.where(near, mean_map[i], -np.inf)
+        moved[i] = grid[np.unravel_index(int(np.argmax(score)), score.shape)] if near.any() else point
+    return moved
+
+
 def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], run: Runner,
                flip: bool = True) -> np.ndarray:
     """(n,) mean P(aneurysm at the point) of the fine folds; with flip TTA each patch is also seen mirrored on x."""
@@ -396,6 +436,7 @@ def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[Mod
                 native = native_stack(array, affine)
             elif reversed_z:
                 native = reverse_z(native)
+            points = recentre(native, points, fine, run)
             cand_probs = fine_probs(native, points, fine, run, plan.flip)
             probs = fuse(probs, channels, cand_probs, fusion_weight(fine))
         else:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, flip_permutation
 from kernel.preprocess import (
     crop_around,
+    grid_points_lps,
     normalise,
     spacing_of,
     voxel_to_world,
@@ -35,7 +36,7 @@ from train_offline.models import CLASSIFIER_STRIDE
 
 __all__ = [
     "PRELOAD_MODES", "ClassifierDataset", "LocatorDataset", "SeriesRecord", "SeriesStore", "classifier_sample",
-    "flip_sample", "grid_points_lps", "label_priors", "localizers_in_crop", "locator_sample",
+    "flip_sample", "label_priors", "localizers_in_crop", "locator_sample",
     "records_from_index", "seg_flip_lookup",
 ]
 
@@ -85,13 +86,6 @@ def records_from_index(index: pd.DataFrame) -> list[SeriesRecord]:
 def label_priors(records: Sequence[SeriesRecord]) -> list[float]:
     """Training prevalence of each label: the kernel's fallback row."""
     return np.mean([r.labels for r in records], axis=0).astype(float).tolist()
-
-
-def grid_points_lps(affine: np.ndarray, shape: Sequence[int], stride: int) -> np.ndarray:
-    """(d, h, w, 3) LPS centres of the stride-``stride`` output cells of an input with ``affine`` and ``shape``."""
-    axes = [(np.arange(n // stride) + 0.5) * stride - 0.5 for n in shape]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    return voxel_to_world(affine, grid.reshape(-1, 3)).reshape(*grid.shape)
 
 
 def locator_sample(base: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: Mapping[str, Any],

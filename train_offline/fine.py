@@ -60,6 +60,7 @@ from kernel.metric import evaluate_predictions, roc_auc
 from kernel.preprocess import (
     canonicalise,
     crop_around,
+    grid_points_lps,
     native_stack,
     normaliser,
     spacing_of,
@@ -68,13 +69,21 @@ from kernel.preprocess import (
 )
 from train_offline.cache import atomic_write_bytes, load_cached
 from train_offline.config import ConfigError, load_config, parse_overrides, save_config, volume_settings_mismatch
-from train_offline.data import SeriesRecord, SeriesStore, grid_points_lps, records_from_index
+from train_offline.data import SeriesRecord, SeriesStore, records_from_index
 from train_offline.domes import DOME_BANDS, band_of, candidate_recall, load_domes, nearest_mm
 from train_offline.evaluate import torch_runner
 from train_offline.folds import ensure_index, ensure_index_and_folds
 from train_offline.loop import atomic_torch_save, run_stage, setup_distributed
 from train_offline.losses import heatmap_focal_loss
-from train_offline.models import build_classifier, build_fine, build_locator, classifier_spec, fine_spec, locator_spec
+from train_offline.models import (
+    FINE_STRIDE,
+    build_classifier,
+    build_fine,
+    build_locator,
+    classifier_spec,
+    fine_spec,
+    locator_spec,
+)
 
 __all__ = ["BoxStore", "FineDataset", "box_jobs", "build_boxes", "cut_box", "extract_boxes", "fine_loss", "main",
            "near_localizer", "patch_auc_by_dome", "patch_tables", "prepare_folds", "series_sites", "site_sample",
@@ -308,7 +317,7 @@ def site_sample(box: tuple[np.ndarray, np.ndarray], norm: Callable[[np.ndarray],
     shape = [int(s) for s in cfg["input_shape"]]
     patch, patch_affine = crop_around(box[0], box[1], centre_lps, shape, cfg["spacing_mm"])
     patch = norm(patch)
-    points = grid_points_lps(patch_affine, shape, 2)
+    points = grid_points_lps(patch_affine, shape, FINE_STRIDE)
     sphere = np.zeros(points.shape[:3], dtype=np.float32)
     label = 0.0
     for lps in localizers:
@@ -404,20 +413,36 @@ def fine_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
 
 
 def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str, Mapping[str, Any]], boxes: BoxStore,
-                          records: Mapping[str, SeriesRecord], uids: Sequence[str],
-                          device: torch.device, kind: str = "candidate") -> dict[str, np.ndarray]:
-    """P(aneurysm) through ``recipe.fine_probs`` (flip TTA, as the kernel) of a patch centred on each validation site
-    of ``kind`` ("candidate": the kernel's sites; "truth": each localizer), from its native box."""
+                          records: Mapping[str, SeriesRecord], uids: Sequence[str], device: torch.device,
+                          kind: str = "candidate") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(P(aneurysm), the (n, 3) LPS points scored) per validation series, through the kernel's recipe from each
+    site's native box: candidates ("candidate") moved by ``recipe.recentre`` where the spec sets
+    ``recentre_max_mm``, then ``recipe.fine_probs`` (flip TTA). "truth": a patch centred on each localizer, unmoved."""
     run = torch_runner({spec.name: model}, device)
-    out = {}
+    probs, scored = {}, {}
     for uid in uids:
         localizers = [p for _, p in records[uid].points]
         points, kinds = all_sites(sites[uid], localizers)
-        chosen = [i for i, k in enumerate(kinds) if k == kind]
         norm = boxes.normalise(uid)
-        out[uid] = np.array([recipe.fine_probs(native_stack(*boxes.box(uid, i), norm), points[i][None], [spec], run,
-                                               flip=True)[0] for i in chosen])
-    return out
+        p, q = [], []
+        for i in (i for i, k in enumerate(kinds) if k == kind):
+            native = native_stack(*boxes.box(uid, i), norm)
+            point = recipe.recentre(native, points[i][None], [spec], run) if kind == "candidate" else points[i][None]
+            p.append(recipe.fine_probs(native, point, [spec], run, flip=True)[0])
+            q.append(point[0])
+        probs[uid], scored[uid] = np.array(p), np.asarray(q, dtype=np.float64).reshape(-1, 3)
+    return probs, scored
+
+
+def _shift_percentiles(sites: Mapping[str, Mapping[str, Any]], scored: Mapping[str, np.ndarray],
+                       uids: Sequence[str]) -> dict[str, float]:
+    """Percentiles (50, 90, max) of how far ``recipe.recentre`` moved the validation candidates (mm)."""
+    shifts = np.concatenate([np.linalg.norm(np.asarray(sites[u]["candidates"], dtype=np.float64).reshape(-1, 3)
+                                            - scored[u], axis=1) for u in uids] or [np.zeros(0)])
+    if not len(shifts):
+        return {}
+    return {"p50": round(float(np.percentile(shifts, 50)), 2), "p90": round(float(np.percentile(shifts, 90)), 2),
+            "max": round(float(shifts.max()), 2)}
 
 
 def near_localizer(points: np.ndarray, localizers: Sequence[np.ndarray], radius_mm: float) -> np.ndarray:
@@ -672,6 +697,13 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         raise FileNotFoundError(f"--rescore: {fold_dir / 'fine.pt'} is missing: train the fine stage first")
     if int(cfg["epochs"]) < 1:
         raise ConfigError("fine.epochs is 0: set fine.epochs (e.g. --set fine.epochs=12) to train a fine stage")
+    reach = float(cfg.get("recentre_max_mm", 0.0)) + max((int(n) - 1) / 2.0 * float(d)
+                                                         for n, d in zip(cfg["input_shape"], cfg["spacing_mm"],
+                                                                         strict=True))
+    if reach > float(cfg["box_mm"]) / 2.0:
+        raise ConfigError(f"fine.box_mm {cfg['box_mm']} is too small: a patch moved fine.recentre_max_mm "
+                          f"{cfg.get('recentre_max_mm', 0.0)} reaches {reach:.1f} mm from its site (box_mm >= "
+                          f"{2 * reach:.1f}); validation would score it on zeros where the kernel sees the scan")
     _, _, device = setup_distributed(config["train"]["device"])
     torch.set_num_threads(int(config["train"]["threads"]))
     seed = int(config["seed"]) + 1000 * fold + 17
@@ -700,12 +732,12 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         return fine_loss(net(batch["patch"]), batch, cfg)
 
     def validate(_epoch: int) -> dict[str, Any]:
-        site_probs = validation_site_probs(model, spec, sites, boxes, records, val_uids, device)
+        site_probs, scored = validation_site_probs(model, spec, sites, boxes, records, val_uids, device)
         fused = fused_scores(sites, site_probs, records, val_uids, [float(w) for w in cfg["fusion_grid"]])
         best_w = max(fused, key=lambda w: fused[w][0]["score"])
-        state.update(site_probs=site_probs, fused=fused, best=best_w)
-        # patch-level AUC over every validation candidate (label: a localizer within positive_radius_mm)
-        y = np.concatenate([near_localizer(np.asarray(sites[u]["candidates"]), [q for _, q in records[u].points],
+        state.update(site_probs=site_probs, scored=scored, fused=fused, best=best_w)
+        # patch-level AUC over every validation candidate as scored (label: a localizer within positive_radius_mm)
+        y = np.concatenate([near_localizer(scored[u], [q for _, q in records[u].points],
                                            float(cfg["positive_radius_mm"])) for u in val_uids])
         p = np.concatenate([np.asarray(site_probs[u], dtype=np.float64) for u in val_uids])
         patch_auc = float(roc_auc(y.astype(int), p)) if 0 < y.sum() < len(y) else None
@@ -728,8 +760,10 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         validate(int(cfg["epochs"]) - 1)
     best = state["best"]
     metrics, probs = state["fused"][best]
-    truth_probs = validation_site_probs(model, spec, sites, boxes, records, val_uids, device, kind="truth")
+    truth_probs, _ = validation_site_probs(model, spec, sites, boxes, records, val_uids, device, kind="truth")
     coarse_metrics, coarse_probs = state["fused"].get(0.0, (None, None))
+    scored_sites = {u: {**sites[u], "candidates": state["scored"][u].tolist()} for u in val_uids}
+    radius = float(cfg["positive_radius_mm"])
     summary = {
         "fold": fold, "fusion_weight": best, "config": json.loads(json.dumps(cfg)),
         "n_train_series": len(dataset.uids), "n_supplement_series": len(extra_uids),
@@ -740,14 +774,13 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         "auc_present_by_dome": auc_by_band(labels_present, probs[:, -1], val_uids, domes),
         "auc_present_by_dome_coarse": None if coarse_probs is None else auc_by_band(
             labels_present, coarse_probs[:, -1], val_uids, domes),
-        "candidate_recall": candidate_recall({u: sites[u]["candidates"] for u in val_uids}, domes, val_uids,
-                                             float(cfg["positive_radius_mm"])),
+        "candidate_recall": candidate_recall({u: sites[u]["candidates"] for u in val_uids}, domes, val_uids, radius),
+        "candidate_recall_scored": candidate_recall(state["scored"], domes, val_uids, radius),
+        "recentre_shift_mm": _shift_percentiles(sites, state["scored"], val_uids),
         "auc_present_by_candidate": {
-            stage: auc_by_candidate(labels_present, p[:, -1], val_uids, domes, {u: sites[u]["candidates"]
-                                    for u in val_uids}, float(cfg["positive_radius_mm"]))
+            stage: auc_by_candidate(labels_present, p[:, -1], val_uids, domes, state["scored"], radius)
             for stage, p in (("fused", probs), ("coarse", coarse_probs)) if p is not None},
-        **patch_tables(truth_probs, state["site_probs"], sites, records, domes, val_uids,
-                       float(cfg["positive_radius_mm"])),
+        **patch_tables(truth_probs, state["site_probs"], scored_sites, records, domes, val_uids, radius),
         "candidates_per_series": float(np.mean([len(sites[u]["candidates"]) for u in val_uids])),
         "seconds": {**times, "total_s": round(time.perf_counter() - started, 1)},
         "coarse": provenance,

@@ -25,11 +25,12 @@ from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES
 from kernel.manifest import ModelSpec
 
 __all__ = [
-    "CLASSIFIER_STRIDE", "Classifier", "ExportClassifier", "ExportFine", "FineNet", "Locator", "build_classifier",
-    "build_fine", "build_locator", "classifier_spec", "fine_spec", "locator_spec",
+    "CLASSIFIER_STRIDE", "FINE_STRIDE", "Classifier", "ExportClassifier", "ExportFine", "FineNet", "Locator",
+    "build_classifier", "build_fine", "build_locator", "classifier_spec", "fine_spec", "locator_spec",
 ]
 
 CLASSIFIER_STRIDE = 4  # output stride of the classifier's auxiliary heads
+FINE_STRIDE = 2  # output stride of the fine model's ball map
 N_SEG_CLASSES = len(LOCATION_COLS) + 1
 
 
@@ -179,14 +180,16 @@ class FineNet(nn.Module):
 
 
 class ExportFine(nn.Module):
-    """The fine inference graph: exactly (logit,)."""
+    """The fine inference graph: exactly (logit, sphere): the patch logit and the stride-2 ball map (logits) that
+    ``kernel.recipe.recentre`` moves candidates to."""
 
     def __init__(self, fine: FineNet):
         super().__init__()
         self.fine = fine
 
-    def forward(self, patch: torch.Tensor) -> torch.Tensor:
-        return self.fine(patch)["logit"]
+    def forward(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.fine(patch)
+        return out["logit"], out["sphere"]
 
 
 def build_locator(cfg: Mapping[str, Any]) -> Locator:
@@ -237,6 +240,7 @@ def fine_spec(cfg: Mapping[str, Any], fold: int, fusion_weight: float | None = N
     dz, dy, dx = (float(s) for s in cfg["spacing_mm"])
     weight = float(cfg["fusion_weight"] if fusion_weight is None else fusion_weight)
     return ModelSpec(name=f"fine_f{fold}", role="fine", fold=int(fold), input_name="patch", input_shape=(z, y, x),
-                     spacing_mm=(dz, dy, dx), output_names=("logit",), flip_tta=True,
-                     candidates=int(cfg["candidates"]),
-                     candidate_min_distance_mm=float(cfg["candidate_min_distance_mm"]), fusion_weight=weight)
+                     spacing_mm=(dz, dy, dx), output_names=("logit", "sphere"), output_stride=FINE_STRIDE,
+                     flip_tta=True, candidates=int(cfg["candidates"]),
+                     candidate_min_distance_mm=float(cfg["candidate_min_distance_mm"]), fusion_weight=weight,
+                     recentre_max_mm=float(cfg.get("recentre_max_mm", 0.0)))  # 0: trained/scored before moves

@@ -57,3 +57,29 @@ def test_bad_locator_fields_are_named(field: str, value: object, message: str) -
     entry = dict(next(m for m in raw["models"] if m["role"] == "locator"), **{field: value})
     spec, problems = ModelSpec.parse(0, entry)
     assert spec is None and any(message in p for p in problems), problems
+
+
+def _fine_entry(**fields: object) -> dict:
+    raw = json.loads((REPO / "weights" / "manifest.json").read_text())
+    entry = dict(next(m for m in raw["models"] if m["role"] == "fine"), **fields)
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"output_names": ["logit"], "recentre_max_mm": 5.0, "output_stride": 2}, "needs the ball-map output"),
+    ({"output_names": ["logit", "sphere"], "output_stride": None}, "output_stride must be a positive integer"),
+    ({"output_names": ["logit", "sphere"], "output_stride": 2, "recentre_max_mm": -1.0}, "recentre_max_mm must be"),
+    ({"output_names": ["logit", "sphere", "x"]}, "output_names must be [logit] or [logit, ball map]"),
+])
+def test_bad_fine_fields_are_named(fields: dict, message: str) -> None:
+    spec, problems = ModelSpec.parse(0, _fine_entry(**fields))
+    assert spec is None and any(message in p for p in problems), problems
+
+
+def test_a_recentring_fine_entry_round_trips() -> None:
+    entry = _fine_entry(output_names=["logit", "sphere"], output_stride=2, recentre_max_mm=5.0)
+    spec, problems = ModelSpec.parse(0, entry)
+    assert problems == [] and spec is not None
+    assert spec.recentre_max_mm == 5.0 and spec.output_stride == 2 and spec.to_dict() == entry
+    plain, _ = ModelSpec.parse(0, _fine_entry(output_names=["logit"], output_stride=None, recentre_max_mm=None))
+    assert plain is not None and plain.recentre_max_mm == 0.0  # an entry from before the move: scored where found

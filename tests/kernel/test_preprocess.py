@@ -12,8 +12,10 @@ from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
 from kernel.preprocess import (
+    crop_affine,
     crop_around,
     downsample_mean,
+    grid_points_lps,
     normalise,
     prepare_volume,
     reorient_to_canonical,
@@ -142,6 +144,20 @@ def test_crop_around_other_spacing_matches_map_coordinates() -> None:
     ref = map_coordinates(array, src.T, order=1).reshape(crop.shape)
     np.testing.assert_allclose(crop, ref, rtol=1e-5)
     np.testing.assert_allclose(voxel_to_world(crop_affine, [[2.5, 3.5, 2.0]])[0], centre, atol=1e-9)
+
+
+def test_crop_affine_is_the_affine_crop_around_returns() -> None:
+    """The affine of a patch sampled elsewhere (``Native.sample``): equal to ``crop_around``'s on the voxel grid (the
+    centre rounded) and off it, on an oblique-free but permuted, mirrored affine."""
+    array = _smooth_volume()
+    affine = np.array([[0.0, 0.0, -0.6, 40.0], [0.0, -0.45, 0.0, 12.0], [0.7, 0.0, 0.0, -8.0], [0, 0, 0, 1.0]])
+    centre = voxel_to_world(affine, [[10.4, 12.6, 14.5]])[0]
+    for shape, spacing in (((5, 6, 7), None), ((6, 8, 5), (1.0, 0.9, 1.1))):
+        _, expected = crop_around(array, affine, centre, shape, spacing)
+        np.testing.assert_allclose(crop_affine(affine, centre, shape, spacing), expected, atol=1e-12)
+    grid = grid_points_lps(crop_affine(affine, centre, (6, 8, 4), (1.0, 1.0, 1.0)), (6, 8, 4), 2)
+    assert grid.shape == (3, 4, 2, 3)
+    np.testing.assert_allclose(grid.reshape(-1, 3).mean(axis=0), centre, atol=1e-9)  # cells symmetric about it
 
 
 def test_downsample_mean_and_locator_input() -> None:

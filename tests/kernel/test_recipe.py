@@ -150,10 +150,11 @@ def _heat_classifier(name: str = "h", flip_tta: bool = True) -> ModelSpec:
                      output_stride=2, flip_tta=flip_tta)
 
 
-def _fine(k: int = 2, weight: float = 0.5, shape=(4, 4, 4), spacing=(0.5, 0.5, 0.5)) -> ModelSpec:
-    return ModelSpec(name="f", role="fine", fold=0, input_name="patch", input_shape=shape, spacing_mm=spacing,
-                     output_names=("logit",), flip_tta=True, candidates=k, candidate_min_distance_mm=3.0,
-                     fusion_weight=weight)
+def _fine(k: int = 2, weight: float = 0.5, shape=(4, 4, 4), spacing=(0.5, 0.5, 0.5), recentre: float = 0.0,
+          name: str = "f") -> ModelSpec:
+    return ModelSpec(name=name, role="fine", fold=0, input_name="patch", input_shape=shape, spacing_mm=spacing,
+                     output_names=("logit", "sphere") if recentre else ("logit",), output_stride=2, flip_tta=True,
+                     candidates=k, candidate_min_distance_mm=3.0, fusion_weight=weight, recentre_max_mm=recentre)
 
 
 def test_heatmap_candidates_take_peaks_strongest_first_apart_and_refined() -> None:
@@ -270,3 +271,116 @@ def test_reverse_z_samples_the_reversed_stack_without_copying_it() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert np.abs(expected).max() > 0.5 and (expected == 0).any()  # real samples, and the third patch is cut by an edge
     assert reversed_stack.shape == array.shape and np.shares_memory(reversed_stack.array, array)
+
+
+# --- recentring on the fine model's ball map ----------------------------------------------------------------------
+
+OBLIQUE_FREE = np.array([[0.0, 0.0, -0.5, 30.0], [0.0, -0.5, 0.0, 25.0], [0.5, 0.0, 0.0, -12.0], [0, 0, 0, 1.0]])
+
+
+def _blob_stack(centre_lps: np.ndarray, sigma_mm: float = 1.2) -> np.ndarray:
+    """A 80^3 stack at 0.5 mm (axes permuted and mirrored against LPS) holding one Gaussian blob."""
+    idx = np.stack(np.meshgrid(*[np.arange(80)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    d2 = np.sum((voxel_to_world(OBLIQUE_FREE, idx) - centre_lps) ** 2, axis=1)
+    return np.exp(-d2 / (2 * sigma_mm**2)).reshape(80, 80, 80).astype(np.float32)
+
+
+def _ball_run(calls: list) -> recipe.Runner:
+    """A fine model whose ball map is the patch's 2x2x2 block mean (so it peaks where the blob is), logit the mean of
+    the patch's central 2x2x2 voxels."""
+    def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
+        calls.append((spec.name, batch.shape))
+        n, _, z, y, x = batch.shape
+        ball = batch.reshape(n, 1, z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(3, 5, 7))
+        middle = batch[:, :, z // 2 - 1:z // 2 + 1, y // 2 - 1:y // 2 + 1, x // 2 - 1:x // 2 + 1]
+        return [middle.mean(axis=(1, 2, 3, 4))[:, None], ball.astype(np.float32)]
+    return run
+
+
+def test_recentre_moves_a_candidate_onto_the_blob_within_reach() -> None:
+    blob = voxel_to_world(OBLIQUE_FREE, [[40.3, 38.6, 41.2]])[0]
+    stack = native_stack(_blob_stack(blob), OBLIQUE_FREE)
+    near, far = blob + [1.0, 0.5, -1.0], blob + [0.0, 3.0, 0.0]  # 1.5 mm and 3 mm off the blob
+    calls: list = []
+    fine = [_fine(shape=(16, 16, 16), recentre=2.0)]
+    moved = recipe.recentre(stack, np.array([near, far]), fine, _ball_run(calls))
+    assert calls == [("f", (2, 1, 16, 16, 16))]  # one unflipped run of every candidate's patch
+    # the ball map's cells are 1 mm (stride 2 at 0.5 mm): the blob's cell centre is within half a diagonal of it
+    assert np.linalg.norm(moved[0] - blob) <= np.sqrt(3) * 0.5 + 1e-9
+    # out of reach: moved at most 2 mm, towards the blob
+    assert np.linalg.norm(moved[1] - far) <= 2.0 + 1e-9
+    assert np.linalg.norm(moved[1] - blob) <= 1.0 + np.sqrt(3) * 0.5
+    # the patch centred on the moved point has the blob in its middle: sampled there, its peak voxel is central
+    patch = stack.sample(moved[:1], (16, 16, 16), (0.5, 0.5, 0.5))[0]
+    assert np.all(np.abs(np.array(np.unravel_index(np.argmax(patch), patch.shape)) - 7.5) <= 1.5)
+
+
+def test_recentre_is_a_no_op_without_a_recentring_fold_and_averages_the_folds_maps() -> None:
+    blob = voxel_to_world(OBLIQUE_FREE, [[40.0, 40.0, 40.0]])[0]
+    stack = native_stack(_blob_stack(blob), OBLIQUE_FREE)
+    points = np.array([blob + [1.5, 0.0, 0.0]])
+    calls: list = []
+    unchanged = recipe.recentre(stack, points, [_fine(shape=(16, 16, 16))], _ball_run(calls))
+    np.testing.assert_array_equal(unchanged, points)
+    assert calls == [] and recipe.recentre(stack, points[:0], [_fine(recentre=2.0)], _ball_run(calls)).shape == (0, 3)
+
+    def opposed(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:  # one fold sees the blob, one its negative
+        logit, ball = _ball_run(calls)(spec, batch)
+        return [logit, ball if spec.name == "a" else -0.4 * ball]
+
+    folds = [_fine(shape=(16, 16, 16), recentre=2.0, name="a"), _fine(shape=(16, 16, 16), recentre=2.0, name="b")]
+    moved = recipe.recentre(stack, points, folds, opposed)
+    assert np.linalg.norm(moved[0] - blob) <= np.sqrt(3) * 0.5 + 1e-9  # the mean map (0.3 x blob) still peaks there
+    moved_b = recipe.recentre(stack, points, folds[1:], opposed)
+    assert np.linalg.norm(moved_b[0] - blob) > np.linalg.norm(points[0] - blob)  # b alone runs from the blob
+
+
+def test_recentre_on_a_reversed_stack_matches_the_reversed_copy() -> None:
+    blob = voxel_to_world(OBLIQUE_FREE, [[30.2, 44.7, 36.1]])[0]
+    array = _blob_stack(blob)
+    points = np.array([blob + [0.8, -1.1, 0.6]])
+    mirrored = voxel_to_world(OBLIQUE_FREE, [[79 - 30.2, 44.7, 36.1]])[0] + [0.8, -1.1, 0.6]
+    fine = [_fine(shape=(16, 16, 16), recentre=3.0)]
+    got = recipe.recentre(reverse_z(native_stack(array, OBLIQUE_FREE)), np.array([mirrored]), fine, _ball_run([]))
+    expected = recipe.recentre(native_stack(np.ascontiguousarray(array[::-1]), OBLIQUE_FREE), np.array([mirrored]),
+                               fine, _ball_run([]))
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert np.linalg.norm(got[0] - voxel_to_world(OBLIQUE_FREE, [[79 - 30.2, 44.7, 36.1]])[0]) < 1.0
+    assert not np.allclose(points, got)
+
+
+def test_predict_volume_scores_the_recentred_candidates() -> None:
+    """The fine stage moves each candidate before scoring it: one unflipped run, then the flipped pair at the moved
+    point; the prediction reports the moved points and the plan counts the extra run."""
+    coarse = np.zeros((16, 16, 16), dtype=np.float32)
+    native_affine = np.diag([0.5, 0.5, 0.5, 1.0])
+    idx = np.stack(np.meshgrid(*[np.arange(64)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float64)
+    blob = np.array([20.6, 19.2, 21.4])
+    native = np.exp(-np.sum((idx * 0.5 - blob) ** 2, axis=1) / 2.0).reshape(64, 64, 64).astype(np.float32)
+    fine_calls: list = []
+
+    def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
+        n = len(batch)
+        if spec.role == "locator":
+            heat = np.full((n, 1, 8, 8, 8), -5.0, dtype=np.float32)
+            heat[0, 0, 4, 4, 4] = 3.0
+            return [heat]
+        if spec.role == "classifier":
+            heat = np.full((n, 13, 4, 4, 4), -6.0, dtype=np.float32)
+            heat[:, 3, 2, 2, 2] = 5.0  # cell (2, 2, 2) of a 2 mm crop at stride 2: centre near (17.5, 17.5, 17.5)
+            return [np.zeros((n, 14), np.float32), np.zeros((n, 4), np.float32), heat]
+        return _ball_run(fine_calls)(spec, batch)
+
+    fine = [_fine(k=1, shape=(16, 16, 16), recentre=5.0)]
+    pred = recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)], [_heat_classifier()],
+                                 run, fine=fine, native=native_stack(native, native_affine))
+    found = recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)], [_heat_classifier()],
+                                  run, fine=[_fine(k=1, shape=(16, 16, 16))],
+                                  native=native_stack(native, native_affine))
+    assert [shape[0] for _, shape in fine_calls] == [1, 2, 2]  # move (plain), score (pair); the unmoved run: pair
+    assert np.linalg.norm(found.candidates_lps[0] - blob) > 2.0  # the heatmap's peak is off the blob
+    assert np.linalg.norm(pred.candidates_lps[0] - blob) <= np.sqrt(3) * 0.5 + 1e-9
+    assert pred.candidate_probs[0] > found.candidate_probs[0]  # centred on the blob, the patch sees its peak
+    assert pred.runs == found.runs + 1
+    assert recipe.plan_runs([_locator("l", 0)], [_heat_classifier()], recipe.Plan(),
+                            [_fine(k=8, recentre=5.0)]) == 1 + 2 + 4 + 2

@@ -49,7 +49,8 @@ TINY = {
                    "epochs": 1, "batch_size": 4, "heatmap_sigma_mm": 8.0, "jitter_mm": 4.0},
     "fine": {"epochs": 1, "input_shape": [16, 16, 16], "spacing_mm": [1.0] * 3, "channels": [4, 8, 8, 8],
              "candidates": 3, "random_sites": 2, "per_series": 3, "batch_size": 8, "box_mm": 24.0,
-             "truth_jitter_mm": 3.0, "fusion_grid": [0.0, 0.5], "supplements": []},  # not demo's supplement
+             "truth_jitter_mm": 3.0, "recentre_max_mm": 4.0, "fusion_grid": [0.0, 0.5],
+             "supplements": []},  # not demo's supplement
     "train": {"device": "cpu", "threads": 1},
 }
 
@@ -110,6 +111,10 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
             <= by_dome["negatives"]["sites"]
     by_candidate = summary["auc_present_by_candidate"]
     assert set(by_candidate) == {"fused", "coarse"} and set(by_candidate["fused"]) == {"found", "missed"}
+    # validation scored the candidates where the kernel does: moved up to recentre_max_mm to the ball map's maximum
+    shift = summary["recentre_shift_mm"]
+    assert 0.0 < shift["max"] <= 4.0 and shift["p50"] <= shift["p90"] <= shift["max"]
+    assert set(summary["candidate_recall_scored"]) == set(summary["candidate_recall"])
     # the coarse-only row (weight 0) is the classifier's own out-of-fold answer
     oof = (fold_dir / "oof.csv").read_text()
     assert oof and summary["scores_by_weight"]["0.0"]["score"] == pytest.approx(
@@ -274,6 +279,23 @@ def test_rescore_validates_the_trained_model_again_from_validation_boxes_only(ti
     assert {json.loads(x)[ID_COL] for x in (fold_dir / "fine_sites.jsonl").open()} == val_uids
     assert again["n_train_series"] == earlier["n_train_series"] > 0
     assert json.loads((fold_dir / "fine_summary.json").read_text())["patch_auc_by_dome"] == again["patch_auc_by_dome"]
+
+
+def test_recentring_off_scores_the_candidates_where_they_were_found(tiny_run: dict, tmp_path: Path) -> None:
+    """``fine.recentre_max_mm: 0`` scores each candidate unmoved; a box too small for a patch moved that far is
+    refused before anything runs (validation would score zeros where the kernel sees the scan)."""
+    from train_offline.config import ConfigError
+
+    fold_dir = tmp_path / "fold0"
+    shutil.copytree(tiny_run["fold_dir"], fold_dir, ignore=shutil.ignore_patterns("fine_summary.json"))
+    config = tiny_run["config"]
+    off = train_fine({**config, "fine": {**config["fine"], "recentre_max_mm": 0.0}}, 0, fold_dir, workers=1,
+                     rescore=True)
+    assert off["recentre_shift_mm"]["max"] == 0.0 and off["candidate_recall_scored"] == off["candidate_recall"]
+    assert off["candidate_recall"] == tiny_run["summary"]["candidate_recall"]  # the same sites, found again
+    with pytest.raises(ConfigError, match="box_mm"):  # 7.5 mm half patch + 5 mm > 12 mm half box
+        train_fine({**config, "fine": {**config["fine"], "recentre_max_mm": 5.0}}, 0, fold_dir, workers=1,
+                   rescore=True)
 
 
 def test_supplement_series_join_every_folds_training_only(tiny_run: dict, tmp_path: Path) -> None:
