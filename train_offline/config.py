@@ -92,7 +92,8 @@ DEFAULTS: dict[str, Any] = {
         "sphere_radius_mm": 3.0,  # auxiliary target: a ball of this radius at each localizer
         "sphere_weight": 1.0,
         "box_mm": 30.0,  # cached native box around each site (patch + jitter must fit)
-        "recentre_max_mm": 5.0,  # candidates move up to this far to the ball map's maximum before scoring (0: off)
+        "flip_tta": True,  # each patch is also scored mirrored on x (kernel and validation)
+        "recentre_max_mm": 3.0,  # candidates move up to this far towards the ball map's maximum before scoring (0: off)
         "truth_jitter_mm": 4.0,  # training patches around a localizer are shifted up to this (candidates are off)
         "truth_repeats": 1,  # each localizer is drawn this many times per series and epoch (own jitter each)
         "candidate_jitter_mm": 1.5,

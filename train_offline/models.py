@@ -241,6 +241,6 @@ def fine_spec(cfg: Mapping[str, Any], fold: int, fusion_weight: float | None = N
     weight = float(cfg["fusion_weight"] if fusion_weight is None else fusion_weight)
     return ModelSpec(name=f"fine_f{fold}", role="fine", fold=int(fold), input_name="patch", input_shape=(z, y, x),
                      spacing_mm=(dz, dy, dx), output_names=("logit", "sphere"), output_stride=FINE_STRIDE,
-                     flip_tta=True, candidates=int(cfg["candidates"]),
+                     flip_tta=bool(cfg.get("flip_tta", True)), candidates=int(cfg["candidates"]),
                      candidate_min_distance_mm=float(cfg["candidate_min_distance_mm"]), fusion_weight=weight,
                      recentre_max_mm=float(cfg.get("recentre_max_mm", 0.0)))  # 0: trained/scored before moves
