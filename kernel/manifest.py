@@ -67,7 +67,7 @@ class ModelSpec:
     models (optional) map a patch sampled from the native stack around each of ``candidates`` candidate sites (peaks
     of the classifiers' heatmap at least ``candidate_min_distance_mm`` apart) to one logit, P(aneurysm at the site);
     ``fusion_weight`` is their weight against the classifiers' in logit space (``kernel.recipe.fuse``). A fine model
-    may also return its ball map (P(aneurysm) per cell at ``output_stride``); with ``recentre_max_mm`` > 0 each
+    may also return its ball map (logits per cell at ``output_stride``); with ``recentre_max_mm`` > 0 each
     candidate is first moved to the map's maximum within that distance (``kernel.recipe.recentre``).
     """
 
@@ -92,6 +92,12 @@ class ModelSpec:
     git_commit: str = ""
     opset: int | None = None
     parity_max_abs: float | None = None
+
+    @property
+    def recentres(self) -> bool:
+        """A fine model that moves the candidates before they are scored: it returns its ball map and sets a
+        distance (``kernel.recipe.recentre``; the manifest refuses a distance without the map)."""
+        return self.recentre_max_mm > 0 and len(self.output_names) > 1
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's JSON object for this model (locators keep the single ``output_name`` key)."""

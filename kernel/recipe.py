@@ -194,7 +194,7 @@ def plan_runs(locators: Sequence[ModelSpec], classifiers: Sequence[ModelSpec], p
     if fine and plan.candidates != 0:
         k = fine[0].candidates if plan.candidates is None else min(fine[0].candidates, plan.candidates)
         per_fold = -(-k // 4)
-        fine_runs = sum(per_fold * ((2 if (plan.flip and spec.flip_tta) else 1) + (spec.recentre_max_mm > 0))
+        fine_runs = sum(per_fold * ((2 if (plan.flip and spec.flip_tta) else 1) + spec.recentres)
                         for spec in fine[: plan.folds])
     return len(locators[: plan.folds]) + flips + fine_runs
 
@@ -339,12 +339,12 @@ def recentre(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], 
     """(n, 3) the candidates moved to the maximum of the fine folds' mean ball map around each, at most
     ``recentre_max_mm`` away (the mean of the folds' settings); unchanged without a fold that sets it.
 
-    The ball map (P(aneurysm) per stride-``output_stride`` cell of the patch, the fine model's auxiliary output)
+    The ball map (logits per stride-``output_stride`` cell of the patch, the fine model's auxiliary output)
     places a small dome to a cell of 2 fine voxels, where the coarse heatmap's peak is a 6 mm cell; the patch is then
     scored centred on it (``fine_probs``). One unflipped run per fold.
     """
     points = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
-    movers = [s for s in fine if s.recentre_max_mm > 0 and len(s.output_names) > 1]
+    movers = [s for s in fine if s.recentres]
     if not movers or not len(points):
         return points.copy()
     specs = next(iter(_group_by_input(movers).values()))
