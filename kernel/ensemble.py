@@ -26,6 +26,7 @@ TENSORRT = "TensorrtExecutionProvider"
 CPU = "CPUExecutionProvider"
 TENSORRT_ENV = "RSNA_TENSORRT"  # "1": put TensorRT first when onnxruntime lists it (engine build takes minutes)
 THREADS_ENV = "RSNA_ORT_THREADS"
+SPIN_ENV = "RSNA_ORT_SPIN"  # "1": idle onnxruntime workers spin (its default); off here, see Ensemble
 
 
 def choose_providers(available: Sequence[str], *, tensorrt: bool = False) -> list[str]:
@@ -54,6 +55,11 @@ class Ensemble:
         threads = threads if threads is not None else int(os.environ.get(THREADS_ENV, "0"))
         options.intra_op_num_threads = max(threads, 0)  # 0: onnxruntime picks (one per physical core)
         options.inter_op_num_threads = 1
+        # Each session owns a thread pool, and the recipe runs nine of them back to back: a finished session's
+        # workers spinning for more work take the cores from the next one (classifier runs 83 -> 46 ms, a series
+        # 1.43 -> 1.24 s on 2 cores; docs/kernel.md). Blocking idle workers costs nothing measurable on one model.
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if os.environ.get(SPIN_ENV) == "1" else "0")
         self.sessions: dict[str, Any] = {}
         for role in ("locator", "classifier", "fine"):
             for model in manifest.models(role):

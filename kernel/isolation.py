@@ -841,6 +841,9 @@ def _worker_main() -> None:
             getattr(importlib.import_module(module), func)()
         _warm_up()
         _trim()
+        # What is alive now (modules, torch, pydicom) lives as long as the worker: kept out of the collections the
+        # worker runs per series, each of which would otherwise traverse it all for nothing (~100 ms on 2 cores).
+        gc.freeze()
         baseline = rss_bytes()
         _limit_data(memory_mb)
         threading.Thread(target=_watch_parent, args=(int(config["parent"]),), daemon=True).start()

@@ -12,7 +12,7 @@ import pytest
 
 from kernel import predict as kernel_predict
 from kernel.budget import TimeBudget
-from kernel.ensemble import CPU, CUDA, TENSORRT, Ensemble, Plan, choose_providers
+from kernel.ensemble import CPU, CUDA, SPIN_ENV, TENSORRT, Ensemble, Plan, choose_providers
 from kernel.labels import LABEL_COLS, flip_permutation
 from kernel.manifest import ManifestError, find_weights_dir, load_manifest, validate_manifest
 from kernel.preprocess import prepare_volume
@@ -101,6 +101,20 @@ def test_cuda_listed_on_a_cpu_build_still_runs(weights: Path) -> None:
     assert ensemble.providers[0] == CUDA
     assert CPU in ensemble.active_providers
     assert ensemble.runs(Plan()) == 2 + 2 * 2 and ensemble.runs(Plan(1, False)) == 2
+
+
+@pytest.mark.parametrize(("env", "expected"), [(None, "0"), ("0", "0"), ("1", "1")])
+def test_idle_workers_block_unless_asked_to_spin(weights: Path, monkeypatch: pytest.MonkeyPatch, env: str | None,
+                                                 expected: str) -> None:
+    if env is None:
+        monkeypatch.delenv(SPIN_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SPIN_ENV, env)
+    ensemble = Ensemble(load_manifest(weights))
+    for session in ensemble.sessions.values():
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+        assert options.inter_op_num_threads == 1
 
 
 def test_flip_tta_maps_a_mirrored_input_to_swapped_labels(weights: Path) -> None:
