@@ -68,7 +68,9 @@ class ModelSpec:
     of the classifiers' heatmap at least ``candidate_min_distance_mm`` apart) to one logit, P(aneurysm at the site);
     ``fusion_weight`` is their weight against the classifiers' in logit space (``kernel.recipe.fuse``). A fine model
     may also return its ball map (logits per cell at ``output_stride``); with ``recentre_max_mm`` > 0 each
-    candidate is first moved to the map's maximum within that distance (``kernel.recipe.recentre``).
+    candidate is first moved to the map's maximum within that distance (``kernel.recipe.recentre``); with
+    ``score_found`` the logit of that move's patch (unflipped, at the found point) is one more view of the candidate's
+    score, next to the moved patch (and its mirror with ``flip_tta``).
     """
 
     name: str
@@ -85,6 +87,7 @@ class ModelSpec:
     candidate_min_distance_mm: float = 0.0  # fine: non-maximum suppression radius between candidates
     fusion_weight: float = 0.0  # fine: weight of the fine logit against the classifiers' (0..1)
     recentre_max_mm: float = 0.0  # fine: move each candidate up to this far to its ball-map maximum (0: off)
+    score_found: bool = False  # fine (moving): the move's own patch, at the found point, also scores the candidate
     file: str = ""  # ONNX file name inside the weights folder
     sha256: str = ""
     validation: dict[str, Any] = field(default_factory=dict)  # scores recorded at export
@@ -119,7 +122,8 @@ class ModelSpec:
                        candidate_min_distance_mm=float(self.candidate_min_distance_mm),
                        fusion_weight=float(self.fusion_weight))
             if len(self.output_names) > 1:
-                out.update(output_stride=int(self.output_stride), recentre_max_mm=float(self.recentre_max_mm))
+                out.update(output_stride=int(self.output_stride), recentre_max_mm=float(self.recentre_max_mm),
+                           score_found=bool(self.score_found))
         out.update(validation=dict(self.validation), parity_max_abs=self.parity_max_abs, fold=int(self.fold),
                    config=self.config, git_commit=self.git_commit, opset=self.opset)
         return out
@@ -185,6 +189,11 @@ class ModelSpec:
                 problems.append(f"{where}.recentre_max_mm must be a number >= 0")
             elif recentre > 0 and not (isinstance(names, list) and len(names) == 2):
                 problems.append(f"{where}.recentre_max_mm > 0 needs the ball-map output (output_names [logit, map])")
+            found = model.get("score_found", False)
+            if not isinstance(found, bool):
+                problems.append(f"{where}.score_found must be true or false")
+            elif found and not (_is_number(recentre) and recentre > 0):
+                problems.append(f"{where}.score_found needs a move (recentre_max_mm > 0): it scores the move's patch")
             k = model.get("candidates")
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 problems.append(f"{where}.candidates must be a positive integer")
@@ -218,6 +227,7 @@ class ModelSpec:
             candidate_min_distance_mm=float(model.get("candidate_min_distance_mm", 0.0)),
             fusion_weight=float(model.get("fusion_weight", 0.0)),
             recentre_max_mm=float(model.get("recentre_max_mm", 0.0)),
+            score_found=bool(model.get("score_found", False)),
             file=model["file"], sha256=model["sha256"], validation=dict(validation), config=model.get("config"),
             git_commit=str(model.get("git_commit", "")), opset=model.get("opset"),
             parity_max_abs=model.get("parity_max_abs"),

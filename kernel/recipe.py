@@ -24,7 +24,7 @@ Array and affine conventions: ``kernel.preprocess`` (axes z -> S, y -> P, x -> L
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -335,28 +335,32 @@ def fine_patches(native: Native, points_lps: np.ndarray, spec: ModelSpec) -> np.
     return np.ascontiguousarray(np.stack([native.normalise(p) for p in raw])[:, None], dtype=np.float32)
 
 
-def recentre(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], run: Runner) -> np.ndarray:
-    """(n, 3) the candidates moved to the maximum of the fine folds' mean ball map around each, at most
-    ``recentre_max_mm`` away (the mean of the folds' settings); unchanged without a fold that sets it.
+def recentre(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec],
+             run: Runner) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """((n, 3) the candidates moved to the maximum of the fine folds' mean ball map around each, at most
+    ``recentre_max_mm`` away (the mean of the folds' settings); {fold name: (n,) its logits at the found points}).
 
     The ball map (logits per stride-``output_stride`` cell of the patch, the fine model's auxiliary output)
     places a small dome to a cell of 2 fine voxels, where the coarse heatmap's peak is a 6 mm cell; the patch is then
-    scored centred on it (``fine_probs``). One unflipped run per fold.
+    scored centred on it (``fine_probs``, which can count the found point's logit as one more view). One unflipped
+    run per moving fold; without one the points come back unchanged and the logits empty.
     """
     points = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
     movers = [s for s in fine if s.recentres]
     if not movers or not len(points):
-        return points.copy()
+        return points.copy(), {}
     specs = next(iter(_group_by_input(movers).values()))
     spec = specs[0]
     patches = fine_patches(native, points, spec)
-    maps = []
+    maps, found = [], {}
     for s in specs:
-        ball = np.asarray(run(s, patches)[1], dtype=np.float64)
+        logits, ball = run(s, patches)[:2]
+        ball = np.asarray(ball, dtype=np.float64)
         expected = (len(points), 1, *(n // s.output_stride for n in s.input_shape))
         if ball.shape != expected:
             raise ValueError(f"fine model {s.name} ball map has shape {ball.shape}; expected {expected}")
         maps.append(ball[:, 0])
+        found[s.name] = np.asarray(logits, dtype=np.float64).reshape(len(points), -1)[:, 0]
     mean_map = np.mean(maps, axis=0)
     radius = float(np.mean([s.recentre_max_mm for s in specs]))
     moved = np.empty_like(points)
@@ -366,12 +370,14 @@ def recentre(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], 
         near = np.linalg.norm(grid - point, axis=-1) <= radius
         score = np.where(near, mean_map[i], -np.inf)
         moved[i] = grid[np.unravel_index(int(np.argmax(score)), score.shape)] if near.any() else point
-    return moved
+    return moved, found
 
 
 def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], run: Runner,
-               flip: bool = True) -> np.ndarray:
-    """(n,) mean P(aneurysm at the point) of the fine folds; with flip TTA each patch is also seen mirrored on x."""
+               flip: bool = True, found: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """(n,) mean P(aneurysm at the point) of the fine folds. Each fold averages its views: the patch at the point,
+    with flip TTA also mirrored on x, and with ``score_found`` its logits at the found points (``found``, from
+    ``recentre``: the move's own patch, a view that costs no run)."""
     if len(points_lps) == 0:
         return np.zeros(0)
     out = []
@@ -381,9 +387,10 @@ def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec]
         for spec in specs:
             flipped = flip and spec.flip_tta
             logits = np.asarray(run(spec, np.ascontiguousarray(both if flipped else patches))[0], dtype=np.float64)
-            logits = logits.reshape(len(logits), -1)[:, 0]
-            probs = sigmoid(logits)
-            out.append(probs.reshape(2, -1).mean(axis=0) if flipped else probs)
+            views = list(sigmoid(logits.reshape(len(logits), -1)[:, 0]).reshape(2 if flipped else 1, -1))
+            if spec.score_found and found is not None and spec.name in found:
+                views.append(sigmoid(np.asarray(found[spec.name], dtype=np.float64)))
+            out.append(np.mean(views, axis=0))
     return np.mean(out, axis=0)
 
 
@@ -436,8 +443,8 @@ def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[Mod
                 native = native_stack(array, affine)
             elif reversed_z:
                 native = reverse_z(native)
-            points = recentre(native, points, fine, run)
-            cand_probs = fine_probs(native, points, fine, run, plan.flip)
+            points, found = recentre(native, points, fine, run)
+            cand_probs = fine_probs(native, points, fine, run, plan.flip, found)
             probs = fuse(probs, channels, cand_probs, fusion_weight(fine))
         else:
             cand_probs = sigmoid(channels.max(axis=1)) if len(points) else np.zeros(0)

@@ -417,7 +417,8 @@ def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str,
                           kind: str = "candidate") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(P(aneurysm), the (n, 3) LPS points scored) per validation series, through the kernel's recipe from each
     site's native box: candidates ("candidate") moved by ``recipe.recentre`` where the spec sets
-    ``recentre_max_mm``, then ``recipe.fine_probs`` (flip TTA). "truth": a patch centred on each localizer, unmoved."""
+    ``recentre_max_mm``, then ``recipe.fine_probs`` (the spec's views: flip TTA, the found point's logit). "truth": a
+    patch centred on each localizer, unmoved."""
     run = torch_runner({spec.name: model}, device)
     probs, scored = {}, {}
     for uid in uids:
@@ -427,8 +428,9 @@ def validation_site_probs(model: nn.Module, spec: ModelSpec, sites: Mapping[str,
         p, q = [], []
         for i in (i for i, k in enumerate(kinds) if k == kind):
             native = native_stack(*boxes.box(uid, i), norm)
-            point = recipe.recentre(native, points[i][None], [spec], run) if kind == "candidate" else points[i][None]
-            p.append(recipe.fine_probs(native, point, [spec], run, flip=True)[0])
+            point, found = (recipe.recentre(native, points[i][None], [spec], run) if kind == "candidate"
+                            else (points[i][None], None))
+            p.append(recipe.fine_probs(native, point, [spec], run, flip=True, found=found)[0])
             q.append(point[0])
         probs[uid], scored[uid] = np.array(p), np.asarray(q, dtype=np.float64).reshape(-1, 3)
     return probs, scored

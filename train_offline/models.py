@@ -243,4 +243,5 @@ def fine_spec(cfg: Mapping[str, Any], fold: int, fusion_weight: float | None = N
                      spacing_mm=(dz, dy, dx), output_names=("logit", "sphere"), output_stride=FINE_STRIDE,
                      flip_tta=bool(cfg.get("flip_tta", True)), candidates=int(cfg["candidates"]),
                      candidate_min_distance_mm=float(cfg["candidate_min_distance_mm"]), fusion_weight=weight,
-                     recentre_max_mm=float(cfg.get("recentre_max_mm", 0.0)))  # 0: trained/scored before moves
+                     recentre_max_mm=float(cfg.get("recentre_max_mm", 0.0)),  # 0: trained/scored before moves
+                     score_found=bool(cfg.get("score_found", False)) and float(cfg.get("recentre_max_mm", 0.0)) > 0)

@@ -70,6 +70,9 @@ def _fine_entry(**fields: object) -> dict:
     ({"output_names": ["logit", "sphere"], "output_stride": None}, "output_stride must be a positive integer"),
     ({"output_names": ["logit", "sphere"], "output_stride": 2, "recentre_max_mm": -1.0}, "recentre_max_mm must be"),
     ({"output_names": ["logit", "sphere", "x"]}, "output_names must be [logit] or [logit, ball map]"),
+    ({"output_names": ["logit", "sphere"], "output_stride": 2, "score_found": 1}, "score_found must be true or false"),
+    ({"output_names": ["logit", "sphere"], "output_stride": 2, "recentre_max_mm": 0.0, "score_found": True},
+     "score_found needs a move"),
 ])
 def test_bad_fine_fields_are_named(fields: dict, message: str) -> None:
     spec, problems = ModelSpec.parse(0, _fine_entry(**fields))
@@ -77,9 +80,11 @@ def test_bad_fine_fields_are_named(fields: dict, message: str) -> None:
 
 
 def test_a_recentring_fine_entry_round_trips() -> None:
-    entry = _fine_entry(output_names=["logit", "sphere"], output_stride=2, recentre_max_mm=5.0)
+    entry = _fine_entry(output_names=["logit", "sphere"], output_stride=2, recentre_max_mm=5.0, score_found=True)
     spec, problems = ModelSpec.parse(0, entry)
     assert problems == [] and spec is not None
-    assert spec.recentre_max_mm == 5.0 and spec.output_stride == 2 and spec.to_dict() == entry
-    plain, _ = ModelSpec.parse(0, _fine_entry(output_names=["logit"], output_stride=None, recentre_max_mm=None))
+    assert spec.recentre_max_mm == 5.0 and spec.output_stride == 2 and spec.score_found and spec.to_dict() == entry
+    plain, _ = ModelSpec.parse(0, _fine_entry(output_names=["logit"], output_stride=None, recentre_max_mm=None,
+                                              score_found=None))
     assert plain is not None and plain.recentre_max_mm == 0.0  # an entry from before the move: scored where found
+    assert not plain.score_found

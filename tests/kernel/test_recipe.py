@@ -151,10 +151,11 @@ def _heat_classifier(name: str = "h", flip_tta: bool = True) -> ModelSpec:
 
 
 def _fine(k: int = 2, weight: float = 0.5, shape=(4, 4, 4), spacing=(0.5, 0.5, 0.5), recentre: float = 0.0,
-          name: str = "f") -> ModelSpec:
+          name: str = "f", flip: bool = True, found: bool = False) -> ModelSpec:
     return ModelSpec(name=name, role="fine", fold=0, input_name="patch", input_shape=shape, spacing_mm=spacing,
-                     output_names=("logit", "sphere") if recentre else ("logit",), output_stride=2, flip_tta=True,
-                     candidates=k, candidate_min_distance_mm=3.0, fusion_weight=weight, recentre_max_mm=recentre)
+                     output_names=("logit", "sphere") if recentre else ("logit",), output_stride=2, flip_tta=flip,
+                     candidates=k, candidate_min_distance_mm=3.0, fusion_weight=weight, recentre_max_mm=recentre,
+                     score_found=found)
 
 
 def test_heatmap_candidates_take_peaks_strongest_first_apart_and_refined() -> None:
@@ -303,8 +304,12 @@ def test_recentre_moves_a_candidate_onto_the_blob_within_reach() -> None:
     near, far = blob + [1.0, 0.5, -1.0], blob + [0.0, 3.0, 0.0]  # 1.5 mm and 3 mm off the blob
     calls: list = []
     fine = [_fine(shape=(16, 16, 16), recentre=2.0)]
-    moved = recipe.recentre(stack, np.array([near, far]), fine, _ball_run(calls))
+    moved, found = recipe.recentre(stack, np.array([near, far]), fine, _ball_run(calls))
     assert calls == [("f", (2, 1, 16, 16, 16))]  # one unflipped run of every candidate's patch
+    # that run's logits are those of the patches at the found points (what score_found counts as a view)
+    at_found = recipe.fine_patches(stack, np.array([near, far]), fine[0])[:, :, 7:9, 7:9, 7:9].mean(axis=(1, 2, 3, 4))
+    assert list(found) == ["f"] and found["f"].shape == (2,)
+    np.testing.assert_allclose(found["f"], at_found, rtol=1e-6)
     # the ball map's cells are 1 mm (stride 2 at 0.5 mm): the blob's cell centre is within half a diagonal of it
     assert np.linalg.norm(moved[0] - blob) <= np.sqrt(3) * 0.5 + 1e-9
     # out of reach: moved at most 2 mm, towards the blob
@@ -320,18 +325,21 @@ def test_recentre_is_a_no_op_without_a_recentring_fold_and_averages_the_folds_ma
     stack = native_stack(_blob_stack(blob), OBLIQUE_FREE)
     points = np.array([blob + [1.5, 0.0, 0.0]])
     calls: list = []
-    unchanged = recipe.recentre(stack, points, [_fine(shape=(16, 16, 16))], _ball_run(calls))
+    unchanged, found = recipe.recentre(stack, points, [_fine(shape=(16, 16, 16))], _ball_run(calls))
     np.testing.assert_array_equal(unchanged, points)
-    assert calls == [] and recipe.recentre(stack, points[:0], [_fine(recentre=2.0)], _ball_run(calls)).shape == (0, 3)
+    assert found == {}
+    none, found = recipe.recentre(stack, points[:0], [_fine(recentre=2.0)], _ball_run(calls))
+    assert calls == [] and none.shape == (0, 3) and found == {}
 
     def opposed(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:  # one fold sees the blob, one its negative
         logit, ball = _ball_run(calls)(spec, batch)
         return [logit, ball if spec.name == "a" else -0.4 * ball]
 
     folds = [_fine(shape=(16, 16, 16), recentre=2.0, name="a"), _fine(shape=(16, 16, 16), recentre=2.0, name="b")]
-    moved = recipe.recentre(stack, points, folds, opposed)
+    moved, found = recipe.recentre(stack, points, folds, opposed)
+    assert sorted(found) == ["a", "b"]
     assert np.linalg.norm(moved[0] - blob) <= np.sqrt(3) * 0.5 + 1e-9  # the mean map (0.3 x blob) still peaks there
-    moved_b = recipe.recentre(stack, points, folds[1:], opposed)
+    moved_b, _ = recipe.recentre(stack, points, folds[1:], opposed)
     assert np.linalg.norm(moved_b[0] - blob) > np.linalg.norm(points[0] - blob)  # b alone runs from the blob
 
 
@@ -341,9 +349,9 @@ def test_recentre_on_a_reversed_stack_matches_the_reversed_copy() -> None:
     points = np.array([blob + [0.8, -1.1, 0.6]])
     mirrored = voxel_to_world(OBLIQUE_FREE, [[79 - 30.2, 44.7, 36.1]])[0] + [0.8, -1.1, 0.6]
     fine = [_fine(shape=(16, 16, 16), recentre=3.0)]
-    got = recipe.recentre(reverse_z(native_stack(array, OBLIQUE_FREE)), np.array([mirrored]), fine, _ball_run([]))
-    expected = recipe.recentre(native_stack(np.ascontiguousarray(array[::-1]), OBLIQUE_FREE), np.array([mirrored]),
-                               fine, _ball_run([]))
+    got, _ = recipe.recentre(reverse_z(native_stack(array, OBLIQUE_FREE)), np.array([mirrored]), fine, _ball_run([]))
+    expected, _ = recipe.recentre(native_stack(np.ascontiguousarray(array[::-1]), OBLIQUE_FREE), np.array([mirrored]),
+                                  fine, _ball_run([]))
     np.testing.assert_allclose(got, expected, atol=1e-9)
     assert np.linalg.norm(got[0] - voxel_to_world(OBLIQUE_FREE, [[79 - 30.2, 44.7, 36.1]])[0]) < 1.0
     assert not np.allclose(points, got)
@@ -384,3 +392,48 @@ def test_predict_volume_scores_the_recentred_candidates() -> None:
     assert pred.runs == found.runs + 1
     assert recipe.plan_runs([_locator("l", 0)], [_heat_classifier()], recipe.Plan(),
                             [_fine(k=8, recentre=5.0)]) == 1 + 2 + 4 + 2
+
+    # score_found without flips: the move's run, then one plain run at the moved point; the candidate's score is the
+    # mean of the two views' probabilities
+    fine_calls.clear()
+    views = recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)], [_heat_classifier()],
+                                  run, fine=[_fine(k=1, shape=(16, 16, 16), recentre=5.0, flip=False, found=True)],
+                                  native=native_stack(native, native_affine))
+    assert [shape[0] for _, shape in fine_calls] == [1, 1]
+    np.testing.assert_allclose(views.candidates_lps, pred.candidates_lps)
+    stack = native_stack(native, native_affine)
+    middle = (slice(None), slice(None), slice(7, 9), slice(7, 9), slice(7, 9))
+    at_found = recipe.fine_patches(stack, found.candidates_lps, fine[0])[middle].mean()
+    at_moved = recipe.fine_patches(stack, pred.candidates_lps, fine[0])[middle].mean()
+    np.testing.assert_allclose(views.candidate_probs[0], (recipe.sigmoid(at_found) + recipe.sigmoid(at_moved)) / 2,
+                               rtol=1e-6)
+
+
+def test_fine_probs_average_each_folds_views() -> None:
+    """Per fold: the patch, its mirror with flip TTA, the found point's logit with score_found (ignored without it);
+    then the mean over folds."""
+    rng = np.random.default_rng(5)
+    stack = native_stack(rng.normal(size=(40, 40, 40)).astype(np.float32), np.diag([0.5, 0.5, 0.5, 1.0]))
+    points = np.array([[9.0, 10.0, 8.5], [11.0, 9.5, 10.0]])
+
+    def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:  # logit: the mean of the patch's first x half
+        return [batch[..., : batch.shape[-1] // 2].mean(axis=(1, 2, 3, 4))[:, None] * 5.0]
+
+    patches = recipe.fine_patches(stack, points, _fine(shape=(8, 8, 8)))
+    plain = recipe.sigmoid(run(_fine(), patches)[0][:, 0])
+    mirror = recipe.sigmoid(run(_fine(), np.ascontiguousarray(patches[..., ::-1]))[0][:, 0])
+    assert np.abs(plain - mirror).max() > 0.05  # the two views differ
+    found = {"f": np.array([2.0, -1.0]), "g": np.array([-3.0, 0.5])}
+    p_found = recipe.sigmoid(found["f"])
+
+    def probs(**kw) -> np.ndarray:
+        return recipe.fine_probs(stack, points, [_fine(shape=(8, 8, 8), recentre=2.0, **kw)], run, found=found)
+
+    np.testing.assert_allclose(probs(flip=False), plain, rtol=1e-6)
+    np.testing.assert_allclose(probs(flip=True), (plain + mirror) / 2, rtol=1e-6)
+    np.testing.assert_allclose(probs(flip=False, found=True), (plain + p_found) / 2, rtol=1e-6)
+    np.testing.assert_allclose(probs(flip=True, found=True), (plain + mirror + p_found) / 3, rtol=1e-6)
+    two = recipe.fine_probs(stack, points, [_fine(shape=(8, 8, 8), recentre=2.0, flip=False, found=True),
+                                            _fine(shape=(8, 8, 8), recentre=2.0, flip=False, found=True, name="g")],
+                            run, found=found)
+    np.testing.assert_allclose(two, ((plain + p_found) / 2 + (plain + recipe.sigmoid(found["g"])) / 2) / 2, rtol=1e-6)
