@@ -383,10 +383,12 @@ def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec]
     out = []
     for specs in _group_by_input(fine).values():
         patches = fine_patches(native, points_lps, specs[0])
-        both = np.concatenate([patches, patches[..., ::-1]], axis=0)
+        both = None  # the patches and their mirrors, built once for the folds that flip
         for spec in specs:
             flipped = flip and spec.flip_tta
-            logits = np.asarray(run(spec, np.ascontiguousarray(both if flipped else patches))[0], dtype=np.float64)
+            if flipped and both is None:
+                both = np.ascontiguousarray(np.concatenate([patches, patches[..., ::-1]], axis=0))
+            logits = np.asarray(run(spec, both if flipped else patches)[0], dtype=np.float64)
             views = list(sigmoid(logits.reshape(len(logits), -1)[:, 0]).reshape(2 if flipped else 1, -1))
             if spec.score_found and found is not None and spec.name in found:
                 views.append(sigmoid(np.asarray(found[spec.name], dtype=np.float64)))
