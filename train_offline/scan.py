@@ -283,20 +283,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train_offline.scan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, default=Path("weights"), help="exported weights (default weights)")
-    parser.add_argument("--data", type=Path, default=Path("data/phantoms/real_train"),
+    parser = argparse.ArgumentParser(prog="python -m train_offline.scan", description=__doc__.split("\n\n")[0],
+                                     epilog="e.g. python -m train_offline.scan scan --fold 0 1 2, then "
+                                            "python -m train_offline.scan report --tiles 32 --m 2 4 10")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--weights", type=Path, default=Path("weights"), help="exported weights (default weights)")
+    common.add_argument("--data", type=Path, default=Path("data/phantoms/real_train"),
                         help="training data root: series/, train.csv, phantom_truth.jsonl")
-    parser.add_argument("--out", type=Path, default=Path("runs/scan"), help="pickles folder (default runs/scan)")
-    parser.add_argument("--fold", type=int, nargs="+", default=[0, 1, 2], help="folds (default 0 1 2)")
-    parser.add_argument("--tiles", type=int, nargs="+", default=[32, 64, 96],
+    common.add_argument("--out", type=Path, default=Path("runs/scan"), help="pickles folder (default runs/scan)")
+    common.add_argument("--fold", type=int, nargs="+", default=[0, 1, 2], help="folds (default 0 1 2)")
+    common.add_argument("--tiles", type=int, nargs="+", default=[32, 64, 96],
                         help="tile counts scanned (the strongest by heatmap; default 32 64 96)")
     sub = parser.add_subparsers(dest="command", required=True)
-    scan = sub.add_parser("scan", help="scan each fold's validation series (resumable)")
+    scan = sub.add_parser("scan", parents=[common], help="scan each fold's validation series (resumable)")
     scan.add_argument("--dense-k", type=int, default=10, help="scan candidates kept a series (default 10)")
     scan.add_argument("--limit", type=int, default=0, help="first N validation series of each fold (0: all)")
     scan.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
-    report = sub.add_parser("report", help="recall and pooled out-of-fold tables from the pickles")
+    report = sub.add_parser("report", parents=[common], help="recall and pooled out-of-fold tables from the pickles")
     report.add_argument("--m", type=int, nargs="+", default=[2, 4, 10], help="scan candidates added (default 2 4 10)")
     report.add_argument("--fusion-grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                         help="fusion weights tried per fold (default 0 0.25 0.5 0.75 1)")
