@@ -70,7 +70,9 @@ class ModelSpec:
     may also return its ball map (logits per cell at ``output_stride``); with ``recentre_max_mm`` > 0 each
     candidate is first moved to the map's maximum within that distance (``kernel.recipe.recentre``); with
     ``score_found`` the logit of that move's patch (unflipped, at the found point) is one more view of the candidate's
-    score, next to the moved patch (and its mirror with ``flip_tta``).
+    score, next to the moved patch (and its mirror with ``flip_tta``). ``heat_weight`` adds that many times the
+    candidate's heatmap cell logit (its strongest channel) to each site's logit before fusion: where the classifier
+    saw a vessel site, the patch model's answer counts more.
     """
 
     name: str
@@ -88,6 +90,7 @@ class ModelSpec:
     fusion_weight: float = 0.0  # fine: weight of the fine logit against the classifiers' (0..1)
     recentre_max_mm: float = 0.0  # fine: move each candidate up to this far to its ball-map maximum (0: off)
     score_found: bool = False  # fine (moving): the move's own patch, at the found point, also scores the candidate
+    heat_weight: float = 0.0  # fine: site logit + heat_weight * its heatmap cell's strongest channel logit (0: off)
     file: str = ""  # ONNX file name inside the weights folder
     sha256: str = ""
     validation: dict[str, Any] = field(default_factory=dict)  # scores recorded at export
@@ -121,6 +124,8 @@ class ModelSpec:
                        candidates=int(self.candidates),
                        candidate_min_distance_mm=float(self.candidate_min_distance_mm),
                        fusion_weight=float(self.fusion_weight))
+            if self.heat_weight:  # entries from before the setting keep their shape
+                out.update(heat_weight=float(self.heat_weight))
             if len(self.output_names) > 1:
                 out.update(output_stride=int(self.output_stride), recentre_max_mm=float(self.recentre_max_mm),
                            score_found=bool(self.score_found))
@@ -201,6 +206,8 @@ class ModelSpec:
                 problems.append(f"{where}.candidate_min_distance_mm must be a number >= 0")
             if not (_is_number(model.get("fusion_weight")) and 0.0 <= model["fusion_weight"] <= 1.0):
                 problems.append(f"{where}.fusion_weight must be a number in [0, 1]")
+            if not (_is_number(model.get("heat_weight", 0.0)) and model.get("heat_weight", 0.0) >= 0.0):
+                problems.append(f"{where}.heat_weight must be a number >= 0")
         if role in ("classifier", "fine"):
             if not isinstance(model.get("flip_tta", True), bool):
                 problems.append(f"{where}.flip_tta must be true or false")
@@ -226,6 +233,7 @@ class ModelSpec:
             candidates=int(model.get("candidates", 0)),
             candidate_min_distance_mm=float(model.get("candidate_min_distance_mm", 0.0)),
             fusion_weight=float(model.get("fusion_weight", 0.0)),
+            heat_weight=float(model.get("heat_weight", 0.0)),
             recentre_max_mm=float(model.get("recentre_max_mm", 0.0)),
             score_found=bool(model.get("score_found", False)),
             file=model["file"], sha256=model["sha256"], validation=dict(validation), config=model.get("config"),

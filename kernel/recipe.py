@@ -17,7 +17,8 @@ kernel's ``Ensemble.run`` (onnxruntime sessions) on Kaggle, a torch ``run`` in t
    set ``recentre_max_mm``, each candidate is first moved to the map's maximum nearby (``recentre``). ``fuse``
    combines the fine probability of the best candidate with the classifiers' probabilities in logit space (the
    location columns through the candidates' heatmap channels), at the mean of the fine folds' fusion weights
-   (``fusion_weight``).
+   (``fusion_weight``), each site's logit first raised by its heatmap cell's logit times the mean heat weight
+   (``heat_weight``).
 
 Array and affine conventions: ``kernel.preprocess`` (axes z -> S, y -> P, x -> L; affines voxel (z, y, x) -> LPS).
 """
@@ -46,8 +47,8 @@ from kernel.preprocess import (
 
 __all__ = [
     "Classified", "Native", "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify",
-    "fine_patches", "fine_probs", "fuse", "fusion_weight", "heatmap_candidates", "heatmap_peak_lps", "locate",
-    "locate_upright", "locator_base", "locator_input", "locator_input_from_base", "logit", "plan_runs",
+    "fine_patches", "fine_probs", "fuse", "fusion_weight", "heat_weight", "heatmap_candidates", "heatmap_peak_lps",
+    "locate", "locate_upright", "locator_base", "locator_input", "locator_input_from_base", "logit", "plan_runs",
     "predict_volume", "recentre", "sigmoid", "softmax",
 ]
 
@@ -396,18 +397,25 @@ def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec]
     return np.mean(out, axis=0)
 
 
-def fuse(probs: np.ndarray, channel_logits: np.ndarray, site_probs: np.ndarray, weight: float) -> np.ndarray:
+def fuse(probs: np.ndarray, channel_logits: np.ndarray, site_probs: np.ndarray, weight: float,
+         heat_weight: float = 0.0) -> np.ndarray:
     """(14,) the classifiers' probabilities combined with the fine stage's in logit space.
 
     Aneurysm Present: ``(1 - w) logit(p) + w logit(max site prob)``. Location c: the same with ``max_k site_k *
     assign_kc``, where ``assign_k`` is the softmax over the 13 channels of candidate k's heatmap cell (which vessel the
-    classifier thinks the site is on). ``weight`` 0 returns ``probs``; no candidate leaves ``probs`` unchanged.
+    classifier thinks the site is on). With ``heat_weight`` h each site's logit first gains h times its cell's
+    strongest channel logit: the patch model and the classifier's heatmap judge a site together (an aneurysm-like
+    patch on a spot the classifier saw no vessel site at counts less). ``weight`` 0 returns ``probs``; no candidate
+    leaves ``probs`` unchanged.
     """
     probs = np.asarray(probs, dtype=np.float64)
     if len(site_probs) == 0 or weight <= 0.0:
         return probs.copy()
+    channels = np.asarray(channel_logits, dtype=np.float64).reshape(len(site_probs), -1)
     site = np.asarray(site_probs, dtype=np.float64)
-    assign = softmax(np.asarray(channel_logits, dtype=np.float64), axis=1)  # (n, 13)
+    if heat_weight:
+        site = sigmoid(logit(site) + heat_weight * channels.max(axis=1))
+    assign = softmax(channels, axis=1)  # (n, 13)
     fine = np.concatenate([(site[:, None] * assign).max(axis=0), [site.max()]])
     return sigmoid((1.0 - weight) * logit(probs) + weight * logit(fine))
 
@@ -416,6 +424,11 @@ def fusion_weight(fine: Sequence[ModelSpec]) -> float:
     """The ensemble's fusion weight: the mean of the fine folds' own (each chosen by its out-of-fold score), so a
     fold ensemble fuses as strongly as its folds did on average and a plan with fewer folds uses theirs."""
     return float(np.mean([spec.fusion_weight for spec in fine])) if fine else 0.0
+
+
+def heat_weight(fine: Sequence[ModelSpec]) -> float:
+    """The ensemble's site heat weight (``fuse``): the mean of the fine folds' own, as ``fusion_weight``."""
+    return float(np.mean([spec.heat_weight for spec in fine])) if fine else 0.0
 
 
 def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[ModelSpec],
@@ -447,7 +460,7 @@ def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[Mod
                 native = reverse_z(native)
             points, found = recentre(native, points, fine, run)
             cand_probs = fine_probs(native, points, fine, run, plan.flip, found)
-            probs = fuse(probs, channels, cand_probs, fusion_weight(fine))
+            probs = fuse(probs, channels, cand_probs, fusion_weight(fine), heat_weight(fine))
         else:
             cand_probs = sigmoid(channels.max(axis=1)) if len(points) else np.zeros(0)
     if not (np.all(np.isfinite(probs)) and np.all(np.isfinite(out.modality_probs))

@@ -264,7 +264,8 @@ def _fine_entry(fold_dir: Path, config: Mapping[str, Any], out: Path, commit: st
     cfg = summary["config"]
     model = build_fine(cfg)
     model.load_state_dict(_load_state(fold_dir / "fine.pt"))
-    spec = fine_spec(cfg, int(summary["fold"]), fusion_weight=float(summary["fusion_weight"]))
+    spec = fine_spec(cfg, int(summary["fold"]), fusion_weight=float(summary["fusion_weight"]),
+                     heat_weight=float(summary.get("heat_weight", 0.0)))
     err = export_model(ExportFine(model), out / f"{spec.name}.onnx", spec.input_shape, spec.input_name,
                        spec.output_names)
     validation = {"score": summary["validation"]["score"], "auc_present": summary["validation"]["auc_present"],

@@ -24,7 +24,8 @@ where it stopped:
    a localizer lies within ``positive_radius_mm`` of its centre; augmented (flips, in-plane transpose, gain, gamma,
    noise, blur up to ``blur_voxels``).
 4. ``fine_summary.json`` / ``fine_oof.csv``: the validation fold through ``recipe.fine_probs`` and ``recipe.fuse`` for
-   each weight of ``fusion_grid``; the best out-of-fold score picks the weight export writes into the manifest. Also
+   each weight of ``fusion_grid`` and each site heat weight of ``heat_grid``; the best out-of-fold score picks the
+   pair export writes into the manifest. Also
    the candidates' recall per dome size (a candidate within dome radius + 2 mm, and within ``positive_radius_mm``).
 """
 
@@ -497,15 +498,16 @@ def patch_auc_by_dome(truth: Sequence[tuple[str, float]], negatives: Sequence[fl
 
 
 def fused_scores(sites: Mapping[str, Mapping[str, Any]], site_probs: Mapping[str, np.ndarray],
-                 records: Mapping[str, SeriesRecord], uids: Sequence[str], weights: Sequence[float]
-                 ) -> dict[float, tuple[dict[str, Any], np.ndarray]]:
-    """Out-of-fold metrics and (n, 14) fused probabilities for each fusion weight."""
+                 records: Mapping[str, SeriesRecord], uids: Sequence[str], weights: Sequence[float],
+                 heat_weight: float = 0.0) -> dict[float, tuple[dict[str, Any], np.ndarray]]:
+    """Out-of-fold metrics and (n, 14) fused probabilities for each fusion weight (sites raised by ``heat_weight``
+    times their heatmap cell's logit, ``recipe.fuse``)."""
     labels = np.stack([records[u].labels for u in uids])
     modalities = [MODALITY_NAMES[records[u].modality] for u in uids]
     out = {}
     for w in weights:
         probs = np.stack([recipe.fuse(np.asarray(sites[u]["probs"]), np.asarray(sites[u]["channels"]).reshape(-1, 13),
-                                      site_probs[u], float(w)) for u in uids])
+                                      site_probs[u], float(w), heat_weight) for u in uids])
         out[float(w)] = (evaluate_predictions(labels, probs, modalities), probs)
     return out
 
@@ -735,15 +737,21 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
 
     def validate(_epoch: int) -> dict[str, Any]:
         site_probs, scored = validation_site_probs(model, spec, sites, boxes, records, val_uids, device)
-        fused = fused_scores(sites, site_probs, records, val_uids, [float(w) for w in cfg["fusion_grid"]])
-        best_w = max(fused, key=lambda w: fused[w][0]["score"])
-        state.update(site_probs=site_probs, scored=scored, fused=fused, best=best_w)
+        grid = [float(w) for w in cfg["fusion_grid"]]
+        by_heat = {float(h): fused_scores(sites, site_probs, records, val_uids, grid, float(h))
+                   for h in cfg.get("heat_grid", [0.0])}
+        # the best (heat weight, fusion weight) pair; ties keep the earlier (smaller) heat weight
+        best_h, best_w = max(((h, w) for h in by_heat for w in by_heat[h]),
+                             key=lambda hw: by_heat[hw[0]][hw[1]][0]["score"])
+        fused = by_heat[best_h]
+        state.update(site_probs=site_probs, scored=scored, fused=fused, best=best_w, heat=best_h,
+                     by_heat={h: max(m["score"] for m, _ in f.values()) for h, f in by_heat.items()})
         # patch-level AUC over every validation candidate as scored (label: a localizer within positive_radius_mm)
         y = np.concatenate([near_localizer(scored[u], [q for _, q in records[u].points],
                                            float(cfg["positive_radius_mm"])) for u in val_uids])
         p = np.concatenate([np.asarray(site_probs[u], dtype=np.float64) for u in val_uids])
         patch_auc = float(roc_auc(y.astype(int), p)) if 0 < y.sum() < len(y) else None
-        return {"val_patch_auc": patch_auc, "val_fusion_weight": best_w,
+        return {"val_patch_auc": patch_auc, "val_fusion_weight": best_w, "val_heat_weight": best_h,
                 "val_score": fused[best_w][0]["score"], "val_auc_present": fused[best_w][0]["auc_present"],
                 "val_score_coarse": fused[0.0][0]["score"] if 0.0 in fused else None}
 
@@ -767,11 +775,12 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
     scored_sites = {u: {**sites[u], "candidates": state["scored"][u].tolist()} for u in val_uids}
     radius = float(cfg["positive_radius_mm"])
     summary = {
-        "fold": fold, "fusion_weight": best, "config": json.loads(json.dumps(cfg)),
+        "fold": fold, "fusion_weight": best, "heat_weight": state["heat"], "config": json.loads(json.dumps(cfg)),
         "n_train_series": len(dataset.uids), "n_supplement_series": len(extra_uids),
         "supplements": [str(root) for root, _, _ in supplements], "n_val": len(val_uids),
         "scores_by_weight": {str(w): {"score": m["score"], "auc_present": m["auc_present"]}
                              for w, (m, _) in state["fused"].items()},
+        "scores_by_heat_weight": {str(h): score for h, score in state["by_heat"].items()},
         "validation": metrics,
         "auc_present_by_dome": auc_by_band(labels_present, probs[:, -1], val_uids, domes),
         "auc_present_by_dome_coarse": None if coarse_probs is None else auc_by_band(
@@ -839,7 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for fold, out, summary in zip(args.fold, dirs, summaries, strict=True):
         v = summary["validation"]
         print(f"fold {fold} fine: val score {v['score']:.4f}, AUC present {v['auc_present']:.4f} at fusion weight "
-              f"{summary['fusion_weight']} -> {out}")
+              f"{summary['fusion_weight']}, heat weight {summary['heat_weight']} -> {out}")
     return 0
 
 

@@ -234,8 +234,10 @@ def build_fine(cfg: Mapping[str, Any]) -> FineNet:
     return FineNet(tuple(int(c) for c in cfg["channels"]), float(cfg["dropout"]))
 
 
-def fine_spec(cfg: Mapping[str, Any], fold: int, fusion_weight: float | None = None) -> ModelSpec:
-    """The fine model's contract from the config's ``fine`` section: patch, spacing, candidates, fusion weight."""
+def fine_spec(cfg: Mapping[str, Any], fold: int, fusion_weight: float | None = None,
+              heat_weight: float | None = None) -> ModelSpec:
+    """The fine model's contract from the config's ``fine`` section: patch, spacing, candidates, fusion and heat
+    weights (the config's unless given: the out-of-fold choices)."""
     z, y, x = (int(s) for s in cfg["input_shape"])
     dz, dy, dx = (float(s) for s in cfg["spacing_mm"])
     weight = float(cfg["fusion_weight"] if fusion_weight is None else fusion_weight)
@@ -244,4 +246,5 @@ def fine_spec(cfg: Mapping[str, Any], fold: int, fusion_weight: float | None = N
                      flip_tta=bool(cfg.get("flip_tta", True)), candidates=int(cfg["candidates"]),
                      candidate_min_distance_mm=float(cfg["candidate_min_distance_mm"]), fusion_weight=weight,
                      recentre_max_mm=float(cfg.get("recentre_max_mm", 0.0)),  # 0: trained/scored before moves
-                     score_found=bool(cfg.get("score_found", False)) and float(cfg.get("recentre_max_mm", 0.0)) > 0)
+                     score_found=bool(cfg.get("score_found", False)) and float(cfg.get("recentre_max_mm", 0.0)) > 0,
+                     heat_weight=float(cfg.get("heat_weight", 0.0) if heat_weight is None else heat_weight))

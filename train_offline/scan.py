@@ -129,8 +129,8 @@ def union_sites(record: dict[str, Any], n_tiles: int, m: int,
 
 def scan_series(series_dir: Path, manifest: Any, run: recipe.Runner, fold: int, tiles: Sequence[int],
                 dense_k: int) -> dict[str, Any]:
-    """One series through fold ``fold``'s models: the kernel's candidates and sites, then the scan for each tile
-    count in ``tiles``."""
+    """One series through fold ``fold``'s models: the kernel's candidates and sites (``probs``, ``moved``, ``site``,
+    ``chans``: what ``recipe.fuse`` needs), then the scan for each tile count in ``tiles`` (none: no scan)."""
     from kernel.preprocess import normalise, normaliser, prepare_volume, reverse_z
 
     pick = lambda role: [s for s in manifest.models(role) if s.fold == fold]  # noqa: E731
@@ -154,6 +154,10 @@ def scan_series(series_dir: Path, manifest: Any, run: recipe.Runner, fold: int, 
     moved, found = recipe.recentre(native, points, fine, run)
     site = recipe.fine_probs(native, moved, fine, run, True, found)
     t1 = time.perf_counter()
+    record = {"probs": out.probs, "modality": vol.modality, "candidates": points, "moved": moved, "chans": chans,
+              "site": site}
+    if not tiles:
+        return {**record, "scan": {}, "seconds": {"total": t1 - t0, "scan": 0.0}}
     crop_spacing = float(cls[0].spacing_mm[0])
     tile_mm = TILE_CELLS * spec.output_stride * float(spec.spacing_mm[0])
     tiles_lps, tile_heat = tile_centres(cls[0].input_shape, out.heatmap_affine, crop_spacing, tile_mm,
@@ -171,8 +175,7 @@ def scan_series(series_dir: Path, manifest: Any, run: recipe.Runner, fold: int, 
                           "site": recipe.fine_probs(native, s_moved, fine, run, True, s_found),
                           "chans": heat_channels(out.heatmap, out.heatmap_affine, out.heatmap_stride, s_moved),
                           "peaks40": cells[peaks]}
-    return {"probs": out.probs, "modality": vol.modality, "candidates": points, "moved": moved, "chans": chans,
-            "site": site, "scan": scans, "tiles": tiles_lps, "tile_heat": tile_heat,
+    return {**record, "scan": scans, "tiles": tiles_lps, "tile_heat": tile_heat,
             "seconds": {"total": time.perf_counter() - t0, "scan": t_scan}}
 
 

@@ -73,6 +73,8 @@ def _fine_entry(**fields: object) -> dict:
     ({"output_names": ["logit", "sphere"], "output_stride": 2, "score_found": 1}, "score_found must be true or false"),
     ({"output_names": ["logit", "sphere"], "output_stride": 2, "recentre_max_mm": 0.0, "score_found": True},
      "score_found needs a move"),
+    ({"heat_weight": -0.5}, "heat_weight must be a number >= 0"),
+    ({"heat_weight": "0.5"}, "heat_weight must be a number >= 0"),
 ])
 def test_bad_fine_fields_are_named(fields: dict, message: str) -> None:
     spec, problems = ModelSpec.parse(0, _fine_entry(**fields))
@@ -88,3 +90,6 @@ def test_a_recentring_fine_entry_round_trips() -> None:
                                               score_found=None))
     assert plain is not None and plain.recentre_max_mm == 0.0  # an entry from before the move: scored where found
     assert not plain.score_found
+    assert plain.heat_weight == 0.0 and "heat_weight" not in plain.to_dict()  # before the setting: off
+    heated, _ = ModelSpec.parse(0, _fine_entry(heat_weight=0.5))
+    assert heated is not None and heated.heat_weight == 0.5 and heated.to_dict()["heat_weight"] == 0.5

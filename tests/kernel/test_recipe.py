@@ -3,6 +3,8 @@ recipe derives (centres, crop placement, flip mapping, averages, plan cost) is c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -190,6 +192,24 @@ def test_fuse_is_identity_at_weight_zero_and_a_logit_mean_otherwise() -> None:
     assert fused[4] == pytest.approx(recipe.sigmoid(0.5 * recipe.logit(probs[4]) + 0.5 * recipe.logit(0.8)), rel=1e-6)
     assert fused[9] == pytest.approx(recipe.sigmoid(0.5 * recipe.logit(probs[9]) + 0.5 * recipe.logit(0.3)), rel=1e-6)
     assert fused[0] < probs[0]  # no candidate on that vessel: pulled down
+
+
+def test_heat_weight_raises_each_site_by_its_heatmap_cell_before_fusion() -> None:
+    probs = np.full(14, 0.2)
+    channels = np.full((2, 13), -10.0)
+    channels[0, 4] = 2.0  # a site the classifier saw on vessel 4
+    channels[1, 9] = -3.0  # a site it hardly saw
+    sites = np.array([0.6, 0.7])
+    plain = recipe.fuse(probs, channels, sites, 0.5)
+    boosted = recipe.fuse(probs, channels, sites, 0.5, heat_weight=0.5)
+    np.testing.assert_allclose(recipe.fuse(probs, channels, sites, 0.5, heat_weight=0.0), plain)
+    # site 0: logit(0.6) + 0.5 * 2 beats site 1: logit(0.7) - 1.5, so the maximum changes site
+    best = recipe.sigmoid(recipe.logit(0.6) + 1.0)
+    assert boosted[-1] == pytest.approx(recipe.sigmoid(0.5 * recipe.logit(0.2) + 0.5 * recipe.logit(best)))
+    assert plain[-1] == pytest.approx(recipe.sigmoid(0.5 * recipe.logit(0.2) + 0.5 * recipe.logit(0.7)))
+    assert boosted[9] < plain[9] and boosted[4] > plain[4]
+    folds = [_fine(), replace(_fine(), heat_weight=1.0)]
+    assert recipe.heat_weight(folds) == pytest.approx(0.5) and recipe.heat_weight([]) == 0.0
 
 
 def test_fusion_weight_is_the_mean_of_the_fine_folds_used() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from kernel import recipe
 from kernel.dicom_io import read_series
-from kernel.labels import ID_COL
+from kernel.labels import ID_COL, LABEL_COLS
 from kernel.manifest import load_manifest
 from kernel.preprocess import canonicalise, crop_around
 from train_offline.config import load_config
@@ -97,6 +97,11 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
     assert (fold_dir / "fine.pt").is_file() and (fold_dir / "fine_oof.csv").is_file()
     assert summary["fusion_weight"] in (0.0, 0.5)
     assert set(summary["scores_by_weight"]) == {"0.0", "0.5"}
+    # the heat weight is chosen with the fusion weight: the summary's score is the best over the heat grid
+    assert set(summary["scores_by_heat_weight"]) == {"0.0", "0.25", "0.5", "1.0"}
+    assert summary["heat_weight"] in (0.0, 0.25, 0.5, 1.0)
+    assert summary["validation"]["score"] == pytest.approx(max(summary["scores_by_heat_weight"].values()))
+    assert summary["scores_by_heat_weight"][str(summary["heat_weight"])] == summary["validation"]["score"]
     assert 1.0 <= summary["candidates_per_series"] <= 3.0
     by_dome = summary["patch_auc_by_dome"]  # every validation aneurysm's patch, per band, against far candidates
     truth = load_truth(tiny_run["data"])
@@ -337,6 +342,7 @@ def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp
     fine = manifest.models("fine")
     assert len(fine) == 1 and fine[0].candidates == 3
     assert fine[0].fusion_weight == tiny_run["summary"]["fusion_weight"]
+    assert fine[0].heat_weight == tiny_run["summary"]["heat_weight"]
     assert fine[0].validation["oof_file"] == "oof_fine_f0.csv"
     fold_dir = tiny_run["root"] / "runs" / "tinyfine" / "fold0"
     assert (out.parent / "oof_fine_f0.csv").read_text() == (fold_dir / "fine_oof.csv").read_text()
@@ -460,3 +466,39 @@ def test_fine_stage_on_an_exported_folds_coarse_models(tiny_run: dict, tmp_path:
     oof.iloc[1:].to_csv(weights / "oof_classifier_f0.csv", index=False)
     with pytest.raises(ValueError, match="validated on"):
         train_fine(tiny_run["config"], 0, tmp_path / "other", workers=1, coarse=weights)
+
+
+def test_retune_rechooses_the_fusion_pair_from_dicom_and_keeps_the_models(tiny_run: dict, tmp_path: Path) -> None:
+    """``train_offline.retune`` on an export: the fold's validation series through the kernel's recipe from DICOM,
+    the best (fusion, heat) pair written into the fine entry, the out-of-fold rows rewritten, the models unchanged."""
+    import pickle
+
+    from train_offline.export import export_folds
+    from train_offline.retune import choose_weights
+    from train_offline.retune import main as retune
+
+    weights = export_folds(tiny_run["root"] / "runs" / "tinyfine", tmp_path / "weights", rescore=False).parent
+    before = load_manifest(weights)
+    shipped_oof = pd.read_csv(weights / "oof_fine_f0.csv")
+    assert retune(["--weights", str(weights), "--data", str(tiny_run["data"]), "--work", str(tmp_path / "work"),
+                   "--heat-grid", "0", "0.5", "--fusion-grid", "0", "0.5"]) == 0
+    after = load_manifest(weights)
+    roles = ("locator", "classifier", "fine")
+    assert [m.sha256 for r in roles for m in after.models(r)] == [m.sha256 for r in roles for m in before.models(r)]
+    fine = after.models("fine")[0]
+    assert fine.fusion_weight in (0.0, 0.5) and fine.heat_weight in (0.0, 0.5)
+    assert fine.validation["before_retune"]["fusion_weight"] == before.models("fine")[0].fusion_weight
+    records = pickle.loads((tmp_path / "work" / "fold0.pkl").read_bytes())
+    oof = pd.read_csv(weights / "oof_fine_f0.csv")
+    assert oof[ID_COL].tolist() == shipped_oof[ID_COL].tolist()  # the fold's validation series, in order
+    for _, row in oof.iterrows():
+        r = records[row[ID_COL]]
+        np.testing.assert_allclose(row[LABEL_COLS].to_numpy(float),
+                                   recipe.fuse(r["probs"], r["chans"], r["site"], fine.fusion_weight,
+                                               fine.heat_weight), rtol=1e-9)
+    # at weight 0 the rows are the classifier's alone, whatever the heat weight
+    labels = np.zeros((len(records), 14))
+    labels[0] = 1
+    w, h, _, probs, by_heat = choose_weights(records, labels, ["CTA"] * len(records), [0.0], [0.0, 0.5])
+    assert (w, h) == (0.0, 0.0) and set(by_heat) == {"0.0", "0.5"}  # a tie keeps the smaller heat weight
+    np.testing.assert_allclose(probs, np.stack([r["probs"] for r in records.values()]))
