@@ -253,20 +253,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     modalities = [m for res in folds.values() for m in train.loc[list(res), "Modality"]]
     largest = np.array([band_of(max(d.dome_mm for d in domes[u])) if domes.get(u) else "" for u in uids])
 
-    def variant(name: str, sites) -> None:
+    def variant(name: str, sites, heat_grid: Sequence[float]) -> None:
         chosen, rows = [], []
         for res in folds.values():
             fold_uids = list(res)
             y = train.loc[fold_uids, LABEL_COLS].to_numpy(float)
             mods = train.loc[fold_uids, "Modality"].tolist()
-            per_w = {}
-            for w in grid:
-                probs = np.stack([recipe.fuse(res[u]["probs"], sites(res[u])[2], sites(res[u])[1], w)
+            per_pair = {}
+            fold_sites = {u: sites(res[u]) for u in fold_uids}
+            for h, w in itertools.product(heat_grid, grid):
+                probs = np.stack([recipe.fuse(res[u]["probs"], fold_sites[u][2], fold_sites[u][1], w, h)
                                   for u in fold_uids])
-                per_w[w] = (evaluate_predictions(y, probs, mods)["score"], probs)
-            best = max(per_w, key=lambda w: per_w[w][0])
+                per_pair[(w, h)] = (evaluate_predictions(y, probs, mods)["score"], probs)
+            best = max(per_pair, key=lambda pair: per_pair[pair][0])  # ties: the first (smaller heat weight)
             chosen.append(best)
-            rows.append(per_w[best][1])
+            rows.append(per_pair[best][1])
         probs = np.concatenate(rows)
         ev = evaluate_predictions(labels_all, probs, modalities)
         present = labels_all[:, -1]
@@ -275,13 +276,20 @@ def cmd_report(args: argparse.Namespace) -> int:
             keep = (present == 0) | (largest == band)
             by.append(f"{roc_auc(present[keep].astype(int), probs[keep, -1]):.3f}"
                       if ((present == 1) & (largest == band)).any() else "")
-        print(f"| {name} | {ev['score']:.4f} / {ev['auc_present']:.4f} | {' / '.join(by)} | {chosen} |")
+        pairs = ", ".join(f"({w:g}, {h:g})" for w, h in chosen)
+        print(f"| {name} | {ev['score']:.4f} / {ev['auc_present']:.4f} | {' / '.join(by)} | {pairs} |")
 
-    print("\npooled out of fold, fusion weight chosen per fold")
-    print("| sites | score / AUC(present) | by dome " + " / ".join(bands) + " | weights |\n|---|---|---|---|")
-    variant("heatmap peaks (shipped)", lambda r: (r["moved"], r["site"], r["chans"]))
+    heat = [float(h) for h in args.heat_grid]
+    print("\npooled out of fold, (fusion weight, heat weight) chosen per fold")
+    print("| sites | score / AUC(present) | by dome " + " / ".join(bands) + " | (weight, heat) per fold |\n"
+          "|---|---|---|---|")
+    shipped = lambda r: (r["moved"], r["site"], r["chans"])  # noqa: E731
+    variant("heatmap peaks (shipped)", shipped, [0.0])
+    variant("heatmap peaks, heat weight chosen", shipped, heat)
     for n_tiles, m in itertools.product(args.tiles, args.m):
-        variant(f"+ {n_tiles} tiles scan top {m}", lambda r, n=n_tiles, m=m: union_sites(r, n, m))
+        variant(f"+ {n_tiles} tiles scan top {m}", lambda r, n=n_tiles, m=m: union_sites(r, n, m), [0.0])
+        variant(f"+ {n_tiles} tiles scan top {m}, heat weight chosen",
+                lambda r, n=n_tiles, m=m: union_sites(r, n, m), heat)
     return 0
 
 
@@ -306,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--m", type=int, nargs="+", default=[2, 4, 10], help="scan candidates added (default 2 4 10)")
     report.add_argument("--fusion-grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                         help="fusion weights tried per fold (default 0 0.25 0.5 0.75 1)")
+    report.add_argument("--heat-grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0],
+                        help="site heat weights tried per fold in the 'heat weight chosen' rows (default 0 0.25 0.5 1)")
     args = parser.parse_args(argv)
     try:
         return cmd_scan(args) if args.command == "scan" else cmd_report(args)
