@@ -115,7 +115,7 @@ DEFAULTS: dict[str, Any] = {
         # each site's logit + heat_weight x its heatmap cell's strongest channel logit before fusion; chosen with the
         # fusion weight by out-of-fold score (docs/training.md, "Sites judged with the heatmap")
         "heat_weight": 0.0,
-        "heat_grid": [0.0, 0.25, 0.5, 1.0],
+        "heat_grid": [0.0, 0.25, 0.5, 1.0, 2.0],
         # training-only series added to every fold's fine-stage training, never validated: a list of {root, cache,
         # index} (e.g. a small-dome supplement from ``train_offline.phantoms --dome-range 2 4.5``; the index is built
         # on first use like data.index)

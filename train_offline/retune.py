@@ -87,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/phantoms/real_train"),
                         help="the training data the folds were validated on: series/ and train.csv")
     parser.add_argument("--work", type=Path, default=Path("runs/retune"), help="site pickles (default runs/retune)")
-    parser.add_argument("--heat-grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0],
-                        help="heat weights tried (default 0 0.25 0.5 1)")
+    parser.add_argument("--heat-grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
+                        help="heat weights tried (default 0 0.25 0.5 1 2)")
     parser.add_argument("--fusion-grid", type=float, nargs="+", default=None,
                         help="fusion weights tried (default: each fold's training fusion_grid)")
     parser.add_argument("--dry-run", action="store_true", help="print the choices, write nothing")

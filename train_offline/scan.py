@@ -314,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--m", type=int, nargs="+", default=[2, 4, 10], help="scan candidates added (default 2 4 10)")
     report.add_argument("--fusion-grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                         help="fusion weights tried per fold (default 0 0.25 0.5 0.75 1)")
-    report.add_argument("--heat-grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0],
-                        help="site heat weights tried per fold in the 'heat weight chosen' rows (default 0 0.25 0.5 1)")
+    report.add_argument("--heat-grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
+                        help="site heat weights tried per fold ('heat weight chosen' rows; default 0 0.25 0.5 1 2)")
     args = parser.parse_args(argv)
     try:
         return cmd_scan(args) if args.command == "scan" else cmd_report(args)

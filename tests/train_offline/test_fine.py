@@ -98,8 +98,8 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
     assert summary["fusion_weight"] in (0.0, 0.5)
     assert set(summary["scores_by_weight"]) == {"0.0", "0.5"}
     # the heat weight is chosen with the fusion weight: the summary's score is the best over the heat grid
-    assert set(summary["scores_by_heat_weight"]) == {"0.0", "0.25", "0.5", "1.0"}
-    assert summary["heat_weight"] in (0.0, 0.25, 0.5, 1.0)
+    assert set(summary["scores_by_heat_weight"]) == {"0.0", "0.25", "0.5", "1.0", "2.0"}
+    assert summary["heat_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
     assert summary["validation"]["score"] == pytest.approx(max(summary["scores_by_heat_weight"].values()))
     assert summary["scores_by_heat_weight"][str(summary["heat_weight"])] == summary["validation"]["score"]
     assert 1.0 <= summary["candidates_per_series"] <= 3.0
