@@ -3,9 +3,14 @@
 For each fine fold of a weights folder: its validation series (the fold's ``oof_fine_f<K>.csv``) go through the
 kernel's recipe with that fold's own locator, classifier and fine model, read from DICOM as the kernel reads them
 (``train_offline.scan.scan_series`` without a scan). Then the pair (fusion weight, heat weight) with the best
-out-of-fold score on the fold's grid is written into the fold's fine entry (``fusion_weight``, ``heat_weight``,
-``validation`` scores, the previous values kept under ``validation.before_retune``) and the fold's out-of-fold CSV is
-rewritten with the fused rows. The models are untouched (same files, same sha256). Ties keep the smaller heat weight.
+out-of-fold score over every fold's series pooled (``--per-fold``: each fold's own best) is written into each fine
+entry (``fusion_weight``, ``heat_weight``, ``validation`` scores, the previous values kept under
+``validation.before_retune``) and each fold's out-of-fold CSV is rewritten with the fused rows. The models are
+untouched (same files, same sha256). Ties keep the smaller heat weight, then the smaller fusion weight.
+
+One pair for all folds is the default because the kernel fuses the whole ensemble at one pair (the mean of the
+folds'), and the heat weight scales each fold's rows differently: per-fold pairs that each win on their own fold can
+lose pooled (docs/training.md, run Q).
 
     python -m train_offline.retune --weights weights --data data/phantoms/real_train --work runs/retune
 
@@ -91,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="heat weights tried (default 0 0.25 0.5 1 2)")
     parser.add_argument("--fusion-grid", type=float, nargs="+", default=None,
                         help="fusion weights tried (default: each fold's training fusion_grid)")
+    parser.add_argument("--per-fold", action="store_true",
+                        help="each fold its own pair on its own series (as training chooses), instead of one pair "
+                             "for the ensemble on every fold's series pooled (default)")
     parser.add_argument("--dry-run", action="store_true", help="print the choices, write nothing")
     args = parser.parse_args(argv)
     try:
@@ -102,20 +110,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{args.weights} has no fine models: nothing to fuse")
         train = pd.read_csv(args.data / "train.csv").set_index(ID_COL)
         raw = json.loads((args.weights / "manifest.json").read_text())
+        folds = {}
         for spec in fines:
             records = fold_sites(args.weights, args.data, spec.fold, args.work)
             uids = list(records)
-            labels = train.loc[uids, LABEL_COLS].to_numpy(np.float64)
-            modalities = train.loc[uids, "Modality"].tolist()
-            grid = args.fusion_grid or (spec.config or {}).get("fine", {}).get("fusion_grid", [0.0, 0.25, 0.5, 0.75,
-                                                                                                1.0])
-            w, h, metrics, probs, by_heat = choose_weights(records, labels, modalities, grid, args.heat_grid)
+            folds[spec.name] = (records, train.loc[uids, LABEL_COLS].to_numpy(np.float64),
+                                train.loc[uids, "Modality"].tolist())
+        grid = args.fusion_grid or (fines[0].config or {}).get("fine", {}).get("fusion_grid",
+                                                                              [0.0, 0.25, 0.5, 0.75, 1.0])
+        if not args.per_fold:  # one pair for the ensemble, chosen on every fold's series pooled
+            pooled = {u: r for records, _, _ in folds.values() for u, r in records.items()}
+            labels = np.concatenate([y for _, y, _ in folds.values()])
+            modalities = [m for _, _, mods in folds.values() for m in mods]
+            w, h, metrics, _, by_heat = choose_weights(pooled, labels, modalities, grid, args.heat_grid)
+            print(f"pooled ({len(pooled)} series): chosen weight {w}, heat {h}: score {metrics['score']:.4f} / "
+                  f"AUC(present) {metrics['auc_present']:.4f}; best pooled score by heat weight "
+                  + ", ".join(f"{k}: {v:.4f}" for k, v in by_heat.items()))
+        for spec in fines:
+            records, labels, modalities = folds[spec.name]
+            uids = list(records)
+            if args.per_fold:
+                w, h, metrics, probs, by_heat = choose_weights(records, labels, modalities, grid, args.heat_grid)
+            else:
+                _, _, metrics, probs, _ = choose_weights(records, labels, modalities, [w], [h])
             before = {"fusion_weight": spec.fusion_weight, "heat_weight": spec.heat_weight,
                       "score": spec.validation.get("score"), "auc_present": spec.validation.get("auc_present")}
             print(f"fold {spec.fold}: {len(uids)} series; before: weight {spec.fusion_weight}, heat "
-                  f"{spec.heat_weight}, score {before['score']}; chosen: weight {w}, heat {h}, score "
-                  f"{metrics['score']:.4f} / AUC(present) {metrics['auc_present']:.4f}; best score by heat weight "
-                  + ", ".join(f"{k}: {v:.4f}" for k, v in by_heat.items()))
+                  f"{spec.heat_weight}, score {before['score']:.4f}; now: weight {w}, heat {h}, score "
+                  f"{metrics['score']:.4f} / AUC(present) {metrics['auc_present']:.4f}")
             if args.dry_run:
                 continue
             entry = next(m for m in raw["models"] if m["name"] == spec.name)
@@ -127,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             validation = entry.setdefault("validation", {})
             validation.setdefault("before_retune", before)
             validation.update(score=metrics["score"], auc_present=metrics["auc_present"], n_series=len(uids),
-                              scores_by_heat_weight=by_heat)
+                              retune={"chosen_on": "fold" if args.per_fold else "pooled folds",
+                                      "best_score_by_heat_weight": by_heat})
             oof = pd.DataFrame(probs, columns=LABEL_COLS)
             oof.insert(0, ID_COL, uids)
             oof.to_csv(args.weights / f"oof_fine_f{spec.fold}.csv", index=False)
