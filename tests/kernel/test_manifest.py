@@ -87,7 +87,7 @@ def test_a_recentring_fine_entry_round_trips() -> None:
     assert problems == [] and spec is not None
     assert spec.recentre_max_mm == 5.0 and spec.output_stride == 2 and spec.score_found and spec.to_dict() == entry
     plain, _ = ModelSpec.parse(0, _fine_entry(output_names=["logit"], output_stride=None, recentre_max_mm=None,
-                                              score_found=None))
+                                              score_found=None, heat_weight=None))
     assert plain is not None and plain.recentre_max_mm == 0.0  # an entry from before the move: scored where found
     assert not plain.score_found
     assert plain.heat_weight == 0.0 and "heat_weight" not in plain.to_dict()  # before the setting: off
