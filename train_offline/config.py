@@ -113,7 +113,7 @@ DEFAULTS: dict[str, Any] = {
         "fusion_weight": 0.5,  # default; train_offline.fine chooses it by out-of-fold score from fusion_grid
         "fusion_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
         # each site's logit + heat_weight x its heatmap cell's strongest channel logit before fusion; chosen with the
-        # fusion weight by out-of-fold score (docs/training.md, "Sites judged with the heatmap")
+        # fusion weight by out-of-fold score (docs/training.md, run Q)
         "heat_weight": 0.0,
         "heat_grid": [0.0, 0.25, 0.5, 1.0, 2.0],
         # training-only series added to every fold's fine-stage training, never validated: a list of {root, cache,

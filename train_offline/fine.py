@@ -512,6 +512,12 @@ def fused_scores(sites: Mapping[str, Mapping[str, Any]], site_probs: Mapping[str
     return out
 
 
+def best_pair(scores: Mapping[tuple[float, float], float]) -> tuple[float, float]:
+    """The (fusion weight, heat weight) with the best out-of-fold score; ties keep the smaller heat weight, then the
+    smaller fusion weight (training, ``train_offline.retune`` and ``train_offline.scan`` choose alike)."""
+    return min(scores, key=lambda pair: (-scores[pair], pair[1], pair[0]))
+
+
 def auc_by_band(labels_present: np.ndarray, scores: np.ndarray, uids: Sequence[str],
                 domes: Mapping[str, list]) -> dict[str, float | None]:
     """AUC(Aneurysm Present) of each largest-dome band's positives against every negative."""
@@ -740,9 +746,7 @@ def train_fine(config: Mapping[str, Any], fold: int, fold_dir: Path, resume: boo
         grid = [float(w) for w in cfg["fusion_grid"]]
         by_heat = {float(h): fused_scores(sites, site_probs, records, val_uids, grid, float(h))
                    for h in cfg.get("heat_grid", [0.0])}
-        # the best (heat weight, fusion weight) pair; ties keep the earlier (smaller) heat weight
-        best_h, best_w = max(((h, w) for h in by_heat for w in by_heat[h]),
-                             key=lambda hw: by_heat[hw[0]][hw[1]][0]["score"])
+        best_w, best_h = best_pair({(w, h): f[w][0]["score"] for h, f in by_heat.items() for w in f})
         fused = by_heat[best_h]
         state.update(site_probs=site_probs, scored=scored, fused=fused, best=best_w, heat=best_h,
                      by_heat={h: max(m["score"] for m, _ in f.values()) for h, f in by_heat.items()})

@@ -33,12 +33,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from kernel import recipe
-from kernel.labels import LABEL_COLS
+from kernel.labels import ID_COL, LABEL_COLS
 from kernel.metric import evaluate_predictions
+from train_offline.fine import best_pair
 
 __all__ = ["choose_weights", "fold_sites"]
-
-ID_COL = "SeriesInstanceUID"
 
 
 def fold_sites(weights: Path, data: Path, fold: int, work: Path, threads: int = 2) -> dict[str, dict[str, Any]]:
@@ -71,18 +70,18 @@ def choose_weights(records: Mapping[str, Mapping[str, Any]], labels: np.ndarray,
     """(fusion weight, heat weight, metrics, (n, 14) fused rows, best score per heat weight) of the pair with the best
     score on these series (``records`` in ``labels``' order); ties keep the earlier heat weight, then fusion weight."""
     uids = list(records)
-    best: tuple[float, float, dict[str, Any], np.ndarray] | None = None
-    by_heat: dict[str, float] = {}
+    table: dict[tuple[float, float], tuple[dict[str, Any], np.ndarray]] = {}
     for h in heat_grid:
         for w in fusion_grid:
             probs = np.stack([recipe.fuse(records[u]["probs"], records[u]["chans"], records[u]["site"], float(w),
                                           float(h)) for u in uids])
-            metrics = evaluate_predictions(labels, probs, modalities)
-            by_heat[str(float(h))] = max(by_heat.get(str(float(h)), -1.0), metrics["score"])
-            if best is None or metrics["score"] > best[2]["score"]:
-                best = (float(w), float(h), metrics, probs)
-    assert best is not None, "empty grids"
-    return best[0], best[1], best[2], best[3], by_heat
+            table[(float(w), float(h))] = (evaluate_predictions(labels, probs, modalities), probs)
+    if not table:
+        raise ValueError("empty fusion or heat grid")
+    w, h = best_pair({pair: metrics["score"] for pair, (metrics, _) in table.items()})
+    by_heat = {str(float(hh)): max(m["score"] for (_, h2), (m, _) in table.items() if h2 == float(hh))
+               for hh in heat_grid}
+    return w, h, table[(w, h)][0], table[(w, h)][1], by_heat
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,13 +31,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from kernel import recipe
-from kernel.labels import LABEL_COLS, LOCATION_COLS
+from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS
 from kernel.manifest import ModelSpec
 from kernel.preprocess import crop_affine, grid_points_lps, voxel_to_world, world_to_voxel
 
 __all__ = ["heat_channels", "nms", "scan_peaks", "tile_centres", "union_sites"]
 
-ID_COL = "SeriesInstanceUID"
 TILE_CELLS = 8  # central ball cells a side kept from each run (of 16 for a 32^3 patch at stride 2)
 
 
@@ -208,6 +207,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from kernel.metric import evaluate_predictions, roc_auc
     from train_offline.domes import DOME_BANDS, band_of, candidate_recall, load_domes
+    from train_offline.fine import best_pair
 
     train = pd.read_csv(args.data / "train.csv").set_index(ID_COL)
     domes = load_domes(args.data)
@@ -265,7 +265,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 probs = np.stack([recipe.fuse(res[u]["probs"], fold_sites[u][2], fold_sites[u][1], w, h)
                                   for u in fold_uids])
                 per_pair[(w, h)] = (evaluate_predictions(y, probs, mods)["score"], probs)
-            best = max(per_pair, key=lambda pair: per_pair[pair][0])  # ties: the first (smaller heat weight)
+            best = best_pair({pair: score for pair, (score, _) in per_pair.items()})
             chosen.append(best)
             rows.append(per_pair[best][1])
         probs = np.concatenate(rows)

@@ -502,3 +502,10 @@ def test_retune_rechooses_the_fusion_pair_from_dicom_and_keeps_the_models(tiny_r
     w, h, _, probs, by_heat = choose_weights(records, labels, ["CTA"] * len(records), [0.0], [0.0, 0.5])
     assert (w, h) == (0.0, 0.0) and set(by_heat) == {"0.0", "0.5"}  # a tie keeps the smaller heat weight
     np.testing.assert_allclose(probs, np.stack([r["probs"] for r in records.values()]))
+
+
+def test_best_pair_prefers_the_score_then_the_smaller_heat_then_fusion_weight() -> None:
+    from train_offline.fine import best_pair
+
+    assert best_pair({(0.5, 0.0): 0.80, (0.75, 1.0): 0.85, (0.25, 2.0): 0.84}) == (0.75, 1.0)
+    assert best_pair({(0.75, 1.0): 0.85, (0.5, 0.5): 0.85, (0.25, 0.5): 0.85}) == (0.25, 0.5)

@@ -88,6 +88,5 @@ def test_cli_help_and_missing_oof(tmp_path: Path, capsys: pytest.CaptureFixture)
     with pytest.raises(SystemExit) as exc:
         scan.main(["--help"])
     assert exc.value.code == 0 and "ball map" in capsys.readouterr().out
-    (tmp_path / "w").mkdir()
     assert scan.main(["scan", "--weights", "weights", "--fold", "7", "--out", str(tmp_path / "o")]) == 2
     assert "oof_fine_f7.csv is missing" in capsys.readouterr().err
