@@ -30,7 +30,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -58,8 +57,9 @@ from train_offline.models import (
     fine_spec,
     locator_spec,
 )
+from train_offline.provenance import git_commit
 
-__all__ = ["ATOL", "OPSET", "RTOL", "ExportError", "export_folds", "export_model", "export_random", "git_commit",
+__all__ = ["ATOL", "OPSET", "RTOL", "ExportError", "export_folds", "export_model", "export_random",
            "main", "oof_name", "onnx_parity"]
 
 OPSET = 17
@@ -70,18 +70,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 class ExportError(RuntimeError):
     """An export failed the checker, the parity test or the manifest schema."""
-
-
-def git_commit() -> str:
-    """The repository's HEAD commit (with ``+dirty`` when tracked files changed), or "unknown" outside git."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def onnx_parity(path: Path, model: nn.Module, input_shape: Sequence[int], input_name: str,
