@@ -1,0 +1,1 @@
+"""Phantom styles: independently written renderers behind one contract (``contract.StyleScan``)."""
