@@ -750,7 +750,7 @@ def _channels_last(ctx: Ctx, sec: Section) -> None:
     """Classifier steps in both layouts, alternating step by step in this process (bf16 autocast on CUDA)."""
     import torch
 
-    from benchmarks.bench_train_step import random_batch
+    from train_offline.step_bench import random_batch
     from train_offline.loop import memory_format
     from train_offline.losses import classifier_loss
     from train_offline.models import build_classifier
