@@ -4,7 +4,7 @@
     python benchmarks/bench_isolation.py --hostile [--timeout 20] [--memory-mb 3072]
 
 Writes (once, into --data) an uncompressed CT series of --slices x 512 x 512, then times, interleaved and after one
-warm-up call each, ``kernel.preprocess.prepare_volume`` in this process and ``kernel.isolation.ReadWorker.prepare``
+warm-up call each, ``kernel.preprocess.prepare_volume`` in this process and ``kernel.read_worker.ReadWorker.prepare``
 (a warm worker: its start-up is reported apart). With --weights it also times the whole ``Predictor.predict`` call
 both ways (``RSNA_READ_ISOLATION=0`` / on). Prints a markdown table of medians; peak RSS from /proc. Not a test:
 numbers depend on the machine and its load.
@@ -27,8 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kernel.isolation import ReadLimits, ReadWorker, peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
 from kernel.preprocess import prepare_volume  # noqa: E402
+from kernel.procmem import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
+from kernel.read_worker import ReadLimits, ReadWorker  # noqa: E402
 
 
 def make_series(root: Path, slices: int) -> Path:
@@ -52,7 +53,7 @@ def hostile_table(memory_mb: int, timeout_s: float, root: Path) -> None:
 
     from kernel import predict as kernel_predict
     from kernel.budget import TimeBudget
-    from kernel.isolation import HOOK_ENV, MEMORY_ENV, TIMEOUT_ENV
+    from kernel.read_worker import HOOK_ENV, MEMORY_ENV, TIMEOUT_ENV
     from testkit.dicom_factory import write_series
     from testkit.hostile import CASES, HOOKED, TreePeak
     from testkit.onnx_factory import write_random_weights

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from kernel import recipe
-from kernel.dicom_io import Native
 from kernel.manifest import Manifest, ModelSpec
 from kernel.preprocess import normalise, normaliser
 from kernel.recipe import Plan, Prediction
+from kernel.volume import Native
 
 __all__ = ["Ensemble", "Plan", "Prediction", "choose_providers"]
 

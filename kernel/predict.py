@@ -87,11 +87,11 @@ class Predictor:
         self.priors: list[float] | None = None
         self.manifest = None
         self.ensemble = None
-        self.reader = None  # kernel.isolation.ReadWorker: reading and preprocessing in a worker process
+        self.reader = None  # kernel.read_worker.ReadWorker: reading and preprocessing in a worker process
         self.setup_error: str | None = None
         # keep_last: hold the last series' canonical volume and Prediction (for ``kernel.explain``; off on Kaggle)
         self.keep_last = False
-        self.last: tuple[str, object, object] | None = None  # (uid, kernel.dicom_io.Volume, recipe.Prediction)
+        self.last: tuple[str, object, object] | None = None  # (uid, kernel.volume.Volume, recipe.Prediction)
         try:
             from kernel.manifest import load_manifest
 
@@ -100,7 +100,7 @@ class Predictor:
             from kernel.ensemble import Ensemble
 
             self.ensemble = Ensemble(self.manifest, providers=providers)
-            from kernel.isolation import ReadLimits, ReadWorker
+            from kernel.read_worker import ReadLimits, ReadWorker
 
             self.reader = ReadWorker(ReadLimits.resolve(self.manifest.data.get("read_limits", {})))
             LOG.info("models ready: %d sessions in %s on %s", len(self.ensemble.sessions), self.manifest.weights_dir,

@@ -8,22 +8,30 @@ edges are kept, steps are exactly the target spacing, and new origin = old origi
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 
-from kernel.dicom_io import DEFAULT_MAX_VOXELS, Native, Volume, read_series
+from kernel.dicom_io import DEFAULT_MAX_VOXELS, read_series
+from kernel.volume import Native, SeriesReadError, Volume
 
 __all__ = [
-    "NORMALISERS", "canonicalise", "crop_affine", "crop_around", "downsample_mean", "grid_points_lps",
-    "localizer_to_lps", "native_stack", "normalise", "normaliser", "prepare_volume", "reverse_z", "sample_patches",
-    "reorient_to_canonical", "resample_to_spacing", "spacing_of", "voxel_to_world", "world_to_voxel",
+    "MAX_OUTPUT_SIDE", "MAX_OUTPUT_VOXELS", "NORMALISERS", "canonicalise", "crop_affine", "crop_around",
+    "downsample_mean", "grid_points_lps", "localizer_to_lps", "native_stack", "normalise", "normaliser",
+    "prepare_volume", "reverse_z", "sample_patches", "reorient_to_canonical", "resample_to_spacing", "spacing_of",
+    "voxel_to_world", "world_to_voxel",
 ]
 
 # Canonical array axis i is aligned with LPS axis _CANONICAL_LPS_AXIS[i]: z -> S (2), y -> P (1), x -> L (0).
 _CANONICAL_LPS_AXIS = (2, 1, 0)
+# Largest prepared (canonical, resampled) volume handed to the models: 512 MB of float32, ~10x a 1 mm CTA, and at most
+# 2,048 voxels a side (model inputs are cut axis by axis: a 64-slice crop of a 2,048^2 plane is 1 GB on the way).
+# Sized before resampling (``prepare_volume``), so a volume the models would choke on is never built.
+MAX_OUTPUT_VOXELS = 128_000_000
+MAX_OUTPUT_SIDE = 2048
 
 
 def spacing_of(affine: np.ndarray) -> np.ndarray:
@@ -264,10 +272,31 @@ def prepare_volume(
     """Read a series, reorient it to canonical and resample it (``spacing_zyx_mm=None`` keeps the native spacing).
 
     The returned Volume keeps the native ``slice_lookup``/``source_affine``/``frame_geometry`` so localizers map;
-    with ``keep_native`` also the canonical stack at native spacing (``native``, see ``native_stack``).
+    with ``keep_native`` also the canonical stack at native spacing (``native``, see ``native_stack``). A series whose
+    resampled volume would be over ``MAX_OUTPUT_VOXELS`` or ``MAX_OUTPUT_SIDE`` raises ``SeriesReadError`` before
+    it is resampled.
     """
     volume = read_series(series_dir, max_voxels=max_voxels)
+    if spacing_zyx_mm is not None:
+        _check_output_grid(series_dir, volume, spacing_zyx_mm)
     return canonicalise(volume, spacing_zyx_mm, backend=backend, keep_native=keep_native)
+
+
+def _check_output_grid(series_dir: str | os.PathLike[str], volume: Volume, spacing_zyx_mm: Sequence[float]) -> None:
+    """Refuse a series whose volume at ``spacing_zyx_mm`` would be over ``MAX_OUTPUT_VOXELS`` or ``MAX_OUTPUT_SIDE``.
+
+    Sized from the extents in mm, which are the same under any reorientation (the finest target spacing per side).
+    """
+    extents = [n * s for n, s in zip(volume.array.shape, volume.spacing, strict=True)]
+    voxels = math.prod(extents) / math.prod(spacing_zyx_mm)
+    side = max(extents) / min(spacing_zyx_mm)
+    at = "x".join(f"{s:g}" for s in spacing_zyx_mm)
+    if voxels > MAX_OUTPUT_VOXELS:
+        raise SeriesReadError(f"{series_dir}: at {at} mm the volume would hold {voxels:,.0f} voxels, over the "
+                              f"{MAX_OUTPUT_VOXELS:,} handed to the models")
+    if side > MAX_OUTPUT_SIDE:
+        raise SeriesReadError(f"{series_dir}: at {at} mm the volume would be {side:,.0f} voxels long, over the "
+                              f"{MAX_OUTPUT_SIDE:,} a side handed to the models")
 
 
 def canonicalise(

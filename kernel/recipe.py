@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernel.dicom_io import Native
 from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, flip_permutation
 from kernel.manifest import ModelSpec
 from kernel.preprocess import (
@@ -44,6 +43,7 @@ from kernel.preprocess import (
     spacing_of,
     voxel_to_world,
 )
+from kernel.volume import Native
 
 __all__ = [
     "Classified", "Native", "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify",

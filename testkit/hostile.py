@@ -421,7 +421,7 @@ class TreePeak:
     def __enter__(self) -> TreePeak:
         import threading
 
-        from kernel.isolation import reset_peak_rss, rss_bytes, tree_rss_bytes
+        from kernel.procmem import reset_peak_rss, rss_bytes, tree_rss_bytes
 
         self.baseline = rss_bytes()
         reset_peak_rss()
@@ -440,7 +440,7 @@ class TreePeak:
         self.child_peak = max(self.child_peak, int(peak_bytes))
 
     def __exit__(self, *exc: object) -> None:
-        from kernel.isolation import peak_rss_bytes
+        from kernel.procmem import peak_rss_bytes
 
         self._stop.set()
         self._thread.join()

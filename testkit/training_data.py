@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from kernel.dicom_io import Volume
 from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, TRAIN_CSV_COLS
+from kernel.volume import Volume
 from train_offline.cache import save_cached
 
 

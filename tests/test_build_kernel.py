@@ -66,7 +66,9 @@ def test_build_is_byte_identical_and_complete(tmp_path: Path) -> None:
     assert len(notebook["cells"]) == 1 and "".join(notebook["cells"][0]["source"]) == code
     namespace: dict = {}
     exec(compile(code.split("\ndef _install_sources", 1)[0], "k.py", "exec"), namespace)  # data part only
-    for rel in ("kernel/predict.py", "kernel/gateway.py", "kernel/preprocess.py", "kernel/dicom_io.py"):
+    for rel in ("kernel/predict.py", "kernel/gateway.py", "kernel/preprocess.py", "kernel/dicom_io.py",
+                "kernel/volume.py", "kernel/dicom_headers.py", "kernel/dicom_stack.py", "kernel/procmem.py",
+                "kernel/read_worker.py", "kernel/read_worker_main.py"):
         assert namespace["SOURCES"][rel] == (REPO / rel).read_text(), f"{rel} not embedded verbatim"
     assert "def predict(series_path: str)" in code  # readable text, not an opaque blob
     meta = json.loads(outputs[0]["kernel/kernel-metadata.json"])

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from kernel.dicom_io import FrameGeometry, Volume
+from kernel.volume import FrameGeometry, Volume
 
 __all__ = [
     "CacheSpacingError", "atomic_write_bytes", "cache_spacing", "check_cache_spacing", "clean_stale_temp", "is_cached",

@@ -13,8 +13,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from kernel.dicom_io import SeriesReadError, read_series
+from kernel.dicom_io import read_series
 from kernel.preprocess import localizer_to_lps, voxel_to_world
+from kernel.volume import SeriesReadError
 from testkit.dicom_factory import smooth_field, write_series
 from testkit.hostile import CASES as CASES_HOSTILE
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernel.dicom_io import SeriesReadError, read_series
+from kernel.dicom_io import read_series
+from kernel.volume import SeriesReadError
 from testkit.hostile import CASES, TreePeak
 
 MAX_VOXELS = 50_000_000  # a 200 MB float32 volume

@@ -14,13 +14,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kernel import isolation
 from kernel import predict as kernel_predict
+from kernel import procmem, read_worker
 from kernel.budget import TimeBudget
-from kernel.dicom_io import SeriesReadError
-from kernel.isolation import HOOK_ENV, MEMORY_ENV, TIMEOUT_ENV, ReadLimits, ReadWorker
 from kernel.labels import LABEL_COLS
 from kernel.preprocess import prepare_volume, reverse_z, voxel_to_world
+from kernel.read_worker import HOOK_ENV, MEMORY_ENV, TIMEOUT_ENV, ReadLimits, ReadWorker
+from kernel.volume import SeriesReadError
 from testkit.dicom_factory import write_series
 from testkit.hostile import CASES, HOOKED, TreePeak
 from testkit.onnx_factory import write_random_weights
@@ -72,10 +72,10 @@ def test_worker_volume_is_the_in_process_volume(tmp_path: Path) -> None:
                                       reverse_z(local.native).sample(points, (9, 8, 7), (0.8, 0.6, 0.7)))
         # the worker holds one series' stack: after the next read the old one is refused, not silently resampled
         assert worker.prepare(tmp_path / "s", (1.5, 1.5, 1.5), max_voxels=10**7).native is None
-        with pytest.raises(isolation.WorkerError, match="no longer holds the native stack"):
+        with pytest.raises(read_worker.WorkerError, match="no longer holds the native stack"):
             remote.native.sample(points, (9, 8, 7), None)
         mine = f"rsna_read_{os.getpid()}_{worker.pid}_"
-        assert not [f for d in isolation._handover_dirs() for f in os.listdir(d) if f.startswith(mine)]
+        assert not [f for d in read_worker._handover_dirs() for f in os.listdir(d) if f.startswith(mine)]
         # A reader error comes back with its type and message; nothing is left in the handover folders.
         (tmp_path / "empty").mkdir()
         with pytest.raises(SeriesReadError) as remote:
@@ -87,10 +87,43 @@ def test_worker_volume_is_the_in_process_volume(tmp_path: Path) -> None:
         with pytest.raises(SeriesReadError, match="over the 128,000,000 handed to the models"):
             worker.prepare(tmp_path / "s", (0.05, 0.05, 0.05))
         assert not list(Path("/dev/shm").glob(f"rsna_read_{os.getpid()}_*"))
-        assert worker.pid in isolation.process_tree()
+        assert worker.pid in procmem.process_tree()
     finally:
         worker.close()
     assert worker.pid is None
+
+
+def test_output_size_guard_is_the_same_in_process_and_isolated(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prepare_volume`` refuses a series whose resampled volume would be too large for the models, before
+    resampling: the same SeriesReadError in the main process (``RSNA_READ_ISOLATION=0``, or a worker that cannot
+    start) and from the isolated worker."""
+    import kernel.preprocess as preprocess
+
+    write_series(tmp_path / "s", n_slices=6)  # 12 x 24 x 35 mm
+    cases = {(0.04, 0.04, 0.04): "at 0.04x0.04x0.04 mm the volume would hold 157,500,000 voxels, over the "
+                                 f"{preprocess.MAX_OUTPUT_VOXELS:,} handed to the models",
+             (10.0, 10.0, 0.01): "at 10x10x0.01 mm the volume would be 3,500 voxels long, over the "
+                                 f"{preprocess.MAX_OUTPUT_SIDE:,} a side handed to the models"}
+    readers = {"in-process": ReadWorker(ReadLimits(memory_mb=MEMORY_MB, timeout_s=60, isolated=False)),
+               "no worker": ReadWorker(ReadLimits(memory_mb=MEMORY_MB, timeout_s=60), hook="no_such_module:install"),
+               "isolated": ReadWorker(ReadLimits(memory_mb=MEMORY_MB, timeout_s=60))}
+    try:
+        for spacing, reason in cases.items():
+            with monkeypatch.context() as mp:  # in this process the guard fires before any resampling
+                mp.setattr(preprocess, "resample_to_spacing", lambda *a, **k: pytest.fail("resampled"))
+                with pytest.raises(SeriesReadError) as direct:
+                    prepare_volume(tmp_path / "s", spacing)
+            assert str(direct.value) == f"{tmp_path / 's'}: {reason}"
+            for name, reader in readers.items():
+                with pytest.raises(SeriesReadError) as caught:
+                    reader.prepare(tmp_path / "s", spacing)
+                assert str(caught.value) == str(direct.value), name
+                assert reader.last.outcome == ("error" if name == "isolated" else "in_process"), name
+        assert readers["no worker"].in_process and not readers["isolated"].in_process
+    finally:
+        for reader in readers.values():
+            reader.close()
 
 
 def test_limits_environment_over_manifest_over_defaults(caplog: pytest.LogCaptureFixture) -> None:
@@ -108,16 +141,16 @@ def test_proc_measurements_see_children() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(64 << 20); time.sleep(30)"])
     try:
         deadline = time.monotonic() + 20
-        while isolation.rss_bytes(child.pid) < 64 << 20 and time.monotonic() < deadline:
+        while procmem.rss_bytes(child.pid) < 64 << 20 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert child.pid in isolation.process_tree()
-        assert isolation.tree_rss_bytes() >= isolation.rss_bytes() + (64 << 20)
-        assert isolation.peak_rss_bytes(child.pid) >= 64 << 20
+        assert child.pid in procmem.process_tree()
+        assert procmem.tree_rss_bytes() >= procmem.rss_bytes() + (64 << 20)
+        assert procmem.peak_rss_bytes(child.pid) >= 64 << 20
     finally:
         child.kill()
         child.wait()
-    if isolation.reset_peak_rss():
-        assert isolation.peak_rss_bytes() <= isolation.rss_bytes() + (8 << 20)
+    if procmem.reset_peak_rss():
+        assert procmem.peak_rss_bytes() <= procmem.rss_bytes() + (8 << 20)
 
 
 def _alive(pid: int) -> bool:
@@ -158,7 +191,7 @@ def test_a_worker_that_cannot_start_falls_back_to_the_main_process(tmp_path: Pat
 def test_the_worker_ends_with_its_parent(tmp_path: Path) -> None:
     """A parent killed without any cleanup leaves no worker behind."""
     write_series(tmp_path / "s", n_slices=4)
-    code = ("import os, sys; from kernel.isolation import ReadWorker, ReadLimits; w = ReadWorker(ReadLimits()); "
+    code = ("import os, sys; from kernel.read_worker import ReadWorker, ReadLimits; w = ReadWorker(ReadLimits()); "
             f"w.prepare({str(tmp_path / 's')!r}, None); print(w.pid, flush=True); os._exit(0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

@@ -366,8 +366,8 @@ def test_predictor_fine_stage_is_the_same_with_the_isolated_reader(tiny_run: dic
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel's Predictor with the read worker (fine patches sampled inside it, only they cross) gives the row,
     candidates and candidate probabilities of in-process reading."""
-    from kernel.isolation import ISOLATION_ENV
     from kernel.predict import Predictor
+    from kernel.read_worker import ISOLATION_ENV
     from train_offline.export import export_folds
 
     weights = export_folds(tiny_run["root"] / "runs" / "tinyfine", tmp_path / "weights", rescore=False).parent

@@ -1,17 +1,19 @@
-"""Read and preprocess each series in a worker process with a memory limit and a wall-clock limit.
+"""Read and preprocess each series in a worker process with a memory limit and a wall-clock limit: the parent side
+(``ReadWorker``), its limits and errors, and the wire format both sides share.
 
 On Kaggle the failures that end a whole submission are not exceptions: an out-of-memory kill, a native decoder that
 segfaults, a series that hangs. So ``ReadWorker.prepare`` runs ``kernel.preprocess.prepare_volume`` in a separate
-process (the models stay in the main process) and turns each of those into one exception for one series:
+process (the models stay in the main process; the worker's loop is ``kernel.read_worker_main``) and turns each of
+those into one exception for one series:
 
 - **crash** (segfault, abort, any exit): ``WorkerCrashed``; the worker is replaced.
 - **hang**: no answer within ``timeout_s`` -> the worker's process group is killed, ``WorkerTimeout``, replaced.
 - **memory**: the worker sets ``RLIMIT_DATA`` on itself (an allocation past it is a ``MemoryError`` inside the worker,
-  which survives it), and the parent polls the RSS of the worker's whole process tree from ``/proc``; past
-  ``memory_mb`` the tree is killed, ``WorkerOutOfMemory``, replaced. The voxel budget the reader works to is also
-  cut to what ``memory_mb`` can hold, so large series are subsampled rather than refused, and the prepared volume
-  handed back is sized before resampling (at most ``MAX_OUTPUT_VOXELS``), so the models in the main process never
-  get a volume that would take them past their own memory.
+  which survives it), and the parent polls the RSS of the worker's whole process tree from ``/proc``
+  (``kernel.procmem``); past ``memory_mb`` the tree is killed, ``WorkerOutOfMemory``, replaced. The voxel budget the
+  reader works to is also cut to what ``memory_mb`` can hold, so large series are subsampled rather than refused, and
+  ``prepare_volume`` sizes the prepared volume before resampling (at most ``kernel.preprocess.MAX_OUTPUT_VOXELS``), so
+  the models in the main process never get a volume that would take them past their own memory.
 - errors the reader raises (``SeriesReadError``, ``ValueError``, ...) come back as the same type and message.
 
 The worker is a plain ``python -c`` subprocess (not ``multiprocessing``): it gets the parent's ``sys.path`` (so the
@@ -39,13 +41,10 @@ When a worker cannot be started twice in a row, reading falls back to the main p
 from __future__ import annotations
 
 import builtins
-import ctypes
-import gc
 import json
 import logging
 import math
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -61,12 +60,13 @@ from typing import Any
 
 import numpy as np
 
-from kernel.dicom_io import FrameGeometry, Native, SeriesReadError, Volume
+from kernel.procmem import tree_rss_bytes
+from kernel.volume import FrameGeometry, Native, SeriesReadError, Volume
 
 __all__ = [
-    "DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "HOOK_ENV", "ISOLATION_ENV", "MEMORY_ENV", "TIMEOUT_ENV", "ReadLimits",
-    "ReadStats", "ReadWorker", "WorkerCrashed", "WorkerError", "WorkerOutOfMemory", "WorkerTimeout",
-    "memory_voxels", "peak_rss_bytes", "process_tree", "reset_peak_rss", "rss_bytes", "tree_rss_bytes",
+    "BYTES_PER_VOXEL", "CONFIG_ENV", "DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "HOOK_ENV", "ISOLATION_ENV",
+    "MEMORY_ENV", "SHM_ENV", "TIMEOUT_ENV", "ReadLimits", "ReadStats", "ReadWorker", "WorkerCrashed", "WorkerError",
+    "WorkerOutOfMemory", "WorkerTimeout", "memory_voxels", "volume_from_meta", "volume_meta",
 ]
 
 LOG = logging.getLogger("rsna.kernel")
@@ -83,20 +83,14 @@ START_TIMEOUT_S = 120.0  # imports (numpy, pydicom, torch) and a warm-up resampl
 # Peak bytes the worker needs per voxel of the native grid: measured 4.0-4.5 on a 400 x 512 x 512 CTA (float32
 # stack + resampled output) and 8.1-8.6 with gap resampling and a reoriented copy (a second full-size array).
 BYTES_PER_VOXEL = 10
-# Largest prepared (canonical, resampled) volume handed to the main process: 512 MB of float32, ~10x a 1 mm CTA, and
-# at most 2,048 voxels a side (model inputs are cut axis by axis: a 64-slice crop of a 2,048^2 plane is 1 GB on the
-# way). Sized before resampling, so a volume the models would choke on never reaches them.
-MAX_OUTPUT_VOXELS = 128_000_000
-MAX_OUTPUT_SIDE = 2048
 _POLL_S = 0.02  # watchdog period while a request runs
 _MAX_START_FAILURES = 2
-_CONFIG_ENV = "RSNA_READ_WORKER_CONFIG"
+CONFIG_ENV = "RSNA_READ_WORKER_CONFIG"
 _PATH_ENV = "RSNA_READ_WORKER_PATH"
 _BOOTSTRAP = (
     "import json, os, sys; sys.path[:] = json.loads(os.environ['RSNA_READ_WORKER_PATH']); "
-    "from kernel.isolation import _worker_main; _worker_main()"
+    "from kernel.read_worker_main import main; main()"
 )
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class WorkerError(RuntimeError):
@@ -113,90 +107,6 @@ class WorkerTimeout(WorkerError):
 
 class WorkerOutOfMemory(WorkerError):
     """The worker's process tree went past the memory limit."""
-
-
-# --- /proc --------------------------------------------------------------------------------------------------------
-
-
-def rss_bytes(pid: int | None = None) -> int:
-    """Resident set size of one process (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid or os.getpid()}/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _children_of(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                kids.extend(int(c) for c in fh.read().split())
-        except OSError:
-            continue
-    return kids
-
-
-def _children_by_scan(pid: int) -> list[int]:
-    kids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as fh:
-                    stat = fh.read()
-                if int(stat[stat.rindex(b")") + 2 :].split()[1]) == pid:
-                    kids.append(int(name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return kids
-
-
-_HAS_CHILDREN_FILE = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
-
-
-def process_tree(pid: int | None = None) -> list[int]:
-    """``pid`` (default: this process) and all its descendants, from /proc."""
-    children = _children_of if _HAS_CHILDREN_FILE else _children_by_scan
-    out, todo = [], [pid or os.getpid()]
-    while todo:
-        p = todo.pop()
-        if p in out:
-            continue
-        out.append(p)
-        todo.extend(children(p))
-    return out
-
-
-def tree_rss_bytes(pid: int | None = None) -> int:
-    """Summed RSS of a process and its descendants (pages shared between them are counted in each: an upper bound)."""
-    return sum(rss_bytes(p) for p in process_tree(pid))
-
-
-def peak_rss_bytes(pid: int | None = None) -> int:
-    """Peak RSS (VmHWM) of one process since it started or since ``reset_peak_rss``."""
-    try:
-        with open(f"/proc/{pid or os.getpid()}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def reset_peak_rss(pid: int | None = None) -> bool:
-    """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5); False where that is not allowed."""
-    try:
-        with open(f"/proc/{pid or os.getpid()}/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def memory_voxels(memory_mb: int, baseline_bytes: int) -> int:
@@ -445,7 +355,7 @@ class ReadWorker:
         config = {"fd": child_sock.fileno(), "memory_mb": self.limits.memory_mb, "parent": os.getpid(),
                   "hook": self.hook or os.environ.get(HOOK_ENV, "")}
         env = dict(os.environ)
-        env.update({_CONFIG_ENV: json.dumps(config), _PATH_ENV: json.dumps(list(sys.path)),
+        env.update({CONFIG_ENV: json.dumps(config), _PATH_ENV: json.dumps(list(sys.path)),
                     "CUDA_VISIBLE_DEVICES": ""})
         try:
             proc = subprocess.Popen(
@@ -641,7 +551,7 @@ class ReadWorker:
         return mapped.view(np.ndarray)
 
     def _volume(self, reply: dict) -> Volume:
-        volume = _volume_from_meta(self._mapped(str(reply["file"]), reply["shape"]), reply["volume"])
+        volume = volume_from_meta(self._mapped(str(reply["file"]), reply["shape"]), reply["volume"])
         if reply.get("native_shape") is not None:
             token = int(reply["token"])
             self._native_token = token
@@ -660,10 +570,10 @@ class ReadWorker:
         return volume
 
 
-# --- volume <-> JSON --------------------------------------------------------------------------------------------------
+# --- volume <-> JSON: the wire format both sides share ----------------------------------------------------------------
 
 
-def _volume_meta(volume: Volume) -> dict[str, Any]:
+def volume_meta(volume: Volume) -> dict[str, Any]:
     """Everything in a Volume except the array, as JSON-able values (floats round-trip exactly)."""
     return {
         "affine": volume.affine.tolist(),
@@ -680,7 +590,9 @@ def _volume_meta(volume: Volume) -> dict[str, Any]:
     }
 
 
-def _volume_from_meta(array: np.ndarray, meta: Mapping[str, Any]) -> Volume:
+def volume_from_meta(array: np.ndarray, meta: Mapping[str, Any]) -> Volume:
+    """The Volume that ``volume_meta`` described, around the array handed over."""
+
     def t(v: Sequence[float]) -> tuple[float, ...]:
         return tuple(float(x) for x in v)
 
@@ -698,177 +610,3 @@ def _volume_from_meta(array: np.ndarray, meta: Mapping[str, Any]) -> Volume:
         notes=[str(n) for n in meta["notes"]],
         geometry_known=bool(meta["geometry_known"]),
     )
-
-
-# --- the worker side -----------------------------------------------------------------------------------------------
-
-
-def _limit_data(memory_mb: int) -> None:
-    """RLIMIT_DATA (private writable memory) at the limit: an allocation past it fails inside the worker."""
-    limit = memory_mb * 2**20
-    try:
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    except (ValueError, OSError) as exc:
-        LOG.warning("read worker: RLIMIT_DATA not set (%s); the parent's RSS watchdog still applies", exc)
-
-
-def _watch_parent(parent: int) -> None:
-    """Exit when the parent process goes away (this worker is in its own session: no signal reaches it)."""
-    while True:
-        if os.getppid() != parent:
-            os._exit(3)
-        time.sleep(0.5)
-
-
-def _trim() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _write_volume(array: np.ndarray, name: str, dirs: Sequence[str]) -> str:
-    """Write the array to the first handover folder with room for it (a full /dev/shm falls through)."""
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    errors = []
-    for d in dirs:
-        path = os.path.join(d, name)
-        try:
-            with open(path, "xb") as fh:
-                fh.write(memoryview(array).cast("B"))
-            return path
-        except OSError as exc:
-            errors.append(f"{d}: {exc.strerror or exc}")
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    raise OSError(f"cannot hand the volume over ({'; '.join(errors) or 'no folder'})")
-
-
-def _prepare(series_dir: str, spacing: Sequence[float] | None, max_voxels: int, keep_native: bool = False) -> Volume:
-    """``kernel.preprocess.prepare_volume`` (read, then canonicalise) with the prepared grid sized in between."""
-    from kernel.dicom_io import read_series
-    from kernel.preprocess import canonicalise
-
-    volume = read_series(series_dir, max_voxels=max_voxels)
-    if spacing is not None:  # from extents in mm: the same under any reorientation (finest target spacing per side)
-        extents = [n * s for n, s in zip(volume.array.shape, volume.spacing, strict=True)]
-        voxels = math.prod(extents) / math.prod(spacing)
-        side = max(extents) / min(spacing)
-        at = "x".join(f"{s:g}" for s in spacing)
-        if voxels > MAX_OUTPUT_VOXELS:
-            raise SeriesReadError(f"{series_dir}: at {at} mm the volume would hold {voxels:,.0f} voxels, over the "
-                                  f"{MAX_OUTPUT_VOXELS:,} handed to the models")
-        if side > MAX_OUTPUT_SIDE:
-            raise SeriesReadError(f"{series_dir}: at {at} mm the volume would be {side:,.0f} voxels long, over the "
-                                  f"{MAX_OUTPUT_SIDE:,} a side handed to the models")
-    return canonicalise(volume, spacing, keep_native=keep_native)
-
-
-_HELD: dict[str, Any] = {}  # worker side: {"token": request number, "native": Native} of the last keep_native series
-
-
-def _serve_sample(request: Mapping[str, Any]) -> dict[str, Any]:
-    """Patches of the held native stack around the requested points, handed over like a volume."""
-    start = time.perf_counter()
-    reply: dict[str, Any] = {}
-    try:
-        if _HELD.get("token") != request.get("token"):
-            raise WorkerError(f"no native stack held for request {request.get('token')}")
-        spacing = request.get("spacing")
-        patches = _HELD["native"].sample(np.asarray(request["points"], dtype=np.float64), request["shape"],
-                                         None if spacing is None else tuple(spacing))
-        reply.update(ok=True, file=_write_volume(patches, request["name"], request["dirs"]),
-                     shape=list(patches.shape))
-    except Exception as exc:  # noqa: BLE001 - back to the parent as type + message
-        reply.update(ok=False, type=type(exc).__name__, message=" ".join(str(exc).split())[:2000])
-    reply.update(seconds=time.perf_counter() - start)
-    return reply
-
-
-def _serve(request: Mapping[str, Any], memory_mb: int, baseline: int) -> dict[str, Any]:
-    _HELD.clear()  # the last series' native stack goes before this one is read
-    _trim()
-    reset_peak_rss()
-    start = time.perf_counter()
-    max_voxels = request.get("max_voxels")
-    cap = memory_voxels(memory_mb, baseline)
-    max_voxels = cap if max_voxels is None else min(int(max_voxels), cap)
-    reply: dict[str, Any] = {"max_voxels": max_voxels}
-    try:
-        spacing = request.get("spacing")
-        volume = _prepare(request["series_dir"], None if spacing is None else tuple(spacing), max_voxels,
-                          bool(request.get("native")))
-        written = time.perf_counter()
-        reply.update(ok=True, file=_write_volume(volume.array, request["name"], request["dirs"]),
-                     shape=list(volume.array.shape), volume=_volume_meta(volume))
-        if volume.native is not None:
-            _HELD.update(token=request.get("token"), native=volume.native)
-            reply.update(native_shape=list(volume.native.shape), native_affine=volume.native.affine.tolist(),
-                         token=request.get("token"))
-        reply.update(write_seconds=time.perf_counter() - written)
-        del volume
-    except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent as type + message
-        reply.update(ok=False, type=type(exc).__name__, message=" ".join(str(exc).split())[:2000])
-    reply.update(seconds=time.perf_counter() - start, peak_rss=peak_rss_bytes())
-    return reply
-
-
-def _warm_up() -> None:
-    """Import what a first series needs (torch included) and run one tiny resample, so series 1 is not slow."""
-    import kernel.preprocess as preprocess
-
-    try:
-        preprocess.resample_to_spacing(np.zeros((4, 4, 4), np.float32), np.eye(4), (2.0, 2.0, 2.0))
-    except Exception as exc:  # noqa: BLE001 - a broken torch falls back inside resample; never fatal here
-        LOG.warning("read worker warm-up: %s", exc)
-
-
-def _worker_main() -> None:
-    """Entry point of the worker process (started by ``ReadWorker``)."""
-    config = json.loads(os.environ.pop(_CONFIG_ENV))
-    conn = Connection(int(config["fd"]))
-    memory_mb = int(config["memory_mb"])
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        hook = str(config.get("hook") or "")
-        if hook:
-            import importlib
-
-            module, _, func = hook.partition(":")
-            getattr(importlib.import_module(module), func)()
-        _warm_up()
-        _trim()
-        # What is alive now (modules, torch, pydicom) lives as long as the worker: kept out of the collections the
-        # worker runs per series, each of which would otherwise traverse it all for nothing (~100 ms on 2 cores).
-        gc.freeze()
-        baseline = rss_bytes()
-        _limit_data(memory_mb)
-        threading.Thread(target=_watch_parent, args=(int(config["parent"]),), daemon=True).start()
-        conn.send_bytes(json.dumps({"op": "ready", "pid": os.getpid(), "rss": baseline}).encode())
-    except BaseException as exc:  # noqa: BLE001 - say why, then exit
-        try:
-            conn.send_bytes(json.dumps({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}).encode())
-        finally:
-            os._exit(1)
-    while True:
-        try:
-            request = json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            break
-        op = request.get("op")
-        if op not in ("prepare", "sample"):
-            break
-        conn.send_bytes(b'{"op": "ack"}')
-        if op == "sample":
-            conn.send_bytes(json.dumps(_serve_sample(request)).encode())
-            continue
-        conn.send_bytes(json.dumps(_serve(request, memory_mb, baseline)).encode())
-        _trim()  # after the reply: the parent does not wait for it
-    os._exit(0)
-
-
-if __name__ == "__main__":  # pragma: no cover - started through _BOOTSTRAP, never as a script
-    sys.exit("kernel.isolation is started by ReadWorker, not run directly")
