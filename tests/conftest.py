@@ -1,8 +1,14 @@
-"""Shared pytest options: slow benchmarks run only with --runslow."""
+"""Shared pytest options: slow benchmarks run only with --runslow; Hypothesis runs derandomised (the same examples on
+every run, so CI is reproducible)."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+# Examples drawn from a seed derived from each test, no example database: a run is a function of the code alone.
+settings.register_profile("reproducible", derandomize=True, database=None)
+settings.load_profile("reproducible")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -26,12 +26,15 @@ from testkit.hostile import CASES, HOOKED, TreePeak
 from testkit.onnx_factory import write_random_weights
 
 MEMORY_MB = 1024  # the worker tree's limit in these tests (default 3072)
-TIMEOUT_S = 4.0  # per series (default 120)
+TIMEOUT_S = 10.0  # per series (default 120): only the hang reaches it, with room for a loaded machine
 TREE_LIMIT_MB = MEMORY_MB + 512  # whole process tree beyond the models: the worker's limit + the parent's share
 HOOK = "testkit.hostile:install_worker_hooks"
 PRIORS = [0.01 * (i + 1) for i in range(13)] + [0.43]
 REASON = {"error": "SeriesReadError", "crash": "WorkerCrashed: read worker pid=", "hang": "WorkerTimeout",
           "memory": "WorkerOutOfMemory", "memory_error": "MemoryError"}
+# ReadStats.outcome of each case's read: only the hang is cut by the timeout.
+READ_OUTCOME = {"volume": "ok", "error": "error", "crash": "crash", "hang": "timeout", "memory": "memory",
+                "memory_error": "error"}
 
 
 def _same_volume(a, b) -> None:
@@ -247,7 +250,7 @@ def test_hostile_series_cost_one_row(case: str, predictor, good_series, tmp_path
         peak.add_child_peak(max(predictor.reader.last.tree_peak_rss, predictor.reader.last.worker_peak_rss))
     values = _row(frame)
     read = predictor.reader.last
-    assert read.seconds < TIMEOUT_S + 1.0, (read, record)  # the hang is cut at TIMEOUT_S, everything else is quick
+    assert read.outcome == READ_OUTCOME[outcome], (read, record)  # the hang is cut by the timeout, nothing else
     if outcome == "volume":
         assert record.level == "full", record
     else:
