@@ -5,7 +5,7 @@ phantom test split instead), then, in fresh processes so nothing is shared: (1) 
 every series once, its call record splitting read + preprocess from the models, once reading in the isolated worker
 (the default) and once in-process (``RSNA_READ_ISOLATION=0``), so the isolation cost is measured in one run; (2) one
 process predicts the long series and reports the peak resident memory of its whole process tree (worker included).
-Files are in the page cache (just written), as in performance-notes.md.
+Files are in the page cache (just written), as in docs/results/benchmarks.md.
 
     python benchmarks/bench_kernel.py [--weights DIR] [--n 3] [--slices 400] [--long-slices 1000]
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (docs/kernel.md, "GPU check"): the one command to run on the GPU machine.
+# GPU check (docs/results/benchmarks.md, "GPU check"): the one command to run on the GPU machine.
 # Installs the carried wheels (.gpu_wheels/, made by scripts/fetch_gpu_wheels.sh) offline when the imports the check
 # needs fail, then runs scripts/gpu_check.py, which writes gpu_check.md (+ .json, .log) under $OUT incrementally and
 # keeps to its own budget (480 s by default; every section has its own limit). Extra arguments go to gpu_check.py,

@@ -1,4 +1,4 @@
-"""Tiny random-weight ONNX models and a manifest that follow the model contract (docs/ARCHITECTURE.md).
+"""Tiny random-weight ONNX models and a manifest that follow the model contract (docs/reference/manifest.md).
 
 Built with ``onnx.helper`` (no torch), so kernel tests and benchmarks run before any trained export exists.
 Locator: Conv3d(1->1, k3) [+ AveragePool(stride)] -> ``heatmap``. Classifier: Conv3d(1->4, k3, s2) -> ReLU ->
