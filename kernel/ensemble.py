@@ -92,16 +92,23 @@ class Ensemble:
 
     def predict_volume(self, array: np.ndarray, affine: np.ndarray, dicom_modality: str,
                        plan: Plan | None = None, *, superior_known: bool = True,
-                       native: Native | None = None) -> Prediction:
+                       native: Native | None = None, fold: int | None = None) -> Prediction:
         """Normalise a canonical volume (scheme from the manifest), then the recipe: locate, classify, refine.
 
         ``native`` (the canonical stack at native spacing, ``Volume.native``) is what fine patches are sampled from;
-        each patch is normalised with the canonical volume's statistics.
+        each patch is normalised with the canonical volume's statistics. ``fold`` runs that fold's models alone (an
+        out-of-fold prediction of a training series); the kernel runs them all.
         """
+        def of_fold(specs: list[ModelSpec]) -> list[ModelSpec]:
+            return specs if fold is None else [s for s in specs if s.fold == fold]
+
+        locators, classifiers, fine = of_fold(self.locators), of_fold(self.classifiers), of_fold(self.fine)
+        if not (locators and classifiers):
+            raise ValueError(f"fold {fold} has no locator or no classifier in {self.manifest.weights_dir}")
         scheme = self.manifest.scheme(dicom_modality)
         normalised = normalise(array, scheme)
         stack = None
-        if native is not None and self.fine:
+        if native is not None and fine:
             stack = replace(native, normalise=normaliser(scheme, array))
-        return recipe.predict_volume(normalised, affine, self.locators, self.classifiers, self.run, plan or Plan(),
-                                     superior_known=superior_known, fine=self.fine, native=stack)
+        return recipe.predict_volume(normalised, affine, locators, classifiers, self.run, plan or Plan(),
+                                     superior_known=superior_known, fine=fine, native=stack)

@@ -67,10 +67,10 @@ class ModelSpec:
     models (optional) map a patch sampled from the native stack around each of ``candidates`` candidate sites (peaks
     of the classifiers' heatmap at least ``candidate_min_distance_mm`` apart) to one logit, P(aneurysm at the site);
     ``fusion_weight`` is their weight against the classifiers' in logit space (``kernel.recipe.fuse``). A fine model
-    may also return its ball map (logits per cell at ``output_stride``); with ``recentre_max_mm`` > 0 each
+    may also return its sphere map (logits per cell at ``output_stride``); with ``recentre_max_mm`` > 0 each
     candidate is first moved to the map's maximum within that distance (``kernel.recipe.recentre``); with
-    ``score_found`` the logit of that move's patch (unflipped, at the found point) is one more view of the candidate's
-    score, next to the moved patch (and its mirror with ``flip_tta``). ``heat_weight`` adds that many times the
+    ``recentre_view`` the logit of that move's patch (unflipped, at the found point) is one more view of the candidate's
+    score, next to the moved patch (and its mirror with ``flip_tta``). ``site_heatmap_weight`` adds that many times the
     candidate's heatmap cell logit (its strongest channel) to each site's logit before fusion: where the classifier
     saw a vessel site, the patch model's answer counts more.
     """
@@ -88,9 +88,9 @@ class ModelSpec:
     candidates: int = 0  # fine: candidate sites per series
     candidate_min_distance_mm: float = 0.0  # fine: non-maximum suppression radius between candidates
     fusion_weight: float = 0.0  # fine: weight of the fine logit against the classifiers' (0..1)
-    recentre_max_mm: float = 0.0  # fine: move each candidate up to this far to its ball-map maximum (0: off)
-    score_found: bool = False  # fine (moving): the move's own patch, at the found point, also scores the candidate
-    heat_weight: float = 0.0  # fine: site logit + heat_weight * its heatmap cell's strongest channel logit (0: off)
+    recentre_max_mm: float = 0.0  # fine: move each candidate up to this far to its sphere-map maximum (0: off)
+    recentre_view: bool = False  # fine (moving): the move's own patch, at the found point, also scores the candidate
+    site_heatmap_weight: float = 0.0  # fine: site logit + this x its heatmap cell's strongest channel logit
     file: str = ""  # ONNX file name inside the weights folder
     sha256: str = ""
     validation: dict[str, Any] = field(default_factory=dict)  # scores recorded at export
@@ -101,7 +101,7 @@ class ModelSpec:
 
     @property
     def recentres(self) -> bool:
-        """A fine model that moves the candidates before they are scored: it returns its ball map and sets a
+        """A fine model that moves the candidates before they are scored: it returns its sphere map and sets a
         distance (``kernel.recipe.recentre``; the manifest refuses a distance without the map)."""
         return self.recentre_max_mm > 0 and len(self.output_names) > 1
 
@@ -124,123 +124,163 @@ class ModelSpec:
                        candidates=int(self.candidates),
                        candidate_min_distance_mm=float(self.candidate_min_distance_mm),
                        fusion_weight=float(self.fusion_weight))
-            if self.heat_weight:  # entries from before the setting keep their shape
-                out.update(heat_weight=float(self.heat_weight))
+            if self.site_heatmap_weight:  # entries from before the setting keep their shape
+                out.update(site_heatmap_weight=float(self.site_heatmap_weight))
             if len(self.output_names) > 1:
                 out.update(output_stride=int(self.output_stride), recentre_max_mm=float(self.recentre_max_mm),
-                           score_found=bool(self.score_found))
+                           recentre_view=bool(self.recentre_view))
         out.update(validation=dict(self.validation), parity_max_abs=self.parity_max_abs, fold=int(self.fold),
                    config=self.config, git_commit=self.git_commit, opset=self.opset)
         return out
 
     @staticmethod
     def parse(i: int, model: Any) -> tuple[ModelSpec | None, list[str]]:
-        """(spec, []) for a valid ``models[i]`` object, else (None, every problem found)."""
+        """(spec, []) for a valid ``models[i]`` object, else (None, every problem found). Keys renamed since
+        (``RENAMED_KEYS``) are read under their old names too."""
         where = f"models[{i}]"
         if not isinstance(model, dict):
             return None, [f"{where} must be an object"]
-        problems = []
-        for key in ("name", "file", "role"):
-            if not isinstance(model.get(key), str) or not model.get(key):
-                problems.append(f"{where}.{key} must be a non-empty string")
+        model = current_keys(model)
+        problems = _common_problems(where, model)
         role = model.get("role")
         where = f"{where} ({model.get('name', '?')})"
-        if role not in _ROLES:
-            problems.append(f"{where}.role must be one of {_ROLES}, got {role!r}")
-        if isinstance(model.get("file"), str) and (os.path.isabs(model["file"]) or ".." in Path(model["file"]).parts):
-            problems.append(f"{where}.file must be a plain name inside the weights folder, got {model['file']!r}")
-        sha = model.get("sha256")
-        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-            problems.append(f"{where}.sha256 must be 64 lower-case hex digits")
-        if not isinstance(model.get("fold"), int) or isinstance(model.get("fold"), bool):
-            problems.append(f"{where}.fold must be an integer")
-        if not isinstance(model.get("input_name"), str):
-            problems.append(f"{where}.input_name must be a string")
-        if not _positive_list(model.get("input_shape"), 3, integer=True):
-            problems.append(f"{where}.input_shape must be 3 positive integers (z, y, x), got "
-                            f"{model.get('input_shape')!r}")
-        if not _positive_list(model.get("spacing_mm"), 3, integer=False):
-            problems.append(f"{where}.spacing_mm must be 3 positive numbers (z, y, x), got {model.get('spacing_mm')!r}")
-        if role == "locator":
-            if not isinstance(model.get("output_name"), str):
-                problems.append(f"{where}.output_name must be a string")
-            stride = model.get("output_stride")
-            if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-                problems.append(f"{where}.output_stride must be a positive integer")
-            elif _positive_list(model.get("input_shape"), 3, integer=True) and any(
-                s % stride for s in model["input_shape"]
-            ):
-                problems.append(f"{where}.input_shape {model['input_shape']} is not divisible by output_stride "
-                                f"{stride}")
-        if role == "classifier":
-            names = model.get("output_names")
-            if not (isinstance(names, list) and len(names) in (2, 3) and all(isinstance(n, str) for n in names)):
-                problems.append(f"{where}.output_names must be [logits, modality_logits] or [logits, "
-                                f"modality_logits, heatmap] names")
-            elif len(names) == 3:
-                stride = model.get("output_stride")
-                if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-                    problems.append(f"{where}.output_stride must be a positive integer with a heatmap output")
-        if role == "fine":
-            names = model.get("output_names")
-            if not (isinstance(names, list) and len(names) in (1, 2) and all(isinstance(n, str) for n in names)):
-                problems.append(f"{where}.output_names must be [logit] or [logit, ball map] names")
-            elif len(names) == 2:
-                stride = model.get("output_stride")
-                if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-                    problems.append(f"{where}.output_stride must be a positive integer with a ball-map output")
-            recentre = model.get("recentre_max_mm", 0.0)
-            if not (_is_number(recentre) and recentre >= 0):
-                problems.append(f"{where}.recentre_max_mm must be a number >= 0")
-            elif recentre > 0 and not (isinstance(names, list) and len(names) == 2):
-                problems.append(f"{where}.recentre_max_mm > 0 needs the ball-map output (output_names [logit, map])")
-            found = model.get("score_found", False)
-            if not isinstance(found, bool):
-                problems.append(f"{where}.score_found must be true or false")
-            elif found and not (_is_number(recentre) and recentre > 0):
-                problems.append(f"{where}.score_found needs a move (recentre_max_mm > 0): it scores the move's patch")
-            k = model.get("candidates")
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                problems.append(f"{where}.candidates must be a positive integer")
-            if not (_is_number(model.get("candidate_min_distance_mm")) and model["candidate_min_distance_mm"] >= 0):
-                problems.append(f"{where}.candidate_min_distance_mm must be a number >= 0")
-            if not (_is_number(model.get("fusion_weight")) and 0.0 <= model["fusion_weight"] <= 1.0):
-                problems.append(f"{where}.fusion_weight must be a number in [0, 1]")
-            if not (_is_number(model.get("heat_weight", 0.0)) and model.get("heat_weight", 0.0) >= 0.0):
-                problems.append(f"{where}.heat_weight must be a number >= 0")
-        if role in ("classifier", "fine"):
-            if not isinstance(model.get("flip_tta", True), bool):
-                problems.append(f"{where}.flip_tta must be true or false")
-        if role == "classifier":
-            offset = model.get("centre_offset_lps_mm", [0.0, 0.0, 0.0])
-            if not (isinstance(offset, list) and len(offset) == 3 and all(_is_number(v) for v in offset)):
-                problems.append(f"{where}.centre_offset_lps_mm must be 3 numbers (LPS mm), got {offset!r}")
-        validation = model.get("validation", {})
-        if not isinstance(validation, dict):
+        problems += _ROLE_CHECKS.get(role, lambda _w, _m: [])(where, model)
+        if role in ("classifier", "fine") and not isinstance(model.get("flip_tta", True), bool):
+            problems.append(f"{where}.flip_tta must be true or false")
+        if not isinstance(model.get("validation", {}), dict):
             problems.append(f"{where}.validation must be an object")
         if problems:
             return None, problems
-        locator = role == "locator"
-        z, y, x = (int(v) for v in model["input_shape"])
-        dz, dy, dx = (float(v) for v in model["spacing_mm"])
-        off_l, off_p, off_s = (float(v) for v in model.get("centre_offset_lps_mm", (0.0, 0.0, 0.0)))
-        spec = ModelSpec(
-            name=model["name"], role=role, fold=int(model["fold"]), input_name=model["input_name"],
-            input_shape=(z, y, x), spacing_mm=(dz, dy, dx),
-            output_names=(model["output_name"],) if locator else tuple(model["output_names"]),
-            output_stride=int(model.get("output_stride", 1)),
-            flip_tta=bool(model.get("flip_tta", True)), centre_offset_lps_mm=(off_l, off_p, off_s),
-            candidates=int(model.get("candidates", 0)),
-            candidate_min_distance_mm=float(model.get("candidate_min_distance_mm", 0.0)),
-            fusion_weight=float(model.get("fusion_weight", 0.0)),
-            heat_weight=float(model.get("heat_weight", 0.0)),
-            recentre_max_mm=float(model.get("recentre_max_mm", 0.0)),
-            score_found=bool(model.get("score_found", False)),
-            file=model["file"], sha256=model["sha256"], validation=dict(validation), config=model.get("config"),
-            git_commit=str(model.get("git_commit", "")), opset=model.get("opset"),
-            parity_max_abs=model.get("parity_max_abs"),
-        )
-        return spec, []
+        return _spec_from(model), []
+
+
+# Manifest keys renamed since weights were first exported: old name -> current name (both are read).
+RENAMED_KEYS = {"heat_weight": "site_heatmap_weight", "score_found": "recentre_view"}
+
+
+def current_keys(model: dict[str, Any]) -> dict[str, Any]:
+    """A model entry with renamed keys under their current names (a current key wins over its old name)."""
+    out = dict(model)
+    for old, new in RENAMED_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
+
+
+def _stride_ok(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _common_problems(where: str, model: dict[str, Any]) -> list[str]:
+    """Problems of the keys every role has: names, file, checksum, fold, input."""
+    problems = []
+    for key in ("name", "file", "role"):
+        if not isinstance(model.get(key), str) or not model.get(key):
+            problems.append(f"{where}.{key} must be a non-empty string")
+    role = model.get("role")
+    where = f"{where} ({model.get('name', '?')})"
+    if role not in _ROLES:
+        problems.append(f"{where}.role must be one of {_ROLES}, got {role!r}")
+    if isinstance(model.get("file"), str) and (os.path.isabs(model["file"]) or ".." in Path(model["file"]).parts):
+        problems.append(f"{where}.file must be a plain name inside the weights folder, got {model['file']!r}")
+    sha = model.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        problems.append(f"{where}.sha256 must be 64 lower-case hex digits")
+    if not isinstance(model.get("fold"), int) or isinstance(model.get("fold"), bool):
+        problems.append(f"{where}.fold must be an integer")
+    if not isinstance(model.get("input_name"), str):
+        problems.append(f"{where}.input_name must be a string")
+    if not _positive_list(model.get("input_shape"), 3, integer=True):
+        problems.append(f"{where}.input_shape must be 3 positive integers (z, y, x), got "
+                        f"{model.get('input_shape')!r}")
+    if not _positive_list(model.get("spacing_mm"), 3, integer=False):
+        problems.append(f"{where}.spacing_mm must be 3 positive numbers (z, y, x), got {model.get('spacing_mm')!r}")
+    return problems
+
+
+def _locator_problems(where: str, model: dict[str, Any]) -> list[str]:
+    problems = []
+    if not isinstance(model.get("output_name"), str):
+        problems.append(f"{where}.output_name must be a string")
+    stride = model.get("output_stride")
+    if not _stride_ok(stride):
+        problems.append(f"{where}.output_stride must be a positive integer")
+    elif _positive_list(model.get("input_shape"), 3, integer=True) and any(s % stride for s in model["input_shape"]):
+        problems.append(f"{where}.input_shape {model['input_shape']} is not divisible by output_stride {stride}")
+    return problems
+
+
+def _classifier_problems(where: str, model: dict[str, Any]) -> list[str]:
+    problems = []
+    names = model.get("output_names")
+    if not (isinstance(names, list) and len(names) in (2, 3) and all(isinstance(n, str) for n in names)):
+        problems.append(f"{where}.output_names must be [logits, modality_logits] or [logits, "
+                        f"modality_logits, heatmap] names")
+    elif len(names) == 3 and not _stride_ok(model.get("output_stride")):
+        problems.append(f"{where}.output_stride must be a positive integer with a heatmap output")
+    offset = model.get("centre_offset_lps_mm", [0.0, 0.0, 0.0])
+    if not (isinstance(offset, list) and len(offset) == 3 and all(_is_number(v) for v in offset)):
+        problems.append(f"{where}.centre_offset_lps_mm must be 3 numbers (LPS mm), got {offset!r}")
+    return problems
+
+
+def _fine_problems(where: str, model: dict[str, Any]) -> list[str]:
+    problems = []
+    names = model.get("output_names")
+    with_map = isinstance(names, list) and len(names) == 2
+    if not (isinstance(names, list) and len(names) in (1, 2) and all(isinstance(n, str) for n in names)):
+        problems.append(f"{where}.output_names must be [logit] or [logit, sphere map] names")
+    elif with_map and not _stride_ok(model.get("output_stride")):
+        problems.append(f"{where}.output_stride must be a positive integer with a sphere-map output")
+    recentre = model.get("recentre_max_mm", 0.0)
+    if not (_is_number(recentre) and recentre >= 0):
+        problems.append(f"{where}.recentre_max_mm must be a number >= 0")
+    elif recentre > 0 and not with_map:
+        problems.append(f"{where}.recentre_max_mm > 0 needs the sphere-map output (output_names [logit, map])")
+    view = model.get("recentre_view", False)
+    if not isinstance(view, bool):
+        problems.append(f"{where}.recentre_view must be true or false")
+    elif view and not (_is_number(recentre) and recentre > 0):
+        problems.append(f"{where}.recentre_view needs a move (recentre_max_mm > 0): it scores the move's patch")
+    k = model.get("candidates")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        problems.append(f"{where}.candidates must be a positive integer")
+    if not (_is_number(model.get("candidate_min_distance_mm")) and model["candidate_min_distance_mm"] >= 0):
+        problems.append(f"{where}.candidate_min_distance_mm must be a number >= 0")
+    if not (_is_number(model.get("fusion_weight")) and 0.0 <= model["fusion_weight"] <= 1.0):
+        problems.append(f"{where}.fusion_weight must be a number in [0, 1]")
+    heat = model.get("site_heatmap_weight", 0.0)
+    if not (_is_number(heat) and heat >= 0.0):
+        problems.append(f"{where}.site_heatmap_weight must be a number >= 0")
+    return problems
+
+
+_ROLE_CHECKS = {"locator": _locator_problems, "classifier": _classifier_problems, "fine": _fine_problems}
+
+
+def _spec_from(model: dict[str, Any]) -> ModelSpec:
+    """The ModelSpec of a model entry that passed the checks."""
+    locator = model["role"] == "locator"
+    z, y, x = (int(v) for v in model["input_shape"])
+    dz, dy, dx = (float(v) for v in model["spacing_mm"])
+    off_l, off_p, off_s = (float(v) for v in model.get("centre_offset_lps_mm", (0.0, 0.0, 0.0)))
+    return ModelSpec(
+        name=model["name"], role=model["role"], fold=int(model["fold"]), input_name=model["input_name"],
+        input_shape=(z, y, x), spacing_mm=(dz, dy, dx),
+        output_names=(model["output_name"],) if locator else tuple(model["output_names"]),
+        output_stride=int(model.get("output_stride", 1)),
+        flip_tta=bool(model.get("flip_tta", True)), centre_offset_lps_mm=(off_l, off_p, off_s),
+        candidates=int(model.get("candidates", 0)),
+        candidate_min_distance_mm=float(model.get("candidate_min_distance_mm", 0.0)),
+        fusion_weight=float(model.get("fusion_weight", 0.0)),
+        site_heatmap_weight=float(model.get("site_heatmap_weight", 0.0)),
+        recentre_max_mm=float(model.get("recentre_max_mm", 0.0)),
+        recentre_view=bool(model.get("recentre_view", False)),
+        file=model["file"], sha256=model["sha256"], validation=dict(model.get("validation", {})),
+        config=model.get("config"), git_commit=str(model.get("git_commit", "")), opset=model.get("opset"),
+        parity_max_abs=model.get("parity_max_abs"),
+    )
 
 
 def validate_manifest(manifest: dict[str, Any]) -> None:

@@ -13,12 +13,12 @@ kernel's ``Ensemble.run`` (onnxruntime sessions) on Kaggle, a torch ``run`` in t
    with a third output also return their 13-channel location heatmap (mirrored back the same way, averaged).
 3. fine (optional): ``heatmap_candidates`` takes the strongest heatmap peaks as candidate sites; each fine fold sees a
    patch at its own fine spacing sampled straight from the native stack around every candidate (``fine_patches``;
-   never a whole-volume resample at that spacing), with flip TTA. Where the fine models return their ball map and
+   never a whole-volume resample at that spacing), with flip TTA. Where the fine models return their sphere map and
    set ``recentre_max_mm``, each candidate is first moved to the map's maximum nearby (``recentre``). ``fuse``
    combines the fine probability of the best candidate with the classifiers' probabilities in logit space (the
    location columns through the candidates' heatmap channels), at the mean of the fine folds' fusion weights
    (``fusion_weight``), each site's logit first raised by its heatmap cell's logit times the mean heat weight
-   (``heat_weight``).
+   (``site_heatmap_weight``).
 
 Array and affine conventions: ``kernel.preprocess`` (axes z -> S, y -> P, x -> L; affines voxel (z, y, x) -> LPS).
 """
@@ -47,9 +47,9 @@ from kernel.volume import Native
 
 __all__ = [
     "Classified", "Native", "Plan", "Prediction", "Runner", "classifier_centre", "classifier_crop", "classify",
-    "fine_patches", "fine_probs", "fuse", "fusion_weight", "heat_weight", "heatmap_candidates", "heatmap_peak_lps",
+    "fine_patches", "fine_probs", "fuse", "fusion_weight", "greedy_nms", "heatmap_candidates", "heatmap_peak_lps",
     "locate", "locate_upright", "locator_base", "locator_input", "locator_input_from_base", "logit", "plan_runs",
-    "predict_volume", "recentre", "sigmoid", "softmax",
+    "predict_volume", "recentre", "sigmoid", "site_heatmap_weight", "softmax",
 ]
 
 Runner = Callable[[ModelSpec, np.ndarray], Sequence[np.ndarray]]
@@ -82,6 +82,9 @@ class Prediction:
     candidate_probs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (K,) P(aneurysm at the candidate)
     candidate_locations: tuple[str, ...] = ()  # (K,) LOCATION_COLS name the coarse heatmap gives each candidate
     coarse_probs: np.ndarray | None = None  # (14,) the classifiers' probabilities before the fine stage's fusion
+    # (K, 13) each candidate's heatmap-cell channel logits: with coarse_probs and candidate_probs, what ``fuse`` needs
+    # to fuse the series again at other weights (retune)
+    candidate_channel_logits: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LOCATION_COLS))))
 
     @property
     def modality(self) -> str:
@@ -291,6 +294,22 @@ def classify(array: np.ndarray, affine: np.ndarray, centre_lps: np.ndarray, clas
                       heat_stride)
 
 
+def greedy_nms(points: np.ndarray, k: int, min_distance_mm: float, scale: Sequence[float] | float = 1.0) -> np.ndarray:
+    """Indices of at most ``k`` of ``points`` (already in priority order, strongest first), taken greedily: each at
+    least ``min_distance_mm`` from every one taken before it. ``scale`` turns the points' units into mm (per axis),
+    e.g. heatmap cell indices times the cell size."""
+    scaled = np.asarray(points, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    taken: list[int] = []
+    for i in range(len(scaled)):
+        if len(taken) >= k:
+            break
+        if any(np.linalg.norm((scaled[i] - scaled[j]) * scale) < min_distance_mm for j in taken):
+            continue
+        taken.append(i)
+    return np.asarray(taken, dtype=int)
+
+
 def heatmap_candidates(heatmap: np.ndarray, affine: np.ndarray, stride: int, k: int,
                        min_distance_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """(points (n, 3) LPS, channel logits (n, 13)) of the ``k`` strongest peaks of a (13, d, h, w) location heatmap.
@@ -309,15 +328,9 @@ def heatmap_candidates(heatmap: np.ndarray, affine: np.ndarray, stride: int, k: 
                         axis=0)
     flat_scores = np.where(score >= neighbours, score, -np.inf).ravel()
     order = [i for i in np.argsort(flat_scores)[::-1] if np.isfinite(flat_scores[i])]
-    taken: list[np.ndarray] = []
+    cells = np.array([np.unravel_index(int(flat), score.shape) for flat in order], dtype=int).reshape(-1, 3)
     points, channels = [], []
-    for flat in order:
-        if len(taken) >= k:
-            break
-        cell = np.array(np.unravel_index(int(flat), score.shape))
-        if any(np.linalg.norm((cell - t) * cell_mm) < min_distance_mm for t in taken):
-            continue
-        taken.append(cell)
+    for cell in cells[greedy_nms(cells, k, min_distance_mm, cell_mm)]:
         lo = np.maximum(cell - 1, 0)
         hi = np.minimum(cell + 2, score.shape)
         window = np.full_like(score, -np.inf)
@@ -338,10 +351,10 @@ def fine_patches(native: Native, points_lps: np.ndarray, spec: ModelSpec) -> np.
 
 def recentre(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec],
              run: Runner) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """((n, 3) the candidates moved to the maximum of the fine folds' mean ball map around each, at most
+    """((n, 3) the candidates moved to the maximum of the fine folds' mean sphere map around each, at most
     ``recentre_max_mm`` away (the mean of the folds' settings); {fold name: (n,) its logits at the found points}).
 
-    The ball map (logits per stride-``output_stride`` cell of the patch, the fine model's auxiliary output)
+    The sphere map (logits per stride-``output_stride`` cell of the patch, the fine model's auxiliary output)
     places a small dome to a cell of 2 fine voxels, where the coarse heatmap's peak is a 6 mm cell; the patch is then
     scored centred on it (``fine_probs``, which can count the found point's logit as one more view). One unflipped
     run per moving fold; without one the points come back unchanged and the logits empty.
@@ -355,12 +368,12 @@ def recentre(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec],
     patches = fine_patches(native, points, spec)
     maps, found = [], {}
     for s in specs:
-        logits, ball = run(s, patches)[:2]
-        ball = np.asarray(ball, dtype=np.float64)
+        logits, sphere = run(s, patches)[:2]
+        sphere = np.asarray(sphere, dtype=np.float64)
         expected = (len(points), 1, *(n // s.output_stride for n in s.input_shape))
-        if ball.shape != expected:
-            raise ValueError(f"fine model {s.name} ball map has shape {ball.shape}; expected {expected}")
-        maps.append(ball[:, 0])
+        if sphere.shape != expected:
+            raise ValueError(f"fine model {s.name} sphere map has shape {sphere.shape}; expected {expected}")
+        maps.append(sphere[:, 0])
         found[s.name] = np.asarray(logits, dtype=np.float64).reshape(len(points), -1)[:, 0]
     mean_map = np.mean(maps, axis=0)
     radius = float(np.mean([s.recentre_max_mm for s in specs]))
@@ -377,7 +390,7 @@ def recentre(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec],
 def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec], run: Runner,
                flip: bool = True, found: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """(n,) mean P(aneurysm at the point) of the fine folds. Each fold averages its views: the patch at the point,
-    with flip TTA also mirrored on x, and with ``score_found`` its logits at the found points (``found``, from
+    with flip TTA also mirrored on x, and with ``recentre_view`` its logits at the found points (``found``, from
     ``recentre``: the move's own patch, a view that costs no run)."""
     if len(points_lps) == 0:
         return np.zeros(0)
@@ -391,19 +404,19 @@ def fine_probs(native: Native, points_lps: np.ndarray, fine: Sequence[ModelSpec]
                 both = np.ascontiguousarray(np.concatenate([patches, patches[..., ::-1]], axis=0))
             logits = np.asarray(run(spec, both if flipped else patches)[0], dtype=np.float64)
             views = list(sigmoid(logits.reshape(len(logits), -1)[:, 0]).reshape(2 if flipped else 1, -1))
-            if spec.score_found and found is not None and spec.name in found:
+            if spec.recentre_view and found is not None and spec.name in found:
                 views.append(sigmoid(np.asarray(found[spec.name], dtype=np.float64)))
             out.append(np.mean(views, axis=0))
     return np.mean(out, axis=0)
 
 
 def fuse(probs: np.ndarray, channel_logits: np.ndarray, site_probs: np.ndarray, weight: float,
-         heat_weight: float = 0.0) -> np.ndarray:
+         site_heatmap_weight: float = 0.0) -> np.ndarray:
     """(14,) the classifiers' probabilities combined with the fine stage's in logit space.
 
     Aneurysm Present: ``(1 - w) logit(p) + w logit(max site prob)``. Location c: the same with ``max_k site_k *
     assign_kc``, where ``assign_k`` is the softmax over the 13 channels of candidate k's heatmap cell (which vessel the
-    classifier thinks the site is on). With ``heat_weight`` h each site's logit first gains h times its cell's
+    classifier thinks the site is on). With ``site_heatmap_weight`` h each site's logit first gains h times its cell's
     strongest channel logit: the patch model and the classifier's heatmap judge a site together (an aneurysm-like
     patch on a spot the classifier saw no vessel site at counts less). ``weight`` 0 returns ``probs``; no candidate
     leaves ``probs`` unchanged.
@@ -413,8 +426,8 @@ def fuse(probs: np.ndarray, channel_logits: np.ndarray, site_probs: np.ndarray, 
         return probs.copy()
     channels = np.asarray(channel_logits, dtype=np.float64).reshape(len(site_probs), -1)
     site = np.asarray(site_probs, dtype=np.float64)
-    if heat_weight:
-        site = sigmoid(logit(site) + heat_weight * channels.max(axis=1))
+    if site_heatmap_weight:
+        site = sigmoid(logit(site) + site_heatmap_weight * channels.max(axis=1))
     assign = softmax(channels, axis=1)  # (n, 13)
     fine = np.concatenate([(site[:, None] * assign).max(axis=0), [site.max()]])
     return sigmoid((1.0 - weight) * logit(probs) + weight * logit(fine))
@@ -426,9 +439,9 @@ def fusion_weight(fine: Sequence[ModelSpec]) -> float:
     return float(np.mean([spec.fusion_weight for spec in fine])) if fine else 0.0
 
 
-def heat_weight(fine: Sequence[ModelSpec]) -> float:
+def site_heatmap_weight(fine: Sequence[ModelSpec]) -> float:
     """The ensemble's site heat weight (``fuse``): the mean of the fine folds' own, as ``fusion_weight``."""
-    return float(np.mean([spec.heat_weight for spec in fine])) if fine else 0.0
+    return float(np.mean([spec.site_heatmap_weight for spec in fine])) if fine else 0.0
 
 
 def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[ModelSpec],
@@ -460,13 +473,16 @@ def predict_volume(array: np.ndarray, affine: np.ndarray, locators: Sequence[Mod
                 native = reverse_z(native)
             points, found = recentre(native, points, fine, run)
             cand_probs = fine_probs(native, points, fine, run, plan.flip, found)
-            probs = fuse(probs, channels, cand_probs, fusion_weight(fine), heat_weight(fine))
+            probs = fuse(probs, channels, cand_probs, fusion_weight(fine), site_heatmap_weight(fine))
         else:
             cand_probs = sigmoid(channels.max(axis=1)) if len(points) else np.zeros(0)
+    else:
+        channels = np.zeros((0, len(LOCATION_COLS)))
     if not (np.all(np.isfinite(probs)) and np.all(np.isfinite(out.modality_probs))
             and np.all(np.isfinite(cand_probs))):
         raise FloatingPointError("the ensemble returned non-finite probabilities")
     return Prediction(probs=probs, modality_probs=out.modality_probs, centre_lps=centre,
                       runs=plan_runs(locators, classifiers, plan, fine if len(points) else ()),
                       reversed_z=reversed_z, candidates_lps=points, candidate_probs=cand_probs,
-                      candidate_locations=names, coarse_probs=out.probs)
+                      candidate_locations=names, coarse_probs=out.probs,
+                      candidate_channel_logits=np.asarray(channels, dtype=np.float64).reshape(-1, len(LOCATION_COLS)))

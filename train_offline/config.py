@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "CONFIG_DIR", "DEFAULTS", "RETIRED_KEYS", "ConfigError", "drop_retired", "load_config", "load_saved_config",
-    "merge", "parse_overrides", "resolve_config_path", "validate",
+    "CONFIG_DIR", "DEFAULTS", "RENAMED_KEYS", "RETIRED_KEYS", "ConfigError", "drop_retired", "load_config",
+    "load_saved_config", "merge", "parse_overrides", "renamed", "resolve_config_path", "validate",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -92,17 +92,16 @@ DEFAULTS: dict[str, Any] = {
         "sphere_radius_mm": 3.0,  # auxiliary target: a ball of this radius at each localizer
         "sphere_weight": 1.0,
         "box_mm": 30.0,  # cached native box around each site (patch + jitter must fit)
-        "recentre_max_mm": 3.0,  # candidates move up to this far towards the ball map's maximum before scoring (0: off)
-        # A candidate's score: the mean of its views (kernel and validation). The move's own patch at the found point
-        # (score_found, free) with the moved patch scored out of fold 0.868 / 0.873 against 0.869 / 0.874 for the
-        # moved patch and its mirror (flip_tta), at half the patches a scoring run (docs/training.md, run P).
+        "recentre_max_mm": 3.0,  # candidates move up to this far towards the sphere map's maximum (0: off)
+        # A candidate's score is the mean of its views (kernel and validation): the moved patch, with flip_tta its
+        # mirror, with recentre_view the recentring run's own logit at the found point (a view that costs no run).
         "flip_tta": False,  # also score each moved patch mirrored on x
-        "score_found": True,  # also score the move's patch at the found point (needs recentre_max_mm > 0)
+        "recentre_view": True,  # also count the recentring run's logit at the found point (needs recentre_max_mm > 0)
         "truth_jitter_mm": 4.0,  # training patches around a localizer are shifted up to this (candidates are off)
         "truth_repeats": 1,  # each localizer is drawn this many times per series and epoch (own jitter each)
         "candidate_jitter_mm": 1.5,
         "random_sites": 4,  # extra negatives per series: random bright (vessel) voxels inside the classifier crop
-        "per_series": 6,  # training sites drawn per series and epoch (every localizer, then candidates/random)
+        "sites_per_series": 6,  # training sites drawn per series and epoch (every localizer, then candidates/random)
         "negatives": "candidates",  # candidates: hard negatives (the classifier's peaks) + random; random: only those
         "batch_size": 32,
         "lr": 0.002,
@@ -112,10 +111,10 @@ DEFAULTS: dict[str, Any] = {
         "blur_voxels": 0.0,  # half the training patches blurred, sigma up to this per axis (fine voxels; 0: off)
         "fusion_weight": 0.5,  # default; train_offline.fine chooses it by out-of-fold score from fusion_grid
         "fusion_grid": [0.0, 0.25, 0.5, 0.75, 1.0],
-        # each site's logit + heat_weight x its heatmap cell's strongest channel logit before fusion; chosen with the
-        # fusion weight by out-of-fold score (docs/training.md, run Q)
-        "heat_weight": 0.0,
-        "heat_grid": [0.0, 0.25, 0.5, 1.0, 2.0],
+        # before fusion each site's logit gains this x its heatmap cell's strongest channel logit (the patch model
+        # and the classifier's heatmap judge a site together); chosen with fusion_weight by out-of-fold score
+        "site_heatmap_weight": 0.0,
+        "site_heatmap_grid": [0.0, 0.25, 0.5, 1.0, 2.0],
         # training-only series added to every fold's fine-stage training, never validated: a list of {root, cache,
         # index} (e.g. a small-dome supplement from ``train_offline.phantoms --dome-range 2 4.5``; the index is built
         # on first use like data.index)
@@ -135,11 +134,25 @@ DEFAULTS: dict[str, Any] = {
 # Keys that configs saved by earlier versions may hold and that nothing reads any more: dropped when such a saved
 # config is loaded (``drop_retired``), refused in new config files like any unknown key.
 RETIRED_KEYS = (("locator", "scale_jitter"), ("train", "log_every"))
+# Keys renamed since: (section, old name) -> new name. Saved configs and config files are read under either name.
+RENAMED_KEYS = {("fine", "heat_weight"): "site_heatmap_weight", ("fine", "heat_grid"): "site_heatmap_grid",
+                ("fine", "score_found"): "recentre_view", ("fine", "per_series"): "sites_per_series"}
+
+
+def renamed(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a config with ``RENAMED_KEYS`` under their new names (a new name already there wins)."""
+    out = copy.deepcopy(dict(config))
+    for (section, old), new in RENAMED_KEYS.items():
+        if isinstance(out.get(section), dict) and old in out[section]:
+            value = out[section].pop(old)
+            out[section].setdefault(new, value)
+    return out
 
 
 def drop_retired(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a saved config without the ``RETIRED_KEYS`` (so runs trained before their removal still load)."""
-    out = copy.deepcopy(dict(config))
+    """A copy of a saved config without the ``RETIRED_KEYS`` (so runs trained before their removal still load) and
+    with renamed keys under their new names."""
+    out = renamed(config)
     for section, key in RETIRED_KEYS:
         if isinstance(out.get(section), dict):
             out[section].pop(key, None)
@@ -218,6 +231,7 @@ def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a YAML mapping")
+    data = renamed(data)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -262,7 +276,7 @@ def load_config(name_or_path: str | Path, overrides: Mapping[str, Any] | None = 
     raw = _load_raw(path, ())
     validate(raw)
     if overrides:
-        raw = merge(raw, overrides)
+        raw = merge(raw, renamed(overrides))
         validate(raw, absolute_ok=True)
     return merge(DEFAULTS, raw)
 

@@ -45,7 +45,7 @@ from torch import nn
 
 from kernel.labels import LABEL_COLS, MODALITY_NAMES
 from kernel.manifest import MANIFEST_NAME, ModelSpec, load_manifest, sha256_file, validate_manifest
-from train_offline.config import ConfigError, load_config, load_saved_config, volume_settings_mismatch
+from train_offline.config import ConfigError, load_config, load_saved_config, renamed, volume_settings_mismatch
 from train_offline.evaluate import score_with_onnx
 from train_offline.models import (
     ExportClassifier,
@@ -249,11 +249,12 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 def _fine_entry(fold_dir: Path, config: Mapping[str, Any], out: Path, commit: str) -> ModelSpec:
     """Export a fold's fine model (``train_offline.fine``) with the fusion weight its out-of-fold score chose."""
     summary = json.loads((fold_dir / "fine_summary.json").read_text())
-    cfg = summary["config"]
+    cfg = renamed({"fine": summary["config"]})["fine"]  # summaries written before a rename keep the old key names
     model = build_fine(cfg)
     model.load_state_dict(_load_state(fold_dir / "fine.pt"))
+    heat = summary.get("site_heatmap_weight", summary.get("heat_weight", 0.0))
     spec = fine_spec(cfg, int(summary["fold"]), fusion_weight=float(summary["fusion_weight"]),
-                     heat_weight=float(summary.get("heat_weight", 0.0)))
+                     site_heatmap_weight=float(heat))
     err = export_model(ExportFine(model), out / f"{spec.name}.onnx", spec.input_shape, spec.input_name,
                        spec.output_names)
     validation = {"score": summary["validation"]["score"], "auc_present": summary["validation"]["auc_present"],

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 CLASSIFIER_STRIDE = 4  # output stride of the classifier's auxiliary heads
-FINE_STRIDE = 2  # output stride of the fine model's ball map
+FINE_STRIDE = 2  # output stride of the fine model's sphere map
 N_SEG_CLASSES = len(LOCATION_COLS) + 1
 
 
@@ -180,7 +180,7 @@ class FineNet(nn.Module):
 
 
 class ExportFine(nn.Module):
-    """The fine inference graph: exactly (logit, sphere): the patch logit and the stride-2 ball map (logits) that
+    """The fine inference graph: exactly (logit, sphere): the patch logit and the stride-2 sphere map (logits) that
     ``kernel.recipe.recentre`` moves candidates to."""
 
     def __init__(self, fine: FineNet):
@@ -235,16 +235,17 @@ def build_fine(cfg: Mapping[str, Any]) -> FineNet:
 
 
 def fine_spec(cfg: Mapping[str, Any], fold: int, fusion_weight: float | None = None,
-              heat_weight: float | None = None) -> ModelSpec:
-    """The fine model's contract from the config's ``fine`` section: patch, spacing, candidates, fusion and heat
-    weights (the config's unless given: the out-of-fold choices)."""
+              site_heatmap_weight: float | None = None) -> ModelSpec:
+    """The fine model's contract from the config's ``fine`` section: patch, spacing, candidates, fusion and site
+    heatmap weights (the config's unless given: the out-of-fold choices)."""
     z, y, x = (int(s) for s in cfg["input_shape"])
     dz, dy, dx = (float(s) for s in cfg["spacing_mm"])
     weight = float(cfg["fusion_weight"] if fusion_weight is None else fusion_weight)
+    heat = float(cfg.get("site_heatmap_weight", 0.0) if site_heatmap_weight is None else site_heatmap_weight)
+    moves = float(cfg.get("recentre_max_mm", 0.0))
     return ModelSpec(name=f"fine_f{fold}", role="fine", fold=int(fold), input_name="patch", input_shape=(z, y, x),
                      spacing_mm=(dz, dy, dx), output_names=("logit", "sphere"), output_stride=FINE_STRIDE,
                      flip_tta=bool(cfg.get("flip_tta", True)), candidates=int(cfg["candidates"]),
                      candidate_min_distance_mm=float(cfg["candidate_min_distance_mm"]), fusion_weight=weight,
-                     recentre_max_mm=float(cfg.get("recentre_max_mm", 0.0)),  # 0: trained/scored before moves
-                     score_found=bool(cfg.get("score_found", False)) and float(cfg.get("recentre_max_mm", 0.0)) > 0,
-                     heat_weight=float(cfg.get("heat_weight", 0.0) if heat_weight is None else heat_weight))
+                     recentre_max_mm=moves,  # 0: trained/scored before moves
+                     recentre_view=bool(cfg.get("recentre_view", False)) and moves > 0, site_heatmap_weight=heat)

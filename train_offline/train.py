@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             import gc
 
-            from train_offline.fine import train_fines
+            from train_offline.fine.train import train_fines
 
             gc.collect()  # the folds' preloaded volumes (held in closures' reference cycles) before the boxes
             # every fold's coarse models first, then one box pass for all the folds' sites (each series read once)

@@ -66,15 +66,16 @@ def _fine_entry(**fields: object) -> dict:
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"output_names": ["logit"], "recentre_max_mm": 5.0, "output_stride": 2}, "needs the ball-map output"),
+    ({"output_names": ["logit"], "recentre_max_mm": 5.0, "output_stride": 2}, "needs the sphere-map output"),
     ({"output_names": ["logit", "sphere"], "output_stride": None}, "output_stride must be a positive integer"),
     ({"output_names": ["logit", "sphere"], "output_stride": 2, "recentre_max_mm": -1.0}, "recentre_max_mm must be"),
-    ({"output_names": ["logit", "sphere", "x"]}, "output_names must be [logit] or [logit, ball map]"),
-    ({"output_names": ["logit", "sphere"], "output_stride": 2, "score_found": 1}, "score_found must be true or false"),
-    ({"output_names": ["logit", "sphere"], "output_stride": 2, "recentre_max_mm": 0.0, "score_found": True},
-     "score_found needs a move"),
-    ({"heat_weight": -0.5}, "heat_weight must be a number >= 0"),
-    ({"heat_weight": "0.5"}, "heat_weight must be a number >= 0"),
+    ({"output_names": ["logit", "sphere", "x"]}, "output_names must be [logit] or [logit, sphere map]"),
+    ({"output_names": ["logit", "sphere"], "output_stride": 2, "recentre_view": 1},
+     "recentre_view must be true or false"),
+    ({"output_names": ["logit", "sphere"], "output_stride": 2, "recentre_max_mm": 0.0, "recentre_view": True},
+     "recentre_view needs a move"),
+    ({"site_heatmap_weight": -0.5}, "site_heatmap_weight must be a number >= 0"),
+    ({"site_heatmap_weight": "0.5"}, "site_heatmap_weight must be a number >= 0"),
 ])
 def test_bad_fine_fields_are_named(fields: dict, message: str) -> None:
     spec, problems = ModelSpec.parse(0, _fine_entry(**fields))
@@ -82,14 +83,31 @@ def test_bad_fine_fields_are_named(fields: dict, message: str) -> None:
 
 
 def test_a_recentring_fine_entry_round_trips() -> None:
-    entry = _fine_entry(output_names=["logit", "sphere"], output_stride=2, recentre_max_mm=5.0, score_found=True)
+    entry = _fine_entry(output_names=["logit", "sphere"], output_stride=2, recentre_max_mm=5.0, recentre_view=True)
     spec, problems = ModelSpec.parse(0, entry)
     assert problems == [] and spec is not None
-    assert spec.recentre_max_mm == 5.0 and spec.output_stride == 2 and spec.score_found and spec.to_dict() == entry
+    assert spec.recentre_max_mm == 5.0 and spec.output_stride == 2 and spec.recentre_view and spec.to_dict() == entry
     plain, _ = ModelSpec.parse(0, _fine_entry(output_names=["logit"], output_stride=None, recentre_max_mm=None,
-                                              score_found=None, heat_weight=None))
+                                              recentre_view=None, site_heatmap_weight=None))
     assert plain is not None and plain.recentre_max_mm == 0.0  # an entry from before the move: scored where found
-    assert not plain.score_found
-    assert plain.heat_weight == 0.0 and "heat_weight" not in plain.to_dict()  # before the setting: off
-    heated, _ = ModelSpec.parse(0, _fine_entry(heat_weight=0.5))
-    assert heated is not None and heated.heat_weight == 0.5 and heated.to_dict()["heat_weight"] == 0.5
+    assert not plain.recentre_view
+    assert plain.site_heatmap_weight == 0.0 and "site_heatmap_weight" not in plain.to_dict()  # before the setting: off
+    heated, _ = ModelSpec.parse(0, _fine_entry(site_heatmap_weight=0.5))
+    assert heated is not None and heated.site_heatmap_weight == 0.5 and heated.to_dict()["site_heatmap_weight"] == 0.5
+
+
+def test_entries_exported_before_the_renames_read_their_old_keys() -> None:
+    """Manifests written before ``heat_weight`` -> ``site_heatmap_weight`` and ``score_found`` -> ``recentre_view``
+    load with the same settings; a current key wins over its old name; export writes the current names."""
+    entry = _fine_entry(output_names=["logit", "sphere"], output_stride=2, recentre_max_mm=3.0, recentre_view=None,
+                        site_heatmap_weight=None)
+    entry.update(heat_weight=1.0, score_found=True)
+    spec, problems = ModelSpec.parse(0, entry)
+    assert problems == [] and spec is not None and spec.site_heatmap_weight == 1.0 and spec.recentre_view
+    written = spec.to_dict()
+    assert written["site_heatmap_weight"] == 1.0 and written["recentre_view"] is True
+    assert "heat_weight" not in written and "score_found" not in written
+    both, _ = ModelSpec.parse(0, {**entry, "site_heatmap_weight": 0.25})
+    assert both is not None and both.site_heatmap_weight == 0.25
+    bad, problems = ModelSpec.parse(0, {**entry, "heat_weight": -1.0})
+    assert bad is None and any("site_heatmap_weight must be a number >= 0" in p for p in problems)

@@ -157,7 +157,7 @@ def _fine(k: int = 2, weight: float = 0.5, shape=(4, 4, 4), spacing=(0.5, 0.5, 0
     return ModelSpec(name=name, role="fine", fold=0, input_name="patch", input_shape=shape, spacing_mm=spacing,
                      output_names=("logit", "sphere") if recentre else ("logit",), output_stride=2, flip_tta=flip,
                      candidates=k, candidate_min_distance_mm=3.0, fusion_weight=weight, recentre_max_mm=recentre,
-                     score_found=found)
+                     recentre_view=found)
 
 
 def test_heatmap_candidates_take_peaks_strongest_first_apart_and_refined() -> None:
@@ -201,15 +201,15 @@ def test_heat_weight_raises_each_site_by_its_heatmap_cell_before_fusion() -> Non
     channels[1, 9] = -3.0  # a site it hardly saw
     sites = np.array([0.6, 0.7])
     plain = recipe.fuse(probs, channels, sites, 0.5)
-    boosted = recipe.fuse(probs, channels, sites, 0.5, heat_weight=0.5)
-    np.testing.assert_allclose(recipe.fuse(probs, channels, sites, 0.5, heat_weight=0.0), plain)
+    boosted = recipe.fuse(probs, channels, sites, 0.5, site_heatmap_weight=0.5)
+    np.testing.assert_allclose(recipe.fuse(probs, channels, sites, 0.5, site_heatmap_weight=0.0), plain)
     # site 0: logit(0.6) + 0.5 * 2 beats site 1: logit(0.7) - 1.5, so the maximum changes site
     best = recipe.sigmoid(recipe.logit(0.6) + 1.0)
     assert boosted[-1] == pytest.approx(recipe.sigmoid(0.5 * recipe.logit(0.2) + 0.5 * recipe.logit(best)))
     assert plain[-1] == pytest.approx(recipe.sigmoid(0.5 * recipe.logit(0.2) + 0.5 * recipe.logit(0.7)))
     assert boosted[9] < plain[9] and boosted[4] > plain[4]
-    folds = [_fine(), replace(_fine(), heat_weight=1.0)]
-    assert recipe.heat_weight(folds) == pytest.approx(0.5) and recipe.heat_weight([]) == 0.0
+    folds = [_fine(), replace(_fine(), site_heatmap_weight=1.0)]
+    assert recipe.site_heatmap_weight(folds) == pytest.approx(0.5) and recipe.site_heatmap_weight([]) == 0.0
 
 
 def test_fusion_weight_is_the_mean_of_the_fine_folds_used() -> None:
@@ -238,6 +238,51 @@ def test_fusion_weight_is_the_mean_of_the_fine_folds_used() -> None:
 
     np.testing.assert_allclose(row([_fine(k=1, weight=0.0), _fine(k=1, weight=1.0)]), row([_fine(k=1, weight=0.5)]))
     assert row([_fine(k=1, weight=0.5)])[-1] > row([_fine(k=1, weight=0.0)])[-1]  # the fine logit 2 > coarse -1
+
+
+def test_predict_volume_fuses_at_the_folds_site_heatmap_weight_and_returns_what_fuse_needs() -> None:
+    """A fine fold with a site heatmap weight raises each site by its heatmap cell before fusion: the row differs from
+    the same fold without it, and equals ``fuse`` of what the prediction returns (coarse probabilities, candidate
+    channel logits, candidate probabilities) at the folds' weights, so a retune can fuse it again."""
+    coarse = np.zeros((16, 16, 16), dtype=np.float32)
+
+    def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
+        n = len(batch)
+        if spec.role == "locator":
+            heat = np.full((n, 1, 8, 8, 8), -5.0, dtype=np.float32)
+            heat[:, 0, 4, 4, 4] = 3.0
+            return [heat]
+        if spec.role == "classifier":
+            heat = np.full((n, 13, 4, 4, 4), -6.0, dtype=np.float32)
+            heat[:, 3, 2, 2, 2] = 1.5
+            heat[:, 5, 0, 0, 0] = 0.5
+            return [np.full((n, 14), -1.0, np.float32), np.zeros((n, 4), np.float32), heat]
+        return [np.full((n, 1), 0.5, np.float32)]
+
+    def predict(heat: float) -> recipe.Prediction:
+        fine = replace(_fine(k=2, weight=0.5), site_heatmap_weight=heat)
+        return recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)],
+                                     [_heat_classifier(flip_tta=False)], run, fine=[fine])
+
+    cold, hot = predict(0.0), predict(1.0)
+    assert hot.candidate_channel_logits.shape == (2, 13) and hot.candidate_channel_logits[0, 3] == 1.5
+    assert hot.probs[-1] > cold.probs[-1]  # the strongest site's cell logit 1.5 raises its logit
+    np.testing.assert_allclose(hot.probs, recipe.fuse(hot.coarse_probs, hot.candidate_channel_logits,
+                                                      hot.candidate_probs, 0.5, 1.0), rtol=1e-12)
+    np.testing.assert_allclose(cold.probs, recipe.fuse(cold.coarse_probs, cold.candidate_channel_logits,
+                                                       cold.candidate_probs, 0.5, 0.0), rtol=1e-12)
+    no_heatmap = recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)],
+                                       [_classifier("c", 0)], lambda spec, batch: run(spec, batch)[:2])
+    assert no_heatmap.candidate_channel_logits.shape == (0, 13) and len(no_heatmap.candidate_probs) == 0
+
+
+def test_greedy_nms_keeps_points_in_order_at_least_the_distance_apart() -> None:
+    points = np.array([[3.0, 0, 0], [0, 0, 0], [9, 0, 0], [20, 0, 0]])  # already strongest first
+    assert recipe.greedy_nms(points, 10, 8.0).tolist() == [0, 3]  # 1 and 2 lie within 8 mm of point 0
+    assert recipe.greedy_nms(points, 1, 8.0).tolist() == [0]
+    assert recipe.greedy_nms(points, 10, 8.0, scale=(0.5, 1.0, 1.0)).tolist() == [0, 3]  # x in half-mm units
+    assert recipe.greedy_nms(points, 10, 2.0, scale=(0.5, 1.0, 1.0)).tolist() == [0, 2, 3]
+    assert recipe.greedy_nms(np.zeros((0, 3)), 3, 1.0).tolist() == []
 
 
 def test_fine_stage_samples_the_native_stack_and_mirrors_heatmaps_back() -> None:
@@ -294,7 +339,7 @@ def test_reverse_z_samples_the_reversed_stack_without_copying_it() -> None:
     assert reversed_stack.shape == array.shape and np.shares_memory(reversed_stack.array, array)
 
 
-# --- recentring on the fine model's ball map ----------------------------------------------------------------------
+# --- recentring on the fine model's sphere map ----------------------------------------------------------------------
 
 OBLIQUE_FREE = np.array([[0.0, 0.0, -0.5, 30.0], [0.0, -0.5, 0.0, 25.0], [0.5, 0.0, 0.0, -12.0], [0, 0, 0, 1.0]])
 
@@ -307,7 +352,7 @@ def _blob_stack(centre_lps: np.ndarray, sigma_mm: float = 1.2) -> np.ndarray:
 
 
 def _ball_run(calls: list) -> recipe.Runner:
-    """A fine model whose ball map is the patch's 2x2x2 block mean (so it peaks where the blob is), logit the mean of
+    """A fine model whose sphere map is the patch's 2x2x2 block mean (so it peaks where the blob is), logit the mean of
     the patch's central 2x2x2 voxels."""
     def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
         calls.append((spec.name, batch.shape))
@@ -326,11 +371,11 @@ def test_recentre_moves_a_candidate_onto_the_blob_within_reach() -> None:
     fine = [_fine(shape=(16, 16, 16), recentre=2.0)]
     moved, found = recipe.recentre(stack, np.array([near, far]), fine, _ball_run(calls))
     assert calls == [("f", (2, 1, 16, 16, 16))]  # one unflipped run of every candidate's patch
-    # that run's logits are those of the patches at the found points (what score_found counts as a view)
+    # that run's logits are those of the patches at the found points (what recentre_view counts as a view)
     at_found = recipe.fine_patches(stack, np.array([near, far]), fine[0])[:, :, 7:9, 7:9, 7:9].mean(axis=(1, 2, 3, 4))
     assert list(found) == ["f"] and found["f"].shape == (2,)
     np.testing.assert_allclose(found["f"], at_found, rtol=1e-6)
-    # the ball map's cells are 1 mm (stride 2 at 0.5 mm): the blob's cell centre is within half a diagonal of it
+    # the sphere map's cells are 1 mm (stride 2 at 0.5 mm): the blob's cell centre is within half a diagonal of it
     assert np.linalg.norm(moved[0] - blob) <= np.sqrt(3) * 0.5 + 1e-9
     # out of reach: moved at most 2 mm, towards the blob
     assert np.linalg.norm(moved[1] - far) <= 2.0 + 1e-9
@@ -413,7 +458,7 @@ def test_predict_volume_scores_the_recentred_candidates() -> None:
     assert recipe.plan_runs([_locator("l", 0)], [_heat_classifier()], recipe.Plan(),
                             [_fine(k=8, recentre=5.0)]) == 1 + 2 + 4 + 2
 
-    # score_found without flips: the move's run, then one plain run at the moved point; the candidate's score is the
+    # recentre_view without flips: the move's run, then one plain run at the moved point; the candidate's score is the
     # mean of the two views' probabilities
     fine_calls.clear()
     views = recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)], [_heat_classifier()],
@@ -430,7 +475,7 @@ def test_predict_volume_scores_the_recentred_candidates() -> None:
 
 
 def test_fine_probs_average_each_folds_views() -> None:
-    """Per fold: the patch, its mirror with flip TTA, the found point's logit with score_found (ignored without it);
+    """Per fold: the patch, its mirror with flip TTA, the found point's logit with recentre_view (ignored without it);
     then the mean over folds."""
     rng = np.random.default_rng(5)
     stack = native_stack(rng.normal(size=(40, 40, 40)).astype(np.float32), np.diag([0.5, 0.5, 0.5, 1.0]))

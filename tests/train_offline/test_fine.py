@@ -19,21 +19,12 @@ from kernel.preprocess import canonicalise, crop_around
 from train_offline.config import load_config
 from train_offline.data import records_from_index
 from train_offline.domes import Dome
-from train_offline.fine import (
-    BoxStore,
-    FineDataset,
-    _stored,
-    all_sites,
-    auc_by_candidate,
-    augment,
-    cut_box,
-    near_localizer,
-    patch_auc_by_dome,
-    prepare_folds,
-    site_sample,
-    train_fine,
-    train_fines,
-)
+from train_offline.fine.boxes import BoxStore, _stored, cut_box
+from train_offline.fine.dataset import FineDataset, augment, site_sample
+from train_offline.fine.plan import prepare_folds
+from train_offline.fine.report import auc_by_candidate, near_localizer, patch_auc_by_dome
+from train_offline.fine.sites import all_sites
+from train_offline.fine.train import train_fine, train_fines
 from train_offline.phantoms.generate import generate_dataset, load_truth
 from train_offline.precache_all import precache_all
 from train_offline.train import train_fold
@@ -48,7 +39,7 @@ TINY = {
     "classifier": {"input_shape": [32, 32, 32], "spacing_mm": [SPACING] * 3, "channels": [4, 8, 8, 8],
                    "epochs": 1, "batch_size": 4, "heatmap_sigma_mm": 8.0, "jitter_mm": 4.0},
     "fine": {"epochs": 1, "input_shape": [16, 16, 16], "spacing_mm": [1.0] * 3, "channels": [4, 8, 8, 8],
-             "candidates": 3, "random_sites": 2, "per_series": 3, "batch_size": 8, "box_mm": 24.0,
+             "candidates": 3, "random_sites": 2, "sites_per_series": 3, "batch_size": 8, "box_mm": 24.0,
              "truth_jitter_mm": 3.0, "recentre_max_mm": 4.0, "fusion_grid": [0.0, 0.5],
              "supplements": []},  # not demo's supplement
     "train": {"device": "cpu", "threads": 1},
@@ -97,11 +88,12 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
     assert (fold_dir / "fine.pt").is_file() and (fold_dir / "fine_oof.csv").is_file()
     assert summary["fusion_weight"] in (0.0, 0.5)
     assert set(summary["scores_by_weight"]) == {"0.0", "0.5"}
-    # the heat weight is chosen with the fusion weight: the summary's score is the best over the heat grid
-    assert set(summary["scores_by_heat_weight"]) == {"0.0", "0.25", "0.5", "1.0", "2.0"}
-    assert summary["heat_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
-    assert summary["validation"]["score"] == pytest.approx(max(summary["scores_by_heat_weight"].values()))
-    assert summary["scores_by_heat_weight"][str(summary["heat_weight"])] == summary["validation"]["score"]
+    # the site heatmap weight is chosen with the fusion weight: the summary's score is the best over the heat grid
+    assert set(summary["scores_by_site_heatmap_weight"]) == {"0.0", "0.25", "0.5", "1.0", "2.0"}
+    assert summary["site_heatmap_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
+    assert summary["validation"]["score"] == pytest.approx(max(summary["scores_by_site_heatmap_weight"].values()))
+    by_heat = summary["scores_by_site_heatmap_weight"]
+    assert by_heat[str(summary["site_heatmap_weight"])] == summary["validation"]["score"]
     assert 1.0 <= summary["candidates_per_series"] <= 3.0
     by_dome = summary["patch_auc_by_dome"]  # every validation aneurysm's patch, per band, against far candidates
     truth = load_truth(tiny_run["data"])
@@ -116,7 +108,7 @@ def test_fine_stage_writes_sites_boxes_model_and_summary(tiny_run: dict) -> None
             <= by_dome["negatives"]["sites"]
     by_candidate = summary["auc_present_by_candidate"]
     assert set(by_candidate) == {"fused", "coarse"} and set(by_candidate["fused"]) == {"found", "missed"}
-    # validation scored the candidates where the kernel does: moved up to recentre_max_mm to the ball map's maximum
+    # validation scored the candidates where the kernel does: moved up to recentre_max_mm to the sphere map's maximum
     shift = summary["recentre_shift_mm"]
     assert 0.0 < shift["max"] <= 4.0 and shift["p50"] <= shift["p90"] <= shift["max"]
     assert set(summary["candidate_recall_scored"]) == set(summary["candidate_recall"])
@@ -231,7 +223,7 @@ def test_truth_repeats_draw_each_localizer_more_often(tiny_run: dict) -> None:
     uids = sorted(sites)
     counts = {}
     for repeats in (1, 2):
-        cfg = {**config["fine"], "per_series": 3, "truth_repeats": repeats}
+        cfg = {**config["fine"], "sites_per_series": 3, "truth_repeats": repeats}
         dataset = FineDataset(sites, records, boxes, uids, cfg, seed=3)
         assert len(dataset.items) == len(dataset) == 3 * len(uids)
         counts[repeats] = sum(kind == "truth" for _, _, kind, _ in dataset.items)
@@ -342,7 +334,7 @@ def test_exported_ensemble_runs_the_fine_stage_in_the_kernel(tiny_run: dict, tmp
     fine = manifest.models("fine")
     assert len(fine) == 1 and fine[0].candidates == 3
     assert fine[0].fusion_weight == tiny_run["summary"]["fusion_weight"]
-    assert fine[0].heat_weight == tiny_run["summary"]["heat_weight"]
+    assert fine[0].site_heatmap_weight == tiny_run["summary"]["site_heatmap_weight"]
     assert fine[0].validation["oof_file"] == "oof_fine_f0.csv"
     fold_dir = tiny_run["root"] / "runs" / "tinyfine" / "fold0"
     assert (out.parent / "oof_fine_f0.csv").read_text() == (fold_dir / "fine_oof.csv").read_text()
@@ -399,8 +391,8 @@ def test_full_configs_fine_stage_runs_at_tiny_shapes(tiny_run: dict, tmp_path: P
     import shutil
 
     full = load_config("full")["fine"]
-    shrink = {"input_shape": [16, 16, 16], "channels": [4, 8, 8, 8], "epochs": 1, "per_series": 3, "candidates": 3,
-              "batch_size": 8, "fusion_grid": [0.0, 0.5]}
+    shrink = {"input_shape": [16, 16, 16], "channels": [4, 8, 8, 8], "epochs": 1, "sites_per_series": 3,
+              "candidates": 3, "batch_size": 8, "fusion_grid": [0.0, 0.5]}
     config = {**tiny_run["config"], "fine": {**full, **shrink}}
     fold_dir = tmp_path / "fold0"
     fold_dir.mkdir()
@@ -469,43 +461,61 @@ def test_fine_stage_on_an_exported_folds_coarse_models(tiny_run: dict, tmp_path:
 
 
 def test_retune_rechooses_the_fusion_pair_from_dicom_and_keeps_the_models(tiny_run: dict, tmp_path: Path) -> None:
-    """``train_offline.retune`` on an export: the fold's validation series through the kernel's recipe from DICOM,
-    the best (fusion, heat) pair written into the fine entry, the out-of-fold rows rewritten, the models unchanged."""
-    import pickle
+    """``train_offline.retune`` on an export: the fold's validation series through the kernel from DICOM, the best
+    (fusion, site heatmap) pair written into the fine entry, the out-of-fold rows rewritten, the models unchanged.
 
+    The kept sites are the kernel's own: fused again at the export's pair they give the kernel's row, and the pair
+    chosen is the grid's best by the metric, computed here independently of the retune's choice."""
+    from kernel.jsonl import read_jsonl_by
+    from kernel.metric import score_arrays
     from train_offline.export import export_folds
-    from train_offline.retune import choose_weights
     from train_offline.retune import main as retune
 
     weights = export_folds(tiny_run["root"] / "runs" / "tinyfine", tmp_path / "weights", rescore=False).parent
     before = load_manifest(weights)
+    fine0 = before.models("fine")[0]
     shipped_oof = pd.read_csv(weights / "oof_fine_f0.csv")
+    grid = {"fusion": [0.0, 0.5, 1.0], "heat": [0.0, 0.5, 2.0]}
     assert retune(["--weights", str(weights), "--data", str(tiny_run["data"]), "--work", str(tmp_path / "work"),
-                   "--heat-grid", "0", "0.5", "--fusion-grid", "0", "0.5"]) == 0
+                   "--heatmap-grid", *map(str, grid["heat"]), "--fusion-grid", *map(str, grid["fusion"])]) == 0
     after = load_manifest(weights)
     roles = ("locator", "classifier", "fine")
     assert [m.sha256 for r in roles for m in after.models(r)] == [m.sha256 for r in roles for m in before.models(r)]
     fine = after.models("fine")[0]
-    assert fine.fusion_weight in (0.0, 0.5) and fine.heat_weight in (0.0, 0.5)
-    assert fine.validation["before_retune"]["fusion_weight"] == before.models("fine")[0].fusion_weight
-    records = pickle.loads((tmp_path / "work" / "fold0.pkl").read_bytes())
+    assert fine.validation["before_retune"]["fusion_weight"] == fine0.fusion_weight
+    records = read_jsonl_by(tmp_path / "work" / "fold0.jsonl", ID_COL)
     oof = pd.read_csv(weights / "oof_fine_f0.csv")
-    assert oof[ID_COL].tolist() == shipped_oof[ID_COL].tolist()  # the fold's validation series, in order
-    for _, row in oof.iterrows():
-        r = records[row[ID_COL]]
-        np.testing.assert_allclose(row[LABEL_COLS].to_numpy(float),
-                                   recipe.fuse(r["probs"], r["chans"], r["site"], fine.fusion_weight,
-                                               fine.heat_weight), rtol=1e-9)
-    # at weight 0 the rows are the classifier's alone, whatever the heat weight
-    labels = np.zeros((len(records), 14))
-    labels[0] = 1
-    w, h, _, probs, by_heat = choose_weights(records, labels, ["CTA"] * len(records), [0.0], [0.0, 0.5])
-    assert (w, h) == (0.0, 0.0) and set(by_heat) == {"0.0", "0.5"}  # a tie keeps the smaller heat weight
-    np.testing.assert_allclose(probs, np.stack([r["probs"] for r in records.values()]))
+    uids = oof[ID_COL].tolist()
+    assert uids == shipped_oof[ID_COL].tolist()  # the fold's validation series, in order
+    for uid in uids:  # the kept sites re-fused at the export's own pair are the kernel's row for that series
+        r = records[uid]
+        np.testing.assert_allclose(recipe.fuse(r["probs"], r["channel_logits"], r["site_probs"], fine0.fusion_weight,
+                                               fine0.site_heatmap_weight), r["fused_probs"], rtol=1e-9, atol=1e-12)
+    labels = pd.read_csv(tiny_run["data"] / "train.csv", dtype={ID_COL: str}).set_index(ID_COL).loc[uids, LABEL_COLS]
+    scores = {}
+    for w in grid["fusion"]:
+        for h in grid["heat"]:
+            rows = np.stack([recipe.fuse(records[u]["probs"], records[u]["channel_logits"], records[u]["site_probs"],
+                                         w, h) for u in uids])
+            defined = [c for c in LABEL_COLS if labels[c].nunique() == 2]
+            idx = [LABEL_COLS.index(c) for c in defined]
+            scores[(w, h)] = score_arrays(labels[defined].to_numpy(float), rows[:, idx], defined)
+    best = max(scores.values())
+    assert scores[(fine.fusion_weight, fine.site_heatmap_weight)] == pytest.approx(best, abs=1e-12)
+    assert fine.validation["score"] == pytest.approx(best, abs=1e-12)
+    np.testing.assert_allclose(oof[LABEL_COLS].to_numpy(float),
+                               np.stack([recipe.fuse(records[u]["probs"], records[u]["channel_logits"],
+                                                     records[u]["site_probs"], fine.fusion_weight,
+                                                     fine.site_heatmap_weight) for u in uids]), rtol=1e-9)
+    # a second run reads the kept sites back instead of computing them again
+    mtime = (tmp_path / "work" / "fold0.jsonl").stat().st_mtime_ns
+    assert retune(["--weights", str(weights), "--data", str(tiny_run["data"]), "--work", str(tmp_path / "work"),
+                   "--dry-run"]) == 0
+    assert (tmp_path / "work" / "fold0.jsonl").stat().st_mtime_ns == mtime
 
 
 def test_best_pair_prefers_the_score_then_the_smaller_heat_then_fusion_weight() -> None:
-    from train_offline.fine import best_pair
+    from train_offline.fusion import best_pair
 
     assert best_pair({(0.5, 0.0): 0.80, (0.75, 1.0): 0.85, (0.25, 2.0): 0.84}) == (0.75, 1.0)
     assert best_pair({(0.75, 1.0): 0.85, (0.5, 0.5): 0.85, (0.25, 0.5): 0.85}) == (0.25, 0.5)
