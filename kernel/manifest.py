@@ -1,7 +1,7 @@
 """Read and validate ``weights/manifest.json``: the settings that travel with the ONNX weights.
 
 The kernel hard-codes none of them: label order, priors (the fallback row), spacing, normalisation schemes, the voxel
-budget and every model's input contract come from here. Schema: docs/ARCHITECTURE.md, "Model contract and manifest".
+budget and every model's input contract come from here. Schema: docs/reference/manifest.md.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _positive_list(value: Any, n: int, integer: bool) -> bool:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model entry of the manifest: its file and its input/output contract (docs/ARCHITECTURE.md).
+    """One model entry of the manifest: its file and its input/output contract (docs/reference/manifest.md).
 
     Export writes it (``to_dict``), the manifest validates it (``parse``), the recipe reads its fields. Locators map a
     whole-volume input to one heatmap at ``output_stride``; classifiers map a crop centred at the locator's centre +

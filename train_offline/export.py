@@ -149,7 +149,7 @@ def _entries(fold: int, locator: nn.Module, classifier: nn.Module, config: Mappi
 
 
 def build_manifest(config: Mapping[str, Any], models: Sequence[ModelSpec], priors: Sequence[float]) -> dict[str, Any]:
-    """Manifest dict per docs/ARCHITECTURE.md; validated by kernel.manifest."""
+    """Manifest dict per docs/reference/manifest.md; validated by kernel.manifest."""
     manifest = {
         "format_version": 1,
         "label_cols": list(LABEL_COLS),

@@ -5,7 +5,7 @@ Classifier: region crop [B, 1, *shape] -> ``logits`` [B, 14] (LABEL_COLS) and ``
 training also ``heatmap`` [B, 13, *shape / 4] (one channel per location, a Gaussian at each localizer) and ``seg``
 [B, 14, *shape / 4] (background + 13 vessel classes, where segmentations exist). The location logits read the
 heatmap's spatial maximum, so the dense target teaches the classifier where to look.
-``ExportClassifier`` wraps a classifier so the ONNX graph has exactly the outputs of docs/ARCHITECTURE.md (logits,
+``ExportClassifier`` wraps a classifier so the ONNX graph has exactly the outputs of docs/reference/manifest.md (logits,
 modality_logits and the location heatmap the kernel reads candidate sites from).
 FineNet: a patch [B, 1, *patch] sampled from the native stack around a candidate -> ``logit`` [B, 1] (an aneurysm
 within ``positive_radius_mm`` of the centre); during training also ``sphere`` [B, 1, *patch / 2] (a ball at each
