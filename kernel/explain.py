@@ -103,6 +103,14 @@ class Explanation:
     boxes: list[Box] = field(default_factory=list)
     fallback_reason: str | None = None
     headline: str = ""  # the PNG's title line (verdict, P(present), candidates)
+    # view -> (left, top, right, bottom) PNG pixels of the panel's image area (image edges at -0.5 and size - 0.5)
+    panels: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+
+    def png_pixel(self, view: str, row: float, col: float) -> tuple[float, float]:
+        """(x, y) PNG pixel of a point at (row, col) of a view's MIP, as drawn (``render_explanation`` only)."""
+        left, top, right, bottom = self.panels[view]
+        h, w = self.images[view].shape
+        return left + (col + 0.5) / w * (right - left), top + (row + 0.5) / h * (bottom - top)
 
 
 def truth_columns(truth: dict[str, Any] | None) -> list[str]:
@@ -163,56 +171,17 @@ def layout_explanation(
     array = np.asarray(array)
     affine = np.asarray(affine, dtype=np.float64)
     spacing = spacing_of(affine)
-    shape = np.asarray(array.shape, dtype=np.float64)
     centre_lps = np.asarray(prediction.centre_lps, dtype=np.float64).reshape(3)
     centre_vox = world_to_voxel(affine, centre_lps[None])[0]
-    lo = centre_vox - min_half_mm / spacing
-    hi = centre_vox + min_half_mm / spacing
-
-    boxes_vox = []
-    for spec, names in _classifier_groups(classifier_specs):
-        box_centre = classifier_centre(centre_lps, spec.centre_offset_lps_mm)
-        size_mm = np.asarray(spec.input_shape, dtype=np.float64) * np.asarray(spec.spacing_mm, dtype=np.float64)
-        c = world_to_voxel(affine, box_centre[None])[0]
-        half = size_mm / spacing / 2.0  # crop_around samples along the array axes: axis-aligned in voxel space
-        boxes_vox.append((spec, names, box_centre, size_mm, c - half, c + half))
-        lo, hi = np.minimum(lo, c - half), np.maximum(hi, c + half)
-
+    crops = _crop_boxes(affine, centre_lps, classifier_specs)
     cand_lps = np.asarray(prediction.candidates_lps, dtype=np.float64).reshape(-1, 3)
-    cand_vox = world_to_voxel(affine, cand_lps) if len(cand_lps) else np.zeros((0, 3))
     sites = list((truth or {}).get("sites") or [])
     site_lps = np.asarray([s["centre_lps"] for s in sites], dtype=np.float64).reshape(-1, 3)
-    site_vox = world_to_voxel(affine, site_lps) if len(site_lps) else np.zeros((0, 3))
-    for points in (cand_vox, site_vox):
-        if len(points):
-            lo, hi = np.minimum(lo, points.min(0)), np.maximum(hi, points.max(0))
-    lo, hi = lo - margin_mm / spacing, hi + margin_mm / spacing
-    start = np.clip(np.floor(lo), 0, shape - 1).astype(int)
-    stop = np.clip(np.ceil(hi) + 1, start + 1, shape).astype(int)
-    region = np.stack([start, stop], axis=1)
-
-    sub = array[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
-    slabs: dict[str, tuple[int, int]] = {}
-    for axis, view in enumerate(VIEWS):  # axial projects axis 0 (z), coronal 1 (y), sagittal 2 (x)
-        a, b = int(start[axis]), int(stop[axis])
-        if slab_mm is not None:
-            half = slab_mm / 2.0 / spacing[axis]
-            lo_s = max(a, int(np.floor(centre_vox[axis] - half + 0.5)))
-            hi_s = min(b, int(np.floor(centre_vox[axis] + half + 0.5)) + 1)
-            a, b = (lo_s, hi_s) if hi_s > lo_s else (a, b)  # centre outside the volume: the whole region
-        slabs[view] = (a, b)
-
-    def project(axis: int) -> np.ndarray:
-        a, b = slabs[VIEWS[axis]]
-        index = [slice(None)] * 3
-        index[axis] = slice(a - start[axis], b - start[axis])
-        return sub[tuple(index)].max(axis=axis)
-
-    images = {
-        "axial": np.ascontiguousarray(project(0)),  # (y, x): anterior up, patient left right
-        "coronal": np.ascontiguousarray(project(1)[::-1]),  # (z reversed, x): superior up
-        "sagittal": np.ascontiguousarray(project(2)[::-1]),  # (z reversed, y): superior up, anterior left
-    }
+    cand_vox, site_vox = (world_to_voxel(affine, p) if len(p) else np.zeros((0, 3)) for p in (cand_lps, site_lps))
+    extents = [centre_vox[None] - min_half_mm / spacing, centre_vox[None] + min_half_mm / spacing, cand_vox, site_vox,
+               *[edge[None] for *_, lo, hi in crops for edge in (lo, hi)]]
+    region = _region(np.concatenate(extents), array.shape, margin_mm / spacing)
+    slabs = _slabs(region, centre_vox, None if slab_mm is None else slab_mm / 2.0 / spacing)
 
     def marker(kind: str, label: str, lps: np.ndarray, vox: np.ndarray) -> Marker:
         in_slab = {view: bool(slabs[view][0] - 0.5 <= vox[axis] < slabs[view][1] - 0.5)
@@ -231,25 +200,82 @@ def layout_explanation(
         where = site.get("location")
         markers.append(marker("truth", f"T{k + 1}: {SHORT_NAMES.get(where, where) if where else 'aneurysm'}", lps,
                               vox))
-
-    boxes = []
-    for spec, names, box_centre, size_mm, blo, bhi in boxes_vox:
-        rects = {}
-        for view in VIEWS:
-            (r0, c0), (r1, c1) = _pixel(view, blo, region), _pixel(view, bhi, region)
-            rects[view] = (min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1))
-        shape_txt = "x".join(str(int(s)) for s in spec.input_shape)
-        spacing_txt = "/".join(f"{s:g}" for s in spec.spacing_mm)
-        offset = ",".join(f"{v:+g}" for v in spec.centre_offset_lps_mm)
-        label = f"{', '.join(names)}: {shape_txt} @ {spacing_txt} mm, offset ({offset}) mm LPS"
-        boxes.append(Box(label, tuple(map(float, box_centre)), tuple(map(float, size_mm)),
-                         tuple(map(float, blo)), tuple(map(float, bhi)), rects))
-
     probs = np.asarray(prediction.probs, dtype=np.float64).reshape(-1)
     return Explanation(path=None, title=title, verdict=verdict(probs[LABEL_COLS.index(PRESENT_COL)], truth),
                        probs=probs, truth_columns=truth_columns(truth),
-                       region=tuple((int(a), int(b)) for a, b in region), images=images, slabs=slabs,
-                       markers=markers, boxes=boxes)
+                       region=tuple((int(a), int(b)) for a, b in region), images=_projections(array, region, slabs),
+                       slabs=slabs, markers=markers, boxes=[_box(crop, region) for crop in crops])
+
+
+CropBox = tuple[ModelSpec, list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _crop_boxes(affine: np.ndarray, centre_lps: np.ndarray, specs: Sequence[ModelSpec]) -> list[CropBox]:
+    """(spec, fold names, crop centre LPS, size mm, lo voxel, hi voxel) of each distinct classifier crop."""
+    spacing = spacing_of(affine)
+    out = []
+    for spec, names in _classifier_groups(specs):
+        box_centre = classifier_centre(centre_lps, spec.centre_offset_lps_mm)
+        size_mm = np.asarray(spec.input_shape, dtype=np.float64) * np.asarray(spec.spacing_mm, dtype=np.float64)
+        c = world_to_voxel(affine, box_centre[None])[0]
+        half = size_mm / spacing / 2.0  # crop_around samples along the array axes: axis-aligned in voxel space
+        out.append((spec, names, box_centre, size_mm, c - half, c + half))
+    return out
+
+
+def _region(points_vox: np.ndarray, shape: Sequence[int], margin_vox: np.ndarray) -> np.ndarray:
+    """(3, 2) voxel (start, stop) per axis of the box holding every point plus the margin, clipped to the volume."""
+    size = np.asarray(shape, dtype=np.float64)
+    lo, hi = points_vox.min(axis=0) - margin_vox, points_vox.max(axis=0) + margin_vox
+    start = np.clip(np.floor(lo), 0, size - 1).astype(int)
+    stop = np.clip(np.ceil(hi) + 1, start + 1, size).astype(int)
+    return np.stack([start, stop], axis=1)
+
+
+def _slabs(region: np.ndarray, centre_vox: np.ndarray, half_vox: np.ndarray | None) -> dict[str, tuple[int, int]]:
+    """View -> the voxel range projected along its axis: ``half_vox`` either side of the centre (None: the region;
+    also the region when the centre lies outside the volume)."""
+    slabs = {}
+    for axis, view in enumerate(VIEWS):  # axial projects axis 0 (z), coronal 1 (y), sagittal 2 (x)
+        a, b = int(region[axis, 0]), int(region[axis, 1])
+        if half_vox is not None:
+            lo_s = max(a, int(np.floor(centre_vox[axis] - half_vox[axis] + 0.5)))
+            hi_s = min(b, int(np.floor(centre_vox[axis] + half_vox[axis] + 0.5)) + 1)
+            a, b = (lo_s, hi_s) if hi_s > lo_s else (a, b)
+        slabs[view] = (a, b)
+    return slabs
+
+
+def _projections(array: np.ndarray, region: np.ndarray, slabs: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """View -> MIP of the region's slab, as displayed (radiological, superior up)."""
+    start, stop = region[:, 0], region[:, 1]
+    sub = array[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
+
+    def project(axis: int) -> np.ndarray:
+        a, b = slabs[VIEWS[axis]]
+        index = [slice(None)] * 3
+        index[axis] = slice(a - start[axis], b - start[axis])
+        return sub[tuple(index)].max(axis=axis)
+
+    return {
+        "axial": np.ascontiguousarray(project(0)),  # (y, x): anterior up, patient left right
+        "coronal": np.ascontiguousarray(project(1)[::-1]),  # (z reversed, x): superior up
+        "sagittal": np.ascontiguousarray(project(2)[::-1]),  # (z reversed, y): superior up, anterior left
+    }
+
+
+def _box(crop: CropBox, region: np.ndarray) -> Box:
+    spec, names, box_centre, size_mm, blo, bhi = crop
+    rects = {}
+    for view in VIEWS:
+        (r0, c0), (r1, c1) = _pixel(view, blo, region), _pixel(view, bhi, region)
+        rects[view] = (min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1))
+    shape_txt = "x".join(str(int(s)) for s in spec.input_shape)
+    spacing_txt = "/".join(f"{s:g}" for s in spec.spacing_mm)
+    offset = ",".join(f"{v:+g}" for v in spec.centre_offset_lps_mm)
+    label = f"{', '.join(names)}: {shape_txt} @ {spacing_txt} mm, offset ({offset}) mm LPS"
+    return Box(label, tuple(map(float, box_centre)), tuple(map(float, size_mm)), tuple(map(float, blo)),
+               tuple(map(float, bhi)), rects)
 
 
 # --- drawing ---------------------------------------------------------------------------------------------------------
@@ -418,8 +444,9 @@ def render_explanation(
     vmin, vmax = (float(v) for v in np.percentile(values, [1.0, 99.7]))
     vmax = vmax if vmax > vmin else vmin + 1.0
     spacing = spacing_of(np.asarray(affine, dtype=np.float64))
-    for i, view in enumerate(VIEWS):
-        _draw_mip(fig.add_subplot(grid[0, i]), view, exp, spacing, vmin, vmax)
+    mip_axes = {view: fig.add_subplot(grid[0, i]) for i, view in enumerate(VIEWS)}
+    for view, ax in mip_axes.items():
+        _draw_mip(ax, view, exp, spacing, vmin, vmax)
     _draw_probs(fig.add_subplot(grid[1, 0]), exp, truth is not None)
     info = fig.add_subplot(grid[1, 1:])
     info.axis("off")
@@ -428,6 +455,10 @@ def render_explanation(
     exp.headline = _headline(exp, n_candidates)
     fig.suptitle(exp.headline, fontsize=11, fontweight="bold", color=_verdict_colour(exp.verdict))
     exp.path = _save(fig, out_path, dpi)
+    height = fig.get_size_inches()[1] * dpi
+    for view, ax in mip_axes.items():  # after the save's draw: each axes box is its image area (fixed aspect)
+        box = ax.get_window_extent()
+        exp.panels[view] = (float(box.x0), float(height - box.y1), float(box.x1), float(height - box.y0))
     return exp
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kernel.jsonl import read_jsonl
 from kernel.labels import ID_COL, LABEL_COLS
 from kernel.metric import score, two_class_columns
 
@@ -283,10 +284,7 @@ def true_modalities(data_dir: Path | None, solution: Path | None) -> dict[str, s
             return dict(zip(truth[ID_COL].cast(pl.Utf8).to_list(), truth["Modality"].to_list(), strict=True))
     jsonl = data_dir / "phantom_truth.jsonl" if data_dir is not None else None
     if jsonl is not None and jsonl.is_file():
-        import json
-
-        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        return {str(r[ID_COL]): str(r["modality"]) for r in rows if ID_COL in r and "modality" in r}
+        return {str(r[ID_COL]): str(r["modality"]) for r in read_jsonl(jsonl) if ID_COL in r and "modality" in r}
     return {}
 
 
@@ -324,10 +322,7 @@ def read_truth(solution: Path | None, data_dir: Path | None = None) -> dict[str,
             truth[uid].setdefault("Modality", modality)
     jsonl = data_dir / "phantom_truth.jsonl" if data_dir is not None else None
     if jsonl is not None and jsonl.is_file():
-        import json
-
-        for line in jsonl.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
+        for row in read_jsonl(jsonl):
             uid = str(row.get(ID_COL))
             if uid in truth and isinstance(row.get("aneurysms"), list):
                 truth[uid]["sites"] = [{"centre_lps": a["centre_lps"], "location": a.get("location")}

@@ -16,10 +16,8 @@ import numpy as np
 
 from kernel.labels import ID_COL, LABEL_COLS, LABEL_WEIGHTS, MODALITY_NAMES, PRESENT_COL
 
-__all__ = [
-    "column_aucs", "evaluate_predictions", "present_auc", "roc_auc", "score", "score_arrays", "score_defined",
-    "to_numpy_columns", "two_class_columns",
-]
+__all__ = ["column_aucs", "evaluate_predictions", "roc_auc", "score", "score_arrays", "to_numpy_columns",
+           "two_class_columns"]
 
 
 def roc_auc(truth: np.ndarray, score_values: np.ndarray) -> float:
@@ -98,18 +96,6 @@ def score_arrays(
     return float((values * w).sum() / w.sum())
 
 
-def score_defined(y_true: np.ndarray, y_score: np.ndarray,
-                  columns: Sequence[str] = LABEL_COLS) -> tuple[float | None, list[str]]:
-    """(score over the two-class columns, the columns left out): the metric on a split too small for all 14."""
-    y_true, y_score = np.asarray(y_true, dtype=np.float64), np.asarray(y_score, dtype=np.float64)
-    defined = two_class_columns(y_true, columns)
-    undefined = [c for c in columns if c not in defined]
-    if not defined:
-        return None, undefined
-    index = [list(columns).index(c) for c in defined]
-    return score_arrays(y_true[:, index], y_score[:, index], defined), undefined
-
-
 def _ids(frame: Any) -> list[str] | None:
     return [str(v) for v in frame[ID_COL]] if ID_COL in list(frame.columns) else None
 
@@ -140,11 +126,6 @@ def score(solution: Any, submission: Any, columns: Sequence[str] = LABEL_COLS) -
     """
     y_true, y_score = _aligned(solution, submission, columns)
     return score_arrays(y_true, y_score, columns)
-
-
-def present_auc(solution: Any, submission: Any) -> float:
-    """AUC of the "Aneurysm Present" column alone (same matching rules as ``score``)."""
-    return score(solution, submission, columns=[PRESENT_COL])
 
 
 def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, modalities: Sequence[str],

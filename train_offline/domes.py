@@ -7,12 +7,13 @@ here returns empty results when the truth file is absent.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from kernel.jsonl import read_jsonl
 
 __all__ = ["DOME_BANDS", "Dome", "band_of", "candidate_recall", "found_by", "load_domes", "nearest_mm"]
 
@@ -33,18 +34,13 @@ class Dome:
 
 def load_domes(data_root: str | os.PathLike[str]) -> dict[str, list[Dome]]:
     """SeriesInstanceUID -> its aneurysms (patient-mm domes), from ``<root>/phantom_truth.jsonl`` ({} if absent)."""
-    path = Path(data_root) / "phantom_truth.jsonl"
-    if not path.is_file():
-        return {}
     out: dict[str, list[Dome]] = {}
-    with open(path) as fh:
-        for line in fh:
-            record = json.loads(line)
-            scale = float(abs(np.linalg.det(np.asarray(record["head_to_lps"], dtype=np.float64)[:3, :3])) ** (1 / 3))
-            out[str(record["SeriesInstanceUID"])] = [
-                Dome(a["location"], np.asarray(a["centre_lps"]), float(a["dome_mm"]) * scale)
-                for a in record.get("aneurysms", [])
-            ]
+    for record in read_jsonl(Path(data_root) / "phantom_truth.jsonl", missing_ok=True):
+        scale = float(abs(np.linalg.det(np.asarray(record["head_to_lps"], dtype=np.float64)[:3, :3])) ** (1 / 3))
+        out[str(record["SeriesInstanceUID"])] = [
+            Dome(a["location"], np.asarray(a["centre_lps"]), float(a["dome_mm"]) * scale)
+            for a in record.get("aneurysms", [])
+        ]
     return out
 
 

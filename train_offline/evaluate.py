@@ -7,7 +7,6 @@ a fold and the re-score of exported ONNX weights through the kernel's own ensemb
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from kernel import recipe
+from kernel.jsonl import read_jsonl
 from kernel.labels import ID_COL, LABEL_COLS
 from kernel.manifest import ModelSpec
 from kernel.metric import evaluate_predictions
@@ -86,7 +86,7 @@ def plot_fold(out_dir: Path, labels: np.ndarray, probs: np.ndarray) -> None:
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_jsonl(out_dir / "metrics.jsonl")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for stage, ax in (("locator", axes[0]), ("classifier", axes[1])):
         rows = [r for r in records if r["stage"] == stage]

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kernel.jsonl import read_jsonl
 from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES
 from kernel.metric import evaluate_predictions
 from train_offline.cache import check_cache_spacing
@@ -100,12 +101,8 @@ def _mean_vessel_dice(model: nn.Module, dataset: ClassifierDataset, device: torc
 
 def _stage_log(out_dir: Path, stage: str) -> list[dict[str, Any]]:
     """The last metrics.jsonl record of every epoch of ``stage`` (a resumed run may have logged an epoch twice)."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
     by_epoch = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(out_dir / "metrics.jsonl", missing_ok=True):
         if record.get("stage") == stage:
             by_epoch[record["epoch"]] = record
     return [by_epoch[k] for k in sorted(by_epoch)]

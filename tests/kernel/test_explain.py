@@ -144,6 +144,31 @@ def test_render_writes_the_png_with_the_verdict(p_present: float, present: int, 
     assert "1 candidates" in exp.headline
 
 
+def test_the_png_shows_the_blob_and_the_markers_where_the_layout_puts_them(tmp_path: Path) -> None:
+    """Read the PNG back: in each MIP panel the blob is bright where its candidate is drawn, a red circle surrounds
+    it, the truth site's green diamond is there too, and a far corner of the panel holds neither colour."""
+    affine = _affine()
+    blob_lps = voxel_to_world(affine, BLOB_VOXEL[None])[0]
+    truth = _truth(1) | {"sites": [{"centre_lps": list(blob_lps), "location": "Left Middle Cerebral Artery"}]}
+    out = tmp_path / "drawn.png"
+    exp = explain.render_explanation(_volume(), affine, _prediction(0.9, blob_lps[None]), [CLASSIFIER], truth,
+                                     "1.2.3", out)
+    with Image.open(out) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int32)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 110) & (rgb[..., 2] < 110)
+    green = (rgb[..., 1] > 200) & (rgb[..., 0] < 150) & (rgb[..., 2] < 120)
+    candidate = next(m for m in exp.markers if m.kind == "candidate")
+    for view in explain.VIEWS:
+        x, y = (int(round(v)) for v in exp.png_pixel(view, *candidate.pixels[view]))
+        assert rgb[y, x].min() > 150, f"{view}: the blob under the hollow marker is not bright ({rgb[y, x]})"
+        ring = red[y - 9:y + 10, x - 9:x + 10]
+        assert ring.any() and not ring[7:12, 7:12].any(), f"{view}: no hollow red circle around the candidate"
+        assert green[y - 12:y + 13, x - 12:x + 13].any(), f"{view}: no green diamond at the truth site"
+        left, top, _, _ = exp.panels[view]
+        corner = (slice(int(top) + 2, int(top) + 12), slice(int(left) + 30, int(left) + 40))
+        assert not red[corner].any() and not green[corner].any()
+
+
 def test_no_candidates_are_said_so(tmp_path: Path) -> None:
     exp = explain.render_explanation(_volume(), _affine(), _prediction(0.7), [CLASSIFIER], None, "u",
                                      tmp_path / "u.png")

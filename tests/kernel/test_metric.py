@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from kernel.labels import ID_COL, LABEL_COLS, PRESENT_COL
-from kernel.metric import column_aucs, evaluate_predictions, present_auc, roc_auc, score, score_defined
+from kernel.metric import column_aucs, evaluate_predictions, roc_auc, score
 
 
 def _frames(n: int = 200, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -31,8 +31,8 @@ def _sklearn_score(solution: pd.DataFrame, submission: pd.DataFrame) -> float:
 def test_score_matches_sklearn_weighted_mean(seed: int) -> None:
     solution, submission = _frames(seed=seed)
     assert score(solution, submission) == pytest.approx(_sklearn_score(solution, submission), abs=1e-12)
-    assert present_auc(solution, submission) == pytest.approx(roc_auc_score(solution[PRESENT_COL],
-                                                                            submission[PRESENT_COL]))
+    assert score(solution, submission, [PRESENT_COL]) == pytest.approx(roc_auc_score(solution[PRESENT_COL],
+                                                                                     submission[PRESENT_COL]))
     aucs = column_aucs(solution[LABEL_COLS].to_numpy(), submission[LABEL_COLS].to_numpy())
     assert list(aucs) == LABEL_COLS
     assert 0.5 < aucs[PRESENT_COL] < 1.0  # informative but not perfect predictions
@@ -60,15 +60,13 @@ def test_roc_auc_with_ties_matches_sklearn(decimals: int) -> None:
         roc_auc([1, 1], [0.2, 0.3])
 
 
-def test_score_defined_and_evaluation_leave_out_single_class_columns() -> None:
+def test_evaluation_leaves_out_single_class_columns() -> None:
     solution, submission = _frames()
     truth, pred = solution[LABEL_COLS].to_numpy(float).copy(), submission[LABEL_COLS].to_numpy(float)
     truth[:, 7] = 0  # Left ACA: no positive
-    value, undefined = score_defined(truth, pred)
     kept = [j for j in range(14) if j != 7]
     aucs = [roc_auc_score(truth[:, j], pred[:, j]) for j in kept]
-    assert undefined == ["Left Anterior Cerebral Artery"]
-    assert value == pytest.approx((13 * aucs[-1] + sum(aucs[:-1])) / (13 + 12), abs=1e-12)
+    value = (13 * aucs[-1] + sum(aucs[:-1])) / (13 + 12)
     modalities = ["CTA", "MRA"] * (len(truth) // 2)
     result = evaluate_predictions(truth, pred, modalities)
     assert result["score"] == pytest.approx(value, abs=1e-12)

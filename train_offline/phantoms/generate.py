@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from kernel.jsonl import read_jsonl_by
 from kernel.labels import ID_COL, LABEL_COLS, LOCALIZER_COLS, LOCATION_COLS, PRESENT_COL, TRAIN_CSV_COLS
 from train_offline.phantoms.anatomy import build_anatomy, sample_locations
 from train_offline.phantoms.dicom_writer import choose_encoding, make_uid, sample_quirks, write_series
@@ -265,5 +266,4 @@ def write_tables(out: Path, results: list[SeriesResult], split: str) -> None:
 
 def load_truth(out: str | os.PathLike[str]) -> dict[str, dict]:
     """Ground truth written by ``generate_dataset``: SeriesInstanceUID -> record."""
-    with open(Path(out) / TRUTH_FILE) as fh:
-        return {rec[ID_COL]: rec for rec in map(json.loads, fh)}
+    return read_jsonl_by(Path(out) / TRUTH_FILE, ID_COL)
