@@ -21,6 +21,7 @@ from testkit.dicom_factory import write_series
 from testkit.hostile import CASES
 from testkit.onnx_factory import write_random_weights
 
+REPO = Path(__file__).resolve().parents[2]
 PRIORS = [0.01 * (i + 1) for i in range(13)] + [0.43]
 
 
@@ -352,3 +353,32 @@ def test_weights_found_under_kaggle_input(weights: Path, tmp_path: Path, monkeyp
     shutil.copytree(weights, kaggle_input / "other-weights")
     with pytest.raises(ManifestError, match="several weights datasets"):
         find_weights_dir()
+
+
+def test_budget_drops_half_the_candidates_then_the_fine_stage(ct_series: Path) -> None:
+    """With the shipped weights (a fine stage): as the time per series shrinks the ladder reaches one fold with half
+    the fine candidates, then one fold without the fine stage, each a real prediction, before the fallback row."""
+    clock = FakeClock()
+    budget = TimeBudget(limit_s=1000, n_series=100, margin_s=0, clock=clock)
+    predictor = kernel_predict.Predictor(str(REPO / "weights"), budget=budget)
+    predictor.keep_last = True
+    costs = {name: predictor.ensemble.runs(plan) for name, plan in predictor.plans()}
+    assert list(costs) == ["full", "no_flip", "one_fold", "few_candidates", "no_fine"]
+    assert costs["one_fold"] > costs["few_candidates"] > costs["no_fine"]
+    k = predictor.ensemble.fine[0].candidates
+    for level, runs in (("few_candidates", costs["few_candidates"]), ("no_fine", costs["no_fine"])):
+        budget.fixed_s, budget.per_run_s = 1.0, 1.0
+        budget.done = 0
+        clock.now = 1000 - 100 * (1.0 + runs + 0.5)  # just enough for this level, not for the one above
+        frame, record = predictor.predict(str(ct_series))
+        assert record.level == level, (record, costs)
+        prediction = predictor.last[2]
+        assert np.all(np.isfinite(_check_row(frame)))
+        if level == "few_candidates":
+            assert 1 <= len(prediction.candidates_lps) <= max(1, k // 2)
+            assert len(prediction.candidate_probs) == len(prediction.candidates_lps)
+        else:  # no fine stage: the row is the classifiers' own
+            np.testing.assert_allclose(prediction.probs, prediction.coarse_probs)
+    budget.fixed_s, budget.per_run_s = 1.0, 1.0
+    clock.now = 1000 - 100 * (1.0 + costs["no_fine"] - 0.5)
+    assert predictor.predict(str(ct_series))[1].level == "fallback"
