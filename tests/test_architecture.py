@@ -138,3 +138,26 @@ def test_scripts_and_benchmarks_do_not_import_tests() -> None:
     users = [p for p in [*REPO.glob("benchmarks/*.py"), *REPO.glob("scripts/*.py"), *REPO.glob("testkit/*.py")]
              if any(name.split(".")[0] == "tests" for name in all_imports(p))]
     assert not users, f"import from tests/ (use testkit/): {[str(p.relative_to(REPO)) for p in users]}"
+
+
+PRODUCT = ("kernel", "train_offline")
+NOT_PRODUCT = ("experiments", "benchmarks", "scripts", "gpu_sections", "tests", "testkit")
+
+
+def _product_files() -> list[Path]:
+    return [*(REPO / "kernel").rglob("*.py"), *(REPO / "train_offline").rglob("*.py"), REPO / "build_kernel.py"]
+
+
+@pytest.mark.parametrize("path", _product_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_product_imports_no_research_benchmark_script_or_test(path: Path) -> None:
+    """kernel/, train_offline/ and build_kernel.py stand alone: experiments/, benchmarks/, scripts/ and the tests may
+    import the product, never the reverse (lazy imports inside functions included)."""
+    bad = [name for name in all_imports(path) if name.split(".")[0] in NOT_PRODUCT]
+    assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_the_product_scan_sees_research_imports(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from experiments.scan import scan_series\n    import benchmarks.bench_read\n")
+    assert [n.split(".")[0] for n in all_imports(sample)].count("experiments") >= 1
+    assert "benchmarks.bench_read" in all_imports(sample)

@@ -30,7 +30,7 @@ COMMAND_DOCS = [README, *sorted((REPO / "docs" / "how-to").glob("*.md"))]
 HISTORY_OK = [REPO / "docs" / "history", REPO / "docs" / "results" / "model-card.md"]
 
 # Generated pages and the command that writes each.
-GENERATED = {"docs/reference/configuration.md": ("train_offline.config", "--markdown")}
+GENERATED = {"docs/reference/configuration.md": ("train_offline.config_doc", "--markdown")}
 # Build outputs a doc may run: they exist only after build_kernel.py; their CLI is kernel.gateway's.
 BUILT_SCRIPTS = {"dist/kernel/rsna-aneurysm-kernel.py": "kernel.gateway"}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -296,29 +295,3 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         node[parts[-1]] = yaml.safe_load(value)
     return out
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m train_offline.config``: print a resolved config as YAML, or the configuration reference."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m train_offline.config", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", default="demo", help="config name or YAML path to resolve (default demo)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override values, e.g. fine.epochs=2")
-    parser.add_argument("--markdown", action="store_true",
-                        help="print the configuration reference (docs/reference/configuration.md) instead")
-    args = parser.parse_args(argv)
-    try:
-        if args.markdown:
-            from train_offline.config_doc import config_markdown
-
-            print(config_markdown(), end="")
-        else:
-            print(yaml.safe_dump(load_config(args.config, parse_overrides(args.set)), sort_keys=False), end="")
-    except ConfigError as exc:
-        print(f"config failed: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

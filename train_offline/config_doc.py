@@ -1,22 +1,27 @@
 """The configuration reference (docs/reference/configuration.md), generated from ``config.DEFAULTS`` and its comments
 and from the shipped config files, so the page cannot drift from the code (tests/test_docs.py compares them).
 
-    python -m train_offline.config --markdown > docs/reference/configuration.md
+    python -m train_offline.config_doc --markdown > docs/reference/configuration.md
+    python -m train_offline.config_doc demo --set fine.epochs=2      # a resolved config, as training sees it
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import io
 import json
+import sys
 import tokenize
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from train_offline import config as cfg
 
-__all__ = ["config_markdown", "key_comments"]
+__all__ = ["config_markdown", "key_comments", "main"]
 
 SHIPPED = ("demo", "full", "smoke")
 
@@ -76,7 +81,7 @@ def config_markdown() -> str:
     shipped = {name: _flat(cfg._load_raw(cfg.resolve_config_path(name), ())) for name in SHIPPED}
     lines = ["# Configuration reference", "",
              "Generated from `train_offline/config.py` (`DEFAULTS` and its comments) and the config files in",
-             "`train_offline/configs/` by `python -m train_offline.config --markdown`; do not edit by hand.", "",
+             "`train_offline/configs/` by `python -m train_offline.config_doc --markdown`; do not edit by hand.", "",
              "A config file names its `base:` and overrides keys of it; an unknown key, a wrong type or an absolute "
              "path is refused with the list of known keys. `--set KEY=VALUE` overrides a key on the command line "
              "(e.g. `--set fine.epochs=12`). The resolved config is saved beside every checkpoint (`config.yaml`) "
@@ -100,3 +105,26 @@ def config_markdown() -> str:
               "as the new ones.", "", "| old | new |", "|---|---|"]
     lines += [f"| `{section}.{old}` | `{section}.{new}` |" for (section, old), new in cfg.RENAMED_KEYS.items()]
     return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print a resolved config as YAML, or (``--markdown``) the configuration reference."""
+    parser = argparse.ArgumentParser(prog="python -m train_offline.config_doc", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", nargs="?", default="demo", help="config name or YAML path to resolve (default demo)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override values, e.g. fine.epochs=2")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the configuration reference (docs/reference/configuration.md) instead")
+    args = parser.parse_args(argv)
+    try:
+        if args.markdown:
+            print(config_markdown(), end="")
+        else:
+            print(yaml.safe_dump(cfg.load_config(args.config, cfg.parse_overrides(args.set)), sort_keys=False), end="")
+    except cfg.ConfigError as exc:
+        print(f"config failed: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
