@@ -26,7 +26,6 @@ from .imaging import (
     tissue_labels,
     tube_entries,
 )
-from .raster import lin_up
 
 __all__ = ["render", "render_series"]
 
@@ -104,7 +103,7 @@ def _form_image(rng: np.random.Generator, contrast: Contrast, acq: Acquisition, 
     coarse, n_sub = coarse_lattice(rng, acq, fine, size)
     lab, fields = tissue_labels(rng, coarse, head, tree.tubes, big_veins)
     sigma_axes, sigma_v = _psf(contrast, acq)
-    bg = background(contrast, coarse, lab, fields, sigma_axes, n_sub)
+    bg = background(contrast, coarse, lab, fields, sigma_axes, n_sub, acq.spacing)
     del lab, fields
     art_gain, bg_gain = _slab_gains(rng, contrast, acq)
     offsets = acq.sub_offsets(1.0)
@@ -137,7 +136,12 @@ def _assemble(c: Contrast, acq: Acquisition, bg: np.ndarray, ent: Entries, bg_ga
             i0 = np.minimum(pos.astype(np.int64), nzc - 2)
             w = (pos - i0).astype(np.float32)[:, None, None]
             zs = bg[i0] * (1.0 - w) + bg[i0 + 1] * w
-        sl = lin_up(lin_up(zs, ny, 1), nx, 2, out=out[k0:k1])
+        sl = out[k0:k1]
+        if zs.shape[1:] == (ny, nx):
+            sl[...] = zs
+        else:  # bilinear, half-pixel centres: the same mapping as ``raster.lin_up``
+            coarse = torch.from_numpy(np.ascontiguousarray(zs))[:, None]
+            sl[...] = torch.nn.functional.interpolate(coarse, size=(ny, nx), mode="bilinear", align_corners=False)[:, 0]
         a, b = np.searchsorted(ent.idx, [k0 * per, k1 * per])
         flat = sl.reshape(-1)
         li = ent.idx[a:b] - k0 * per

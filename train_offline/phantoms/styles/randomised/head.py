@@ -63,22 +63,31 @@ def _radial(x: np.ndarray, y: np.ndarray, z: np.ndarray, semi: np.ndarray) -> np
     return np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
 
 
-def brain_envelope(h: HeadShape, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _min_ellipsoid(out: np.ndarray, lat: Lattice, xyz: tuple[np.ndarray, ...], centre: np.ndarray, semi: np.ndarray,
+                   gain: float, pad: float = 12.0) -> None:
+    """Minimum of ``out`` and an ellipsoid's approximate signed distance (radial, times ``gain`` mm), evaluated
+    inside its padded bounding box only."""
+    blk = lat.head_block(centre - semi - pad, centre + semi + pad)
+    if blk is not None:
+        x, y, z = (a[blk] - np.float32(c) for a, c in zip(xyz, centre, strict=True))
+        np.minimum(out[blk], (_radial(x, y, z, semi) - 1.0) * np.float32(gain), out=out[blk])
+
+
+def brain_envelope(h: HeadShape, lat: Lattice, xyz: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Approximate signed distance (mm) to the brain surface, and the same for the cerebral hemispheres alone."""
+    x, y, z = xyz
     c, a = [float(v) for v in h.cerebrum_c], h.cerebrum_semi
     cer = (_radial(x - c[0], y - c[1], z - c[2], a) - 1.0) * float(np.cbrt(a.prod()))
     sy = float(h.scale[1])
     floor = h.floor_z - 60.0 * np.clip((-y - 30.0 * sy) / (15.0 * sy), 0.0, 1.0)  # no floor over the cerebellum
-    cer = np.maximum(cer, floor - z)
+    np.maximum(cer, floor - z, out=cer)
     for sx in (1.0, -1.0):
-        tc, ts = [float(v) for v in h.p((sx * 40, -8, -24))], h.p((25, 38, 20))
-        cer = np.minimum(cer, (_radial(x - tc[0], y - tc[1], z - tc[2], ts) - 1.0) * 22.0)
-    cb_c, cb_s = [float(v) for v in h.p((0, -62, -42))], h.p((52, 32, 24))
-    bs_c, bs_s = [float(v) for v in h.p((0, -38, -38))], h.p((14, 12, 30))
-    cb = (_radial(x - cb_c[0], y - cb_c[1], z - cb_c[2], cb_s) - 1.0) * 32.0
-    bs = (_radial(x - bs_c[0], y - bs_c[1], z - bs_c[2], bs_s) - 1.0) * 14.0
-    cer = np.maximum(cer, np.float32(1.5) - np.minimum(cb, bs))  # tentorium: a thin CSF gap, not an overlap
-    return np.minimum(np.minimum(cer, cb), bs), cer
+        _min_ellipsoid(cer, lat, xyz, h.p((sx * 40, -8, -24)), h.p((25, 38, 20)), 22.0)
+    rest = np.full(cer.shape, np.inf, np.float32)  # cerebellum and brainstem
+    _min_ellipsoid(rest, lat, xyz, h.p((0, -62, -42)), h.p((52, 32, 24)), 32.0)
+    _min_ellipsoid(rest, lat, xyz, h.p((0, -38, -38)), h.p((14, 12, 30)), 14.0)
+    np.maximum(cer, np.float32(1.5) - rest, out=cer)  # tentorium: a thin CSF gap, not an overlap
+    return np.minimum(cer, rest), cer
 
 
 def _ellipsoid(lab: np.ndarray, lat: Lattice, xyz: tuple[np.ndarray, ...], cls: int, centre: np.ndarray,
@@ -152,12 +161,8 @@ def paint_brain(lab: np.ndarray, lat: Lattice, env: np.ndarray, cer: np.ndarray,
     lab[cer <= -ctx] = WM
     sulci = (cer > -ctx) & (cer <= 0) & (np.abs(fields[3]) < 0.22)
     lab[sulci] = CSF
-    x, y, z = xyz
-    cb_c = [float(v) for v in h.p((0, -62, -40))]
-    core = _radial(x - cb_c[0], y - cb_c[1], z - cb_c[2], h.p((22, 14, 10))) <= 1.0
-    lab[core & (lab == GM)] = WM
-    bs_c = [float(v) for v in h.p((0, -38, -38))]
-    lab[(_radial(x - bs_c[0], y - bs_c[1], z - bs_c[2], h.p((11, 9, 27))) <= 1.0)] = WM
+    _ellipsoid(lab, lat, xyz, WM, h.p((0, -62, -40)), h.p((22, 14, 10)), lambda b: lab[b] == GM)
+    _ellipsoid(lab, lat, xyz, WM, h.p((0, -38, -38)), h.p((11, 9, 27)))
     inside = lambda b: np.isin(lab[b], BRAIN)  # noqa: E731
     for sx in (1.0, -1.0):
         _ellipsoid(lab, lat, xyz, DEEP_GM, h.p((sx * 11, -18, 6)), h.p((9, 14, 8)), inside)

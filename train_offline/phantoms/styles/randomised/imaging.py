@@ -53,11 +53,12 @@ class Entries:
 
 
 def coarse_lattice(rng: np.random.Generator, acq: Acquisition, fine: Lattice, size: str) -> tuple[Lattice, int]:
-    """The background's lattice: the native grid ("small") or about 1.3-1.8 mm ("real"); thick 2D slices are
+    """The background's lattice: the native grid ("small") or about 1.2-1.7 mm ("real"); thick 2D slices are
     sampled at sub-slice positions (returned count per slice) and averaged later (the slice profile)."""
     nz, ny, nx = acq.shape
     dz, dy, dx = acq.spacing
-    h = rng.uniform(1.3, 1.8) if size == "real" else 0.0
+    big = float(np.prod(acq.shape)) > 40e6  # CTA-sized stacks: a slightly coarser background keeps the cost down
+    h = (rng.uniform(1.35, 1.7) if big else rng.uniform(1.2, 1.6)) if size == "real" else 0.0
     ny_c = ny if dy >= h else max(8, int(np.ceil(ny * dy / h)))
     nx_c = nx if dx >= h else max(8, int(np.ceil(nx * dx / h)))
     ur, uc = axis_positions(ny, dy, ny_c), axis_positions(nx, dx, nx_c)
@@ -76,7 +77,7 @@ def tissue_labels(rng: np.random.Generator, lat: Lattice, head: HeadShape, arter
     spacing = tuple(float(np.median(np.diff(p))) if len(p) > 1 else 1.0 for p in (lat.uz, lat.ur, lat.uc))
     fields = [smooth_field(rng, lat.shape, spacing, s) for s in FIELD_SCALES_MM]
     xyz = lat.head_coords()
-    env, cer = brain_envelope(head, *xyz)
+    env, cer = brain_envelope(head, lat, xyz)
     env = env + np.float32(1.5) * fields[0]
     lab = np.zeros(lat.shape, dtype=np.uint8)
     paint_outer(lab, env, head, xyz, fields)
@@ -91,8 +92,9 @@ def tissue_labels(rng: np.random.Generator, lat: Lattice, head: HeadShape, arter
 
 
 def background(c: Contrast, lat: Lattice, lab: np.ndarray, fields: list[np.ndarray], sigma_mm: np.ndarray,
-               n_sub: int) -> np.ndarray:
-    """Tissue intensities with texture, gamma, bias and the blur on the coarse lattice; thick slices averaged."""
+               n_sub: int, fine_step: tuple[float, float, float]) -> np.ndarray:
+    """Tissue intensities with texture, gamma, bias and the blur on the coarse lattice; thick slices averaged.
+    Where the lattice is coarser than the native grid the blur is at least 0.7 coarse voxel (anti-aliasing)."""
     means = c.means.astype(np.float32)
     img = means[lab]
     for f in range(len(fields)):
@@ -103,6 +105,8 @@ def background(c: Contrast, lat: Lattice, lab: np.ndarray, fields: list[np.ndarr
     img = apply_bias(c, img, bias_field(c, u))
     steps = [float(np.median(np.diff(p))) if len(p) > 1 else 1.0 for p in (lat.uz, lat.ur, lat.uc)]
     sig = [0.0 if (k == 0 and n_sub > 1) else float(sigma_mm[k]) / steps[k] for k in range(3)]
+    coarser = [steps[k] > 1.2 * fine_step[k] and not (k == 0 and n_sub > 1) for k in range(3)]
+    sig = [max(s, 0.7) if coarser[k] else s for k, s in enumerate(sig)]
     if max(sig) > 0.2:
         img = ndimage.gaussian_filter(img, [s if s > 0.2 else 0.0 for s in sig], mode="nearest", truncate=3.0)
     if n_sub > 1:
@@ -214,23 +218,17 @@ def merge_entries(parts: list[tuple[np.ndarray, ...]]) -> Entries:
     return Entries(idx[first], np.minimum(occ[first], 1.0), val[first], lab[first], ins[first])
 
 
-def _smooth3(n: np.ndarray, a: float, axis: int) -> np.ndarray:
-    """In-place-ish 3-tap smoothing (a, 1 - 2a, a) along one axis (edges reflected by omission)."""
-    out = n * np.float32(1 - 2 * a)
-    lo = [slice(None)] * 3
-    hi = [slice(None)] * 3
-    lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-    out[tuple(hi)] += np.float32(a) * n[tuple(lo)]
-    out[tuple(lo)] += np.float32(a) * n[tuple(hi)]
-    return out
-
-
 def _noise_chunk(c: Contrast, img: np.ndarray, gen: torch.Generator) -> None:
     """Add the series' noise to a slab of slices in place (CT Gaussian, optionally kernel-correlated; MR Rician)."""
     n1 = torch.randn(img.shape, generator=gen, dtype=torch.float32).numpy()
-    if c.noise_corr > 0:
-        a = c.noise_corr / 2
-        n1 = _smooth3(_smooth3(n1, a, 1), a, 2)
+    if c.noise_corr > 0:  # in-plane kernel (a, 1 - 2a, a) along rows then columns, renormalised to unit variance
+        a, width = np.float32(c.noise_corr / 2), img.shape[2]
+        for shift in (1, width):
+            flat = n1.reshape(-1)
+            out = flat * np.float32(1 - 2 * a)
+            out[shift:] += a * flat[:-shift]
+            out[:-shift] += a * flat[shift:]
+            n1 = out.reshape(img.shape)
         n1 /= np.float32((1 - 2 * a) ** 2 + 2 * a * a)
     n1 *= np.float32(c.noise_sigma)
     img += n1

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 from scipy.special import ndtr
 
@@ -46,11 +47,12 @@ class Lattice:
         m_inv = self.head_to_lps[:3, :3].T
         a0 = m_inv @ (self.origin - self.head_to_lps[:3, 3])
         e = self.axes @ m_inv.T  # e[i] = head-frame step of grid axis i
+        uz, ur, uc = (np.asarray(p, np.float32) for p in (self.uz, self.ur, self.uc))
         out = []
         for j in range(3):
-            v = (a0[j] + self.uz[:, None, None] * e[0, j] + self.ur[None, :, None] * e[1, j]
-                 + self.uc[None, None, :] * e[2, j])
-            out.append(v.astype(np.float32))
+            zr = (uz * np.float32(e[0, j]) + np.float32(a0[j]))[:, None, None]
+            zr = zr + (ur * np.float32(e[1, j]))[None, :, None]
+            out.append(zr + (uc * np.float32(e[2, j]))[None, None, :])
         return out[0], out[1], out[2]
 
     def block(self, lo: np.ndarray, hi: np.ndarray) -> Block | None:
@@ -105,9 +107,9 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], spacing:
     small = tuple(max(4, int(np.ceil(2 * n * h / scale_mm)) + 3) for n, h in zip(shape, spacing, strict=True))
     f = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), 1.5, mode="wrap")
     f /= float(f.std()) + 1e-6
-    for axis in range(3):
-        f = lin_up(f, shape[axis], axis)
-    return np.ascontiguousarray(f, dtype=np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(f)[None, None], size=shape, mode="trilinear",
+                                         align_corners=False)
+    return up[0, 0].numpy()
 
 
 def occupancy(sdf: np.ndarray, sigma: float, radius: float) -> np.ndarray:
