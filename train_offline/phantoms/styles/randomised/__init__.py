@@ -101,7 +101,7 @@ def _form_image(rng: np.random.Generator, contrast: Contrast, acq: Acquisition, 
     """Background on the coarse lattice, sparse vessels and sacs at full resolution, then slab-by-slab assembly."""
     fine = acq.lattice(head_to_lps)
     coarse, n_sub = coarse_lattice(rng, acq, fine, size)
-    lab, fields = tissue_labels(rng, coarse, head, tree.tubes, big_veins)
+    lab, fields = tissue_labels(rng, coarse, head, tree.tubes, big_veins, [(s.centre, s.radius) for s in sacs])
     sigma_axes, sigma_v = _psf(contrast, acq)
     bg = background(contrast, coarse, lab, fields, sigma_axes, n_sub, acq.spacing)
     del lab, fields

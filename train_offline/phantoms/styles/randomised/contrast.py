@@ -61,6 +61,7 @@ class Contrast:
     slab_drop: float  # fraction of vessel signal lost across one slab (venetian-blind artefact)
     slice_gain_sd: float  # 2D: slice-to-slice gain jitter
     out_scale: float  # MR: arbitrary scale of the stored values
+    lumen_profile: float  # centre-to-wall intensity change across a lumen (laminar flow, layering), fraction
 
     def summary(self) -> dict[str, object]:
         """The drawn values, JSON-serialisable, for ``StyleScan.truth``."""
@@ -155,9 +156,14 @@ def draw_contrast(rng: np.random.Generator, modality: str, three_d: bool, mode: 
     slab_drop = float(rng.uniform(0.1, 0.45)) if slabs > 1 or tof else 0.0
     slice_gain = float(rng.uniform(0, 0.04)) if not ct and not three_d else 0.0
     out_scale = 1.0 if ct else float(10 ** rng.uniform(1.0, 3.0))
+    if mode == "protocol":
+        top = {"CTA": 0.1, "MRA": 0.3, "MRI T2": 0.0, "MRI T1post": 0.2 if three_d else 0.0}[modality]
+        profile = float(rng.uniform(0.0, top))
+    else:
+        profile = float(rng.uniform(-0.3, 0.3))
     return Contrast(mode, modality, means, tex_amp, tex_mix, sac_patch, sac_ref, art_fade,
                     float(rng.uniform(0.0, 0.2)), kind, sigma, corr, psf, float(bias), waves, gamma, float(lo),
-                    float(hi), slabs, slab_drop, slice_gain, out_scale)
+                    float(hi), slabs, slab_drop, slice_gain, out_scale, profile)
 
 
 def apply_gamma(c: Contrast, v: np.ndarray) -> np.ndarray:

@@ -179,7 +179,8 @@ def paint_brain(lab: np.ndarray, lat: Lattice, env: np.ndarray, cer: np.ndarray,
 
 
 def paint_cisterns(lab: np.ndarray, lat: Lattice, env: np.ndarray, cer: np.ndarray, h: HeadShape,
-                   xyz: tuple[np.ndarray, ...], arteries: list[Tube], rng: np.random.Generator) -> None:
+                   xyz: tuple[np.ndarray, ...], arteries: list[Tube], sacs: list[tuple[np.ndarray, float]],
+                   rng: np.random.Generator) -> None:
     """CSF around the circle (basal cisterns, Sylvian and prepontine sleeves), the interhemispheric fissure, the
     cavernous sinuses, the pituitary and the optic apparatus."""
     x, y, z = xyz
@@ -195,8 +196,15 @@ def paint_cisterns(lab: np.ndarray, lat: Lattice, env: np.ndarray, cer: np.ndarr
         base = t.name.rsplit("_", 1)[0] if t.name.endswith(("_R", "_L")) else t.name
         if base not in sleeve:
             continue
-        n = max(2, int(len(t.points) * sleeve[base]))
-        _tube(lab, lat, t.points[:n], t.radii[:n] + rng.uniform(1.5, 3.5), CSF, inner)
+        n = max(2, int(len(t.points) * sleeve[base] * rng.uniform(0.5, 1.3)))
+        if rng.random() < 0.15:  # vessel against brain, no cistern around it here
+            continue
+        arc = np.arange(min(n, len(t.points)), dtype=np.float64)
+        width = rng.uniform(0.8, 4.0) * (1.0 + 0.5 * np.sin(2 * np.pi * arc / rng.uniform(8, 30) + rng.uniform(0, 7)))
+        _tube(lab, lat, t.points[:n], t.radii[:n] + width, CSF, inner)
+    for centre, radius in sacs:  # most sacs sit in a cistern too, so "vessel-like blob off the CSF" is no cue
+        if rng.random() < 0.6:
+            _ellipsoid(lab, lat, xyz, CSF, centre, np.full(3, radius + rng.uniform(0.5, 3.5)), inner)
     for sx in (1.0, -1.0):
         _ellipsoid(lab, lat, xyz, VEIN, h.p((sx * 14.5, -1, -37)), h.p((6, 11, 6)) * rng.uniform(0.8, 1.15))
         nerve = spline(np.array([h.p((sx * 30, 48, -36)), h.p((sx * 16, 26, -27)), h.p((sx * 6, 11, -22)),

@@ -72,7 +72,7 @@ def coarse_lattice(rng: np.random.Generator, acq: Acquisition, fine: Lattice, si
 
 
 def tissue_labels(rng: np.random.Generator, lat: Lattice, head: HeadShape, arteries: list[Tube],
-                  big_veins: list[Tube]) -> tuple[np.ndarray, list[np.ndarray]]:
+                  big_veins: list[Tube], sacs: list[tuple[np.ndarray, float]]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Paint the tissue label map on the coarse lattice; return it with the smooth fields (reused as texture)."""
     spacing = tuple(float(np.median(np.diff(p))) if len(p) > 1 else 1.0 for p in (lat.uz, lat.ur, lat.uc))
     fields = [smooth_field(rng, lat.shape, spacing, s) for s in FIELD_SCALES_MM]
@@ -84,7 +84,7 @@ def tissue_labels(rng: np.random.Generator, lat: Lattice, head: HeadShape, arter
     paint_face_neck(lab, lat, head, xyz, fields)
     cer += np.float32(1.5) * fields[0]
     paint_brain(lab, lat, env, cer, head, xyz, fields)
-    paint_cisterns(lab, lat, env, cer, head, xyz, arteries, rng)
+    paint_cisterns(lab, lat, env, cer, head, xyz, arteries, sacs, rng)
     paint_base(lab, lat, env, head, xyz, arteries, fields)
     for v in big_veins:
         paint_tube(lab, lat, v.points, v.radii, VEIN)
@@ -150,6 +150,8 @@ def tube_entries(c: Contrast, lat: Lattice, tubes: list[Tube], sigma: float, off
             idx = _flat(blk, m, lat.shape)
             k = idx // (lat.shape[1] * lat.shape[2])
             val = np.float32(vals[i0]) * (slab_gain[k] if t.kind == "artery" else np.ones(len(k), np.float32))
+            if t.kind == "artery" and c.lumen_profile:  # brighter (or darker) axis than wall
+                val *= 1.0 + np.float32(c.lumen_profile) * np.clip(-sdfs[centre][m] / np.float32(r), 0.0, 1.0)
             prio = 2 if t.label else (1 if t.kind == "artery" else 0)
             out.append((idx, occ[m] + np.float32(1e-4 * prio), val.astype(np.float32), np.full(len(idx), t.label,
                         np.uint8), sdfs[centre][m] <= 0))
