@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -242,8 +241,3 @@ def write_series(
         "pixel_spacing": pixel_spacing,
         "shape": (n_slices, rows, cols),
     }
-
-
-def read_with_pydicom(path: Path) -> Dataset:
-    """Convenience for tests: parse one file."""
-    return pydicom.dcmread(path)

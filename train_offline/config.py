@@ -18,7 +18,7 @@ import yaml
 
 __all__ = [
     "CONFIG_DIR", "DEFAULTS", "RENAMED_KEYS", "RETIRED_KEYS", "ConfigError", "drop_retired", "load_config",
-    "load_saved_config", "merge", "parse_overrides", "renamed", "resolve_config_path", "validate",
+    "load_saved_config", "merge", "parse_overrides", "renamed", "resolve_config_path", "run_fold_dirs", "validate",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -295,3 +295,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         node[parts[-1]] = yaml.safe_load(value)
     return out
 
+
+def run_fold_dirs(config: Mapping[str, Any], folds: Sequence[int], out: Path | None = None) -> list[Path]:
+    """Each fold's folder, ``<train.out_dir>/<name>/fold<K>`` (or ``out`` for a single fold: the CLIs' ``--out``)."""
+    if out is not None and len(folds) != 1:
+        raise ConfigError("--out takes one --fold")
+    return [out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{k}" for k in folds]

@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from kernel.jsonl import read_jsonl
 from kernel.labels import ID_COL, LABEL_COLS, MODALITY_NAMES
 from kernel.metric import evaluate_predictions
 from train_offline.cache import check_cache_spacing
-from train_offline.config import ConfigError, load_config, load_saved_config, parse_overrides, save_config
+from train_offline.config import ConfigError, load_config, parse_overrides, run_fold_dirs, save_config
 from train_offline.data import (
     ClassifierDataset,
     LocatorDataset,
@@ -52,14 +53,10 @@ from train_offline.loop import atomic_torch_save, barrier, format_of, run_stage,
 from train_offline.losses import classifier_loss, locator_loss, pretrain_loss
 from train_offline.models import build_classifier, build_locator, classifier_spec, locator_spec
 
-__all__ = ["PRETRAIN_VAL_SERIES", "load_fold_config", "main", "pretrain_classifier", "train_fold", "vessel_dice"]
+__all__ = ["PRETRAIN_VAL_SERIES", "FoldSplit", "main", "pretrain_classifier", "train_classifier", "train_fold",
+           "train_locator", "vessel_dice"]
 
 PRETRAIN_VAL_SERIES = 40  # the pretrain stage validates on at most this many segmented validation series (cheap)
-
-
-def load_fold_config(fold_dir: Path) -> dict[str, Any]:
-    """The resolved config saved beside a fold's weights (validated again)."""
-    return load_saved_config(Path(fold_dir) / "config.yaml")
 
 
 # --- vessel-segmentation pretraining -------------------------------------------------------------------------------
@@ -157,6 +154,64 @@ def pretrain_classifier(classifier: nn.Module, store: SeriesStore, train_uids: S
 # --- the fold -------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class FoldSplit:
+    """One fold's series: the training and validation uids, their records and the store of their volumes."""
+
+    train_uids: list[str]
+    val_uids: list[str]
+    by_uid: dict[str, Any]  # uid -> data.SeriesRecord
+    store: SeriesStore
+
+
+def _split(config: Mapping[str, Any], fold: int, rank: int, world: int) -> FoldSplit:
+    """The index and folds (built on first use) and this fold's split of them."""
+    index, folds = ensure_index_and_folds(config, rank, world)
+    index = index.merge(folds, on=ID_COL, how="inner")
+    records = records_from_index(index)
+    store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), records,
+                        config["normalisation"], preload=config["data"]["preload"])
+    in_fold = index["fold"] == fold
+    return FoldSplit(index.loc[~in_fold, ID_COL].tolist(), index.loc[in_fold, ID_COL].tolist(),
+                     {r.uid: r for r in records}, store)
+
+
+def train_locator(config: Mapping[str, Any], fold: int, split: FoldSplit, out_dir: Path,
+                  ctx: Mapping[str, Any]) -> tuple[nn.Module, Any, np.ndarray]:
+    """Stage "locator" (or ``locator.pt`` loaded with ``--resume``): (model, spec, validation centre errors in mm,
+    computed on rank 0)."""
+    rank, world, device = ctx["rank"], ctx["world"], ctx["device"]
+    loc_cfg = config["locator"]
+    locator, loc_spec = build_locator(loc_cfg), locator_spec(loc_cfg, fold)
+    val_with_centre = [u for u in split.val_uids if split.by_uid[u].centre_lps is not None]
+
+    def centre_errors(model: nn.Module) -> np.ndarray:
+        centres = predict_centres(unwrap(model), loc_spec, split.store.volume, val_with_centre, device)
+        return np.array([np.linalg.norm(centres[u] - split.by_uid[u].centre_lps) for u in val_with_centre])
+
+    def locator_step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        return locator_loss(model(batch["volume"]), batch["target"]), {}
+
+    def locator_validate(_epoch: int) -> dict[str, Any]:
+        errors = centre_errors(locator)
+        return {"centre_error_mm_median": float(np.median(errors)) if len(errors) else None,
+                "centre_error_mm_p90": float(np.percentile(errors, 90)) if len(errors) else None}
+
+    if ctx["resume"] and (out_dir / "locator.pt").is_file():
+        locator.load_state_dict(torch.load(out_dir / "locator.pt", map_location="cpu", weights_only=True))
+        locator.to(device)
+    else:
+        dataset = LocatorDataset(split.store, split.train_uids, loc_cfg, train=True, seed=int(ctx["seed"]))
+        if len(dataset) == 0:
+            raise ValueError("no training series has a Circle-of-Willis centre (segmentations): cannot train a locator")
+        locator = run_stage("locator", locator, dataset, loc_cfg, locator_step, locator_validate, out_dir, ctx)
+        if rank == 0:
+            atomic_torch_save(locator.state_dict(), out_dir / "locator.pt")
+        barrier(world)
+        locator.load_state_dict(torch.load(out_dir / "locator.pt", map_location="cpu", weights_only=True))
+    return locator, loc_spec, centre_errors(locator) if rank == 0 else np.array([])
+
+
 def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool = False) -> dict[str, Any] | None:
     """Train the locator and the classifier of one fold; returns the summary on rank 0 (None elsewhere)."""
     n_folds = int(config["data"]["n_folds"])
@@ -173,51 +228,29 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
         save_config(out_dir / "config.yaml", config)
         if not resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    index, folds = ensure_index_and_folds(config, rank, world)
-    index = index.merge(folds, on=ID_COL, how="inner")
-    train_uids = index.loc[index["fold"] != fold, ID_COL].tolist()
-    val_uids = index.loc[index["fold"] == fold, ID_COL].tolist()
-    records = records_from_index(index)
-    store = SeriesStore(Path(config["data"]["cache"]), Path(config["data"]["root"]), records,
-                        config["normalisation"], preload=config["data"]["preload"])
-    by_uid = {r.uid: r for r in records}
+    split = _split(config, fold, rank, world)
     ctx = {"rank": rank, "world": world, "device": device, "seed": seed, "resume": resume,
            "amp": config["train"]["amp"], "num_workers": config["train"]["num_workers"],
            "channels_last": config["train"]["channels_last"]}
     started = time.perf_counter()
+    locator, loc_spec, errors = train_locator(config, fold, split, out_dir, ctx)
+    classified = train_classifier(config, fold, split, locator, loc_spec, out_dir, ctx)
+    if classified is None:  # not rank 0
+        return None
+    summary = _write_fold(config, fold, split, classified, errors, out_dir, world)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_fold(out_dir, classified["labels"], classified["probs"])
+    barrier(world)
+    return summary
 
-    # Stage 1: locator.
-    loc_cfg = config["locator"]
-    locator, loc_spec = build_locator(loc_cfg), locator_spec(loc_cfg, fold)
-    val_with_centre = [u for u in val_uids if by_uid[u].centre_lps is not None]
 
-    def centre_errors(model: nn.Module) -> np.ndarray:
-        centres = predict_centres(unwrap(model), loc_spec, store.volume, val_with_centre, device)
-        return np.array([np.linalg.norm(centres[u] - by_uid[u].centre_lps) for u in val_with_centre])
-
-    def locator_step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        return locator_loss(model(batch["volume"]), batch["target"]), {}
-
-    def locator_validate(_epoch: int) -> dict[str, Any]:
-        errors = centre_errors(locator)
-        return {"centre_error_mm_median": float(np.median(errors)) if len(errors) else None,
-                "centre_error_mm_p90": float(np.percentile(errors, 90)) if len(errors) else None}
-
-    if resume and (out_dir / "locator.pt").is_file():
-        locator.load_state_dict(torch.load(out_dir / "locator.pt", map_location="cpu", weights_only=True))
-        locator.to(device)
-    else:
-        dataset = LocatorDataset(store, train_uids, loc_cfg, train=True, seed=seed)
-        if len(dataset) == 0:
-            raise ValueError("no training series has a Circle-of-Willis centre (segmentations): cannot train a locator")
-        locator = run_stage("locator", locator, dataset, loc_cfg, locator_step, locator_validate, out_dir, ctx)
-        if rank == 0:
-            atomic_torch_save(locator.state_dict(), out_dir / "locator.pt")
-        barrier(world)
-        locator.load_state_dict(torch.load(out_dir / "locator.pt", map_location="cpu", weights_only=True))
-    errors = centre_errors(locator) if rank == 0 else np.array([])
-
-    # Stage 2: classifier on crops around the locator's predictions.
+def train_classifier(config: Mapping[str, Any], fold: int, split: FoldSplit, locator: nn.Module, loc_spec: Any,
+                     out_dir: Path, ctx: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Stage "classifier" (after the optional "pretrain") on crops around the locator's centres; on rank 0 its last
+    validation (probabilities, modality probabilities, metrics), the centres and crop coverage (None elsewhere)."""
+    rank, world, device = ctx["rank"], ctx["world"], ctx["device"]
+    train_uids, val_uids, by_uid, store = split.train_uids, split.val_uids, split.by_uid, split.store
     cls_cfg = config["classifier"]
     centres = predict_centres(locator, loc_spec, store.volume, train_uids + val_uids, device,
                               each=lambda uid, array, affine, centre: store.keep_region(uid, array, affine, centre,
@@ -244,8 +277,7 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
     pretrain = None
     if int(cls_cfg["pretrain_epochs"]) > 0:
         pretrain = pretrain_classifier(classifier, store, train_uids, val_uids, centres, cls_cfg, out_dir, ctx)
-
-    dataset = ClassifierDataset(store, train_uids, centres, cls_cfg, train=True, seed=seed)
+    dataset = ClassifierDataset(store, train_uids, centres, cls_cfg, train=True, seed=int(ctx["seed"]))
     classifier = run_stage("classifier", classifier, dataset, cls_cfg, classifier_step, classifier_validate, out_dir,
                            ctx)
     if rank != 0:
@@ -254,26 +286,31 @@ def train_fold(config: Mapping[str, Any], fold: int, out_dir: Path, resume: bool
     atomic_torch_save(classifier.state_dict(), out_dir / "classifier.pt")
     if "metrics" not in best:  # resumed after the last epoch: validate once
         classifier_validate(int(cls_cfg["epochs"]) - 1)
-    metrics = best["metrics"]
-    oof = pd.DataFrame(best["probs"], columns=LABEL_COLS)
+    return {**best, "labels": val_labels, "modalities": val_modalities, "centres": centres, "coverage": coverage,
+            "pretrain": pretrain}
+
+
+def _write_fold(config: Mapping[str, Any], fold: int, split: FoldSplit, classified: Mapping[str, Any],
+                errors: np.ndarray, out_dir: Path, world: int) -> dict[str, Any]:
+    """``oof.csv`` (the validation fold's rows, protocols, predicted modality, centres) and the summary record."""
+    val_uids, centres = split.val_uids, classified["centres"]
+    oof = pd.DataFrame(classified["probs"], columns=LABEL_COLS)
     oof.insert(0, ID_COL, val_uids)
-    oof["Modality"] = val_modalities
-    oof["predicted_modality"] = [MODALITY_NAMES[i] for i in np.argmax(best["modality"], 1)]
+    oof["Modality"] = classified["modalities"]
+    oof["predicted_modality"] = [MODALITY_NAMES[i] for i in np.argmax(classified["modality"], 1)]
     oof["centre_lps"] = [json.dumps(np.round(centres[u], 2).tolist()) for u in val_uids]
     oof.to_csv(out_dir / "oof.csv", index=False)
-    summary = {
+    return {
         "fold": fold, "config_name": config["name"], "world_size": world,
-        "n_train": len(train_uids), "n_val": len(val_uids),
-        "validation": {**metrics, "centre_error_mm_median": float(np.median(errors)) if len(errors) else None,
+        "n_train": len(split.train_uids), "n_val": len(val_uids),
+        "validation": {**classified["metrics"],
+                       "centre_error_mm_median": float(np.median(errors)) if len(errors) else None,
                        "modality_accuracy": float(np.mean(oof["predicted_modality"] == oof["Modality"])),
-                       "localizers_in_crop": coverage},
-        "pretrain": pretrain, "label_priors": label_priors([by_uid[u] for u in train_uids]),
-        "val_uids": val_uids, "seconds": round(time.perf_counter() - started, 1),
+                       "localizers_in_crop": classified["coverage"]},
+        "pretrain": classified["pretrain"],
+        "label_priors": label_priors([split.by_uid[u] for u in split.train_uids]),
+        "val_uids": val_uids,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot_fold(out_dir, val_labels, best["probs"])
-    barrier(world)
-    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,11 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. classifier.epochs=2")
     args = parser.parse_args(argv)
-    if args.out is not None and len(args.fold) > 1:
-        parser.error("--out takes one --fold")
     try:
         config = load_config(args.config, parse_overrides(args.set))
-        outs = [args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{fold}" for fold in args.fold]
+        outs = run_fold_dirs(config, args.fold, args.out)
         for fold, out in zip(args.fold, outs, strict=True):
             summary = train_fold(config, fold, out, resume=args.resume)
             if summary is not None:

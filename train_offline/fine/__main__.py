@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from train_offline.config import ConfigError, load_config, parse_overrides
+from train_offline.config import ConfigError, load_config, parse_overrides, run_fold_dirs
 from train_offline.fine import __doc__ as PACKAGE_DOC
 from train_offline.fine.train import train_fine, train_fines
 
@@ -34,11 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. fine.epochs=12")
     args = parser.parse_args(argv)
-    if args.out is not None and len(args.fold) > 1:
-        parser.error("--out takes one --fold")
     try:
         config = load_config(args.config, parse_overrides(args.set))
-        dirs = [args.out or Path(config["train"]["out_dir"]) / config["name"] / f"fold{k}" for k in args.fold]
+        dirs = run_fold_dirs(config, args.fold, args.out)
         if args.rescore:
             summaries = [train_fine(config, k, d, resume=args.resume, workers=args.workers, coarse=args.coarse,
                                     rescore=True) for k, d in zip(args.fold, dirs, strict=True)]

@@ -9,6 +9,7 @@ which ``render`` turns into partial-volume occupancy on any acquisition grid.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.interpolate import CubicSpline
@@ -314,162 +315,19 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
     ``dome_mm`` makes every sac a sphere of that diameter in the patient (LPS mm, the head scale undone; aspect 1, no
     bleb, the drawn neck/dome ratio kept). The generator draws exactly as without it: the same head, pose, vessels,
     variants and mimics as the series with a drawn dome. ``Aneurysm.dome_mm`` stays in the head frame (patient
-    diameter / ``scale``), as for drawn domes.
+    diameter / ``scale``), as for drawn domes. The helpers below draw from ``rng`` in this order; keep it, or every
+    phantom of every seed changes.
     """
-    scale = float(rng.uniform(0.9, 1.1))
-    rot = _rotation(rng, 15.0)
-    trans = np.clip(rng.normal(0, 5.0, 3), -12, 12)
-    head_to_lps = np.eye(4)
-    head_to_lps[:3, :3] = RAS_TO_LPS @ (scale * rot)
-    head_to_lps[:3, 3] = RAS_TO_LPS @ trans
-
-    loc_set = set(locations)
-    variants: dict[str, object] = {}
-    fetal = {s: bool(rng.random() < 0.25) for s in (1, -1)}
-    pcomm_absent = {s: (not fetal[s]) and rng.random() < 0.15 for s in (1, -1)}
-    for s in (1, -1):
-        if _side_name("Posterior Communicating Artery", s) in loc_set:
-            pcomm_absent[s] = False
-    a1_state = {s: str(rng.choice(["normal", "hypoplastic", "absent"], p=[0.94, 0.045, 0.015])) for s in (1, -1)}
-    acomm_state = str(rng.choice(["normal", "hypoplastic", "absent"], p=[0.84, 0.09, 0.07]))
-    if "Anterior Communicating Artery" in loc_set:
-        acomm_state = "normal"
-    variants.update(fetal_pca=fetal, pcomm_absent=pcomm_absent, a1=a1_state, acomm=acomm_state)
-
-    # Jitter the junction nodes once (per side), then every waypoint.
-    nodes: dict[str, np.ndarray] = {}
-    for s in (1, -1):
-        for k, p in NODES_RIGHT.items():
-            nodes[f"{k}_{s}"] = _jitter(rng, (s * p[0], p[1], p[2]), 1.5)
-    for k, p in NODES_MIDLINE.items():
-        nodes[k] = _jitter(rng, p, 1.5)
-    nodes["AJ_R"], nodes["AJ_L"] = nodes["AJ_1"], nodes["AJ_-1"]
-
-    specs: list[tuple[TubeSpec, int]] = []
-    for s in (1, -1):
-        specs += [(t, s) for t in _right_tubes(s)]
-        specs += [(t, s) for t in _venous_tubes(s)]
-    specs += [(t, 0) for t in _midline_tubes()]
-
-    lines: dict[tuple[str, int], Centreline] = {}
-    for spec, s in specs:
-        r0, r1 = spec.r0, spec.r1
-        if spec.name == "pcomm" and fetal.get(s):
-            r0 = r1 = 1.05
-        if spec.name == "p1" and fetal.get(s):
-            r0 = r1 = 0.5
-        if spec.name == "pcomm" and pcomm_absent.get(s):
-            continue
-        if spec.name == "a1" and a1_state[s] != "normal":
-            if a1_state[s] == "absent":
-                continue
-            r0 = r1 = 0.45
-        if spec.name == "acomm":
-            if acomm_state == "absent":
-                continue
-            r0 = r1 = float(rng.uniform(0.6, 0.75)) * (0.55 if acomm_state == "hypoplastic" else 1.0)
-        if spec.name == "oph" and rng.random() < 0.3:
-            continue
-        pts = []
-        for p in spec.points:
-            if isinstance(p, str):
-                pts.append(nodes[p] if p in nodes else nodes[f"{p}_{s}"])
-            else:
-                q = (s * p[0], p[1], p[2]) if spec.kind == KIND_ARTERY and s else p
-                pts.append(_jitter(rng, q, 1.2 if spec.kind == KIND_ARTERY else 2.0))
-        dense, arc = _resample(np.array(pts), step_mm)
-        radii = np.interp(arc, [0, arc[-1]], [r0, r1]) * float(rng.uniform(0.9, 1.1))
-        value = SEG_LABEL_VALUES[spec.label] if spec.label else 0
-        labels = np.full(len(dense), value, dtype=np.int16)
-        if spec.tail_label:
-            labels[arc >= arc[-1] - spec.tail_label[1]] = SEG_LABEL_VALUES[spec.tail_label[0]]
-        lines[(spec.name, s)] = Centreline(spec.name, s, dense, radii, labels, spec.flow, spec.kind)
-
-    # Hard mimic: loops (tortuous sections) on a few vessels.
+    scale, head_to_lps = _pose(rng)
+    variants = _variants(rng, set(locations))
+    lines = _centrelines(rng, _nodes(rng), variants, step_mm)
     mimics_head: list[tuple[str, str, np.ndarray]] = []  # (kind, vessel, head-frame centre) of each, for the truth
-    for key in [k for k in lines if k[0] in ("m2_sup", "p2", "pica", "a2", "ica_infra")]:
-        if rng.random() < 0.12:
-            cl = lines[key]
-            n = len(cl.points)
-            i0 = int(rng.integers(n // 5, max(n // 2, n // 5 + 1)))
-            w = min(int(rng.integers(12, 30)), n - i0 - 1)
-            if w < 6:
-                continue
-            normal = _unit(np.cross(cl.tangent(i0 + w // 2), rng.normal(size=3)))
-            bump = np.sin(np.linspace(0, np.pi, w)) ** 2 * float(rng.uniform(2.0, 5.0))
-            cl.points[i0:i0 + w] += bump[:, None] * normal
-            variants.setdefault("loops", []).append(key[0])
-            mimics_head.append(("loop", key[0], cl.points[i0 + w // 2].copy()))
-
-    caps: list[tuple] = []  # (a, b, ra, rb, label, flow, kind, group)
-    group = 0
-    chunk = 7
-    for cl in lines.values():
-        n = len(cl.points)
-        for i in range(n - 1):
-            if i % chunk == 0:
-                group += 1
-            caps.append((cl.points[i], cl.points[i + 1], cl.radii[i], cl.radii[i + 1], int(cl.labels[i]),
-                         cl.flow, cl.kind, group))
-
-    # Aneurysms.
-    aneurysms: list[Aneurysm] = []
-    for location in locations:
-        cl, i, u = _site(rng, location, lines)
-        parent = cl.points[i]
-        rp = float(cl.radii[i])
-        dome = float(np.clip(np.exp(np.log(4.5) + 0.45 * rng.normal()), 2.0, 25.0))
-        neck = dome * float(rng.uniform(0.5, 0.9))
-        aspect = float(rng.uniform(1.0, 2.0))
-        if dome_mm is not None:
-            neck *= dome_mm / scale / dome
-            dome, aspect = dome_mm / scale, 1.0
-        radius = dome / 2
-        elong = radius * 0.25 * (aspect - 1.0)
-        centre = parent + u * (0.6 * rp + radius + elong + float(rng.uniform(0, 0.4)) * radius)
-        sac_flow = cl.flow * (1.0 - 0.4 * float(np.clip((dome - 6.0) / 10.0, 0, 1)))
-        group += 1
-        caps.append((parent, centre, neck / 2, neck / 2, int(cl.labels[i]), sac_flow, KIND_ANEURYSM, group))
-        caps.append((centre - u * elong, centre + u * elong, radius, radius, int(cl.labels[i]), sac_flow,
-                     KIND_ANEURYSM, group))
-        bleb = bool(rng.random() < 0.15)
-        if bleb:
-            w = _unit(u + 0.8 * _unit(np.cross(u, rng.normal(size=3))))
-            rb = dome * float(rng.uniform(0.2, 0.35))
-            bleb = dome_mm is None  # drawn either way: a requested dome leaves the generator's stream unchanged
-        if bleb:
-            c2 = centre + w * (radius + elong * 0.5 + 0.3 * rb)
-            caps.append((c2, c2, rb, rb, int(cl.labels[i]), sac_flow, KIND_ANEURYSM, group))
-        lps = _to_lps(head_to_lps, np.array([centre, parent]))
-        aneurysms.append(Aneurysm(location, lps[0], lps[1], dome, neck, _unit(head_to_lps[:3, :3] @ u),
-                                  centre.copy(), bleb))
-
+    _add_loops(rng, lines, variants, mimics_head)
+    caps = _vessel_capsules(lines)
+    aneurysms = [_place_aneurysm(rng, location, lines, caps, scale, head_to_lps, dome_mm) for location in locations]
     # Negatives get decoy sites so that the field-of-view fitting (protocols) says nothing about the label.
-    fov_points = [a.centre_lps for a in aneurysms]
-    if not fov_points:
-        for location in sample_locations(rng, force_positive=True):
-            try:
-                cl, i, u = _site(rng, location, lines)
-            except KeyError:  # that vessel is absent in this head (variant): no decoy there
-                continue
-            fov_points.append(_to_lps(head_to_lps, (cl.points[i] + u * (cl.radii[i] + 3.0))[None])[0])
-
-    # Hard mimic: infundibula (conical widenings < 3 mm) at branch origins, in negatives and positives alike.
-    n_inf = int(rng.choice([0, 1, 2], p=[0.45, 0.4, 0.15] if not locations else [0.55, 0.35, 0.1]))
-    origins = [k for k in lines if k[0] in ("pcomm", "sca", "pica", "oph", "aica")]
-    for j in rng.permutation(len(origins))[:n_inf] if origins else []:
-        cl = lines[origins[j]]
-        length = float(rng.uniform(1.2, 2.4))
-        k = cl.index_at(length)
-        base_r = float(rng.uniform(0.7, 1.4))
-        group += 1
-        caps.append((cl.points[0], cl.points[k], base_r, float(cl.radii[k]), int(cl.labels[0]), cl.flow,
-                     KIND_ARTERY, group))
-        variants.setdefault("infundibula", []).append(origins[j][0])
-        mimics_head.append(("infundibulum", origins[j][0], (cl.points[0] + cl.points[k]) / 2.0))
-
-    a = _to_lps(head_to_lps, np.array([c[0] for c in caps]))
-    b = _to_lps(head_to_lps, np.array([c[1] for c in caps]))
+    fov_points = [a.centre_lps for a in aneurysms] or _decoys(rng, lines, head_to_lps)
+    _add_infundibula(rng, lines, caps, bool(locations), variants, mimics_head)
     head_params = {
         "csf_mm": float(rng.uniform(1.5, 4.0)),
         "skull_mm": float(rng.uniform(5.0, 8.0)),
@@ -482,8 +340,8 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
     return Anatomy(
         head_to_lps=head_to_lps,
         scale=scale,
-        cap_a=a,
-        cap_b=b,
+        cap_a=_to_lps(head_to_lps, np.array([c[0] for c in caps])),
+        cap_b=_to_lps(head_to_lps, np.array([c[1] for c in caps])),
         cap_ra=np.array([c[2] for c in caps]) * scale,
         cap_rb=np.array([c[3] for c in caps]) * scale,
         cap_label=np.array([c[4] for c in caps], dtype=np.int16),
@@ -497,6 +355,192 @@ def build_anatomy(rng: np.random.Generator, locations: list[str], *, step_mm: fl
         mimics=[{"kind": kind, "vessel": vessel, "centre_lps": _to_lps(head_to_lps, centre[None])[0]}
                 for kind, vessel, centre in mimics_head],
     )
+
+
+Capsule = tuple  # (a, b, ra, rb, label, flow, kind, group): a tapered vessel piece in the head frame
+
+
+def _pose(rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """(scale, head -> LPS 4x4): a random global scale, rotation and translation of the head."""
+    scale = float(rng.uniform(0.9, 1.1))
+    rot = _rotation(rng, 15.0)
+    trans = np.clip(rng.normal(0, 5.0, 3), -12, 12)
+    head_to_lps = np.eye(4)
+    head_to_lps[:3, :3] = RAS_TO_LPS @ (scale * rot)
+    head_to_lps[:3, 3] = RAS_TO_LPS @ trans
+    return scale, head_to_lps
+
+
+def _variants(rng: np.random.Generator, loc_set: set[str]) -> dict[str, object]:
+    """Circle-of-Willis variants (fetal PCA, absent PComm, A1, AComm); a vessel that carries an aneurysm stays."""
+    fetal = {s: bool(rng.random() < 0.25) for s in (1, -1)}
+    pcomm_absent = {s: (not fetal[s]) and rng.random() < 0.15 for s in (1, -1)}
+    for s in (1, -1):
+        if _side_name("Posterior Communicating Artery", s) in loc_set:
+            pcomm_absent[s] = False
+    a1_state = {s: str(rng.choice(["normal", "hypoplastic", "absent"], p=[0.94, 0.045, 0.015])) for s in (1, -1)}
+    acomm_state = str(rng.choice(["normal", "hypoplastic", "absent"], p=[0.84, 0.09, 0.07]))
+    if "Anterior Communicating Artery" in loc_set:
+        acomm_state = "normal"
+    return {"fetal_pca": fetal, "pcomm_absent": pcomm_absent, "a1": a1_state, "acomm": acomm_state}
+
+
+def _nodes(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The junction nodes, jittered once (per side), shared by the vessels that meet there."""
+    nodes: dict[str, np.ndarray] = {}
+    for s in (1, -1):
+        for k, p in NODES_RIGHT.items():
+            nodes[f"{k}_{s}"] = _jitter(rng, (s * p[0], p[1], p[2]), 1.5)
+    for k, p in NODES_MIDLINE.items():
+        nodes[k] = _jitter(rng, p, 1.5)
+    nodes["AJ_R"], nodes["AJ_L"] = nodes["AJ_1"], nodes["AJ_-1"]
+    return nodes
+
+
+def _tube_radii(rng: np.random.Generator, spec: TubeSpec, s: int,
+                variants: dict[str, Any]) -> tuple[float, float] | None:
+    """(r0, r1) of a tube in this head, or None when a variant removes it."""
+    r0, r1 = spec.r0, spec.r1
+    fetal, a1_state, acomm_state = variants["fetal_pca"], variants["a1"], variants["acomm"]
+    if spec.name == "pcomm" and fetal.get(s):
+        r0 = r1 = 1.05
+    if spec.name == "p1" and fetal.get(s):
+        r0 = r1 = 0.5
+    if spec.name == "pcomm" and variants["pcomm_absent"].get(s):
+        return None
+    if spec.name == "a1" and a1_state[s] != "normal":
+        if a1_state[s] == "absent":
+            return None
+        r0 = r1 = 0.45
+    if spec.name == "acomm":
+        if acomm_state == "absent":
+            return None
+        r0 = r1 = float(rng.uniform(0.6, 0.75)) * (0.55 if acomm_state == "hypoplastic" else 1.0)
+    if spec.name == "oph" and rng.random() < 0.3:
+        return None
+    return r0, r1
+
+
+def _centrelines(rng: np.random.Generator, nodes: dict[str, np.ndarray], variants: dict[str, Any],
+                 step_mm: float) -> dict[tuple[str, int], Centreline]:
+    """Every vessel of this head as a resampled centreline with radii, segmentation labels, flow and kind."""
+    specs: list[tuple[TubeSpec, int]] = []
+    for s in (1, -1):
+        specs += [(t, s) for t in _right_tubes(s)]
+        specs += [(t, s) for t in _venous_tubes(s)]
+    specs += [(t, 0) for t in _midline_tubes()]
+    lines: dict[tuple[str, int], Centreline] = {}
+    for spec, s in specs:
+        radii_ends = _tube_radii(rng, spec, s, variants)
+        if radii_ends is None:
+            continue
+        pts = []
+        for p in spec.points:
+            if isinstance(p, str):
+                pts.append(nodes[p] if p in nodes else nodes[f"{p}_{s}"])
+            else:
+                q = (s * p[0], p[1], p[2]) if spec.kind == KIND_ARTERY and s else p
+                pts.append(_jitter(rng, q, 1.2 if spec.kind == KIND_ARTERY else 2.0))
+        dense, arc = _resample(np.array(pts), step_mm)
+        radii = np.interp(arc, [0, arc[-1]], list(radii_ends)) * float(rng.uniform(0.9, 1.1))
+        value = SEG_LABEL_VALUES[spec.label] if spec.label else 0
+        labels = np.full(len(dense), value, dtype=np.int16)
+        if spec.tail_label:
+            labels[arc >= arc[-1] - spec.tail_label[1]] = SEG_LABEL_VALUES[spec.tail_label[0]]
+        lines[(spec.name, s)] = Centreline(spec.name, s, dense, radii, labels, spec.flow, spec.kind)
+    return lines
+
+
+def _add_loops(rng: np.random.Generator, lines: dict[tuple[str, int], Centreline], variants: dict[str, Any],
+               mimics: list[tuple[str, str, np.ndarray]]) -> None:
+    """Hard mimic: loops (tortuous sections) on a few vessels, bent in place."""
+    for key in [k for k in lines if k[0] in ("m2_sup", "p2", "pica", "a2", "ica_infra")]:
+        if rng.random() < 0.12:
+            cl = lines[key]
+            n = len(cl.points)
+            i0 = int(rng.integers(n // 5, max(n // 2, n // 5 + 1)))
+            w = min(int(rng.integers(12, 30)), n - i0 - 1)
+            if w < 6:
+                continue
+            normal = _unit(np.cross(cl.tangent(i0 + w // 2), rng.normal(size=3)))
+            bump = np.sin(np.linspace(0, np.pi, w)) ** 2 * float(rng.uniform(2.0, 5.0))
+            cl.points[i0:i0 + w] += bump[:, None] * normal
+            variants.setdefault("loops", []).append(key[0])
+            mimics.append(("loop", key[0], cl.points[i0 + w // 2].copy()))
+
+
+def _vessel_capsules(lines: dict[tuple[str, int], Centreline], chunk: int = 7) -> list[Capsule]:
+    """Consecutive centreline points as capsules, grouped ``chunk`` at a time (the renderer's bounding boxes)."""
+    caps: list[Capsule] = []
+    group = 0
+    for cl in lines.values():
+        for i in range(len(cl.points) - 1):
+            if i % chunk == 0:
+                group += 1
+            caps.append((cl.points[i], cl.points[i + 1], cl.radii[i], cl.radii[i + 1], int(cl.labels[i]),
+                         cl.flow, cl.kind, group))
+    return caps
+
+
+def _place_aneurysm(rng: np.random.Generator, location: str, lines: dict[tuple[str, int], Centreline],
+                    caps: list[Capsule], scale: float, head_to_lps: np.ndarray, dome_mm: float | None) -> Aneurysm:
+    """One saccular aneurysm at a site of ``location``: neck, (elongated) dome and maybe a bleb, added to ``caps``."""
+    cl, i, u = _site(rng, location, lines)
+    parent = cl.points[i]
+    rp = float(cl.radii[i])
+    dome = float(np.clip(np.exp(np.log(4.5) + 0.45 * rng.normal()), 2.0, 25.0))
+    neck = dome * float(rng.uniform(0.5, 0.9))
+    aspect = float(rng.uniform(1.0, 2.0))
+    if dome_mm is not None:
+        neck *= dome_mm / scale / dome
+        dome, aspect = dome_mm / scale, 1.0
+    radius = dome / 2
+    elong = radius * 0.25 * (aspect - 1.0)
+    centre = parent + u * (0.6 * rp + radius + elong + float(rng.uniform(0, 0.4)) * radius)
+    sac_flow = cl.flow * (1.0 - 0.4 * float(np.clip((dome - 6.0) / 10.0, 0, 1)))
+    group = caps[-1][7] + 1
+    label = int(cl.labels[i])
+    caps.append((parent, centre, neck / 2, neck / 2, label, sac_flow, KIND_ANEURYSM, group))
+    caps.append((centre - u * elong, centre + u * elong, radius, radius, label, sac_flow, KIND_ANEURYSM, group))
+    bleb = bool(rng.random() < 0.15)
+    if bleb:
+        w = _unit(u + 0.8 * _unit(np.cross(u, rng.normal(size=3))))
+        rb = dome * float(rng.uniform(0.2, 0.35))
+        bleb = dome_mm is None  # drawn either way: a requested dome leaves the generator's stream unchanged
+    if bleb:
+        c2 = centre + w * (radius + elong * 0.5 + 0.3 * rb)
+        caps.append((c2, c2, rb, rb, label, sac_flow, KIND_ANEURYSM, group))
+    lps = _to_lps(head_to_lps, np.array([centre, parent]))
+    return Aneurysm(location, lps[0], lps[1], dome, neck, _unit(head_to_lps[:3, :3] @ u), centre.copy(), bleb)
+
+
+def _decoys(rng: np.random.Generator, lines: dict[tuple[str, int], Centreline],
+            head_to_lps: np.ndarray) -> list[np.ndarray]:
+    """LPS points beside vessel sites of a negative series, drawn like aneurysm sites (for the field of view)."""
+    points = []
+    for location in sample_locations(rng, force_positive=True):
+        try:
+            cl, i, u = _site(rng, location, lines)
+        except KeyError:  # that vessel is absent in this head (variant): no decoy there
+            continue
+        points.append(_to_lps(head_to_lps, (cl.points[i] + u * (cl.radii[i] + 3.0))[None])[0])
+    return points
+
+
+def _add_infundibula(rng: np.random.Generator, lines: dict[tuple[str, int], Centreline], caps: list[Capsule],
+                     positive: bool, variants: dict[str, Any], mimics: list[tuple[str, str, np.ndarray]]) -> None:
+    """Hard mimic: infundibula (conical widenings < 3 mm) at branch origins, in negatives and positives alike."""
+    n_inf = int(rng.choice([0, 1, 2], p=[0.45, 0.4, 0.15] if not positive else [0.55, 0.35, 0.1]))
+    origins = [k for k in lines if k[0] in ("pcomm", "sca", "pica", "oph", "aica")]
+    for j in rng.permutation(len(origins))[:n_inf] if origins else []:
+        cl = lines[origins[j]]
+        length = float(rng.uniform(1.2, 2.4))
+        k = cl.index_at(length)
+        base_r = float(rng.uniform(0.7, 1.4))
+        caps.append((cl.points[0], cl.points[k], base_r, float(cl.radii[k]), int(cl.labels[0]), cl.flow,
+                     KIND_ARTERY, caps[-1][7] + 1))
+        variants.setdefault("infundibula", []).append(origins[j][0])
+        mimics.append(("infundibulum", origins[j][0], (cl.points[0] + cl.points[k]) / 2.0))
 
 
 def _to_lps(head_to_lps: np.ndarray, pts_ras: np.ndarray) -> np.ndarray:

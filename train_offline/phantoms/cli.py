@@ -1,6 +1,7 @@
 """Command line: write a phantom dataset in the competition layout.
 
 python -m train_offline.phantoms --out DIR --n N --seed S [--split train|test] [--size small|full|real] [--workers W]
+    [--style classic|labelmap|implicit|randomised|a,b|all]
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 
 from train_offline.phantoms.generate import SPLITS, generate_dataset
 from train_offline.phantoms.protocols import SIZES
+from train_offline.phantoms.styles import check_styles
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,17 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "uniformly in LOW-HIGH mm (e.g. 2 4 for small domes); use its own --seed")
     p.add_argument("--no-segmentations", action="store_true",
                    help="write no segmentation NIfTIs (they are ~40%% of a real-size train set's bytes)")
+    p.add_argument("--style", default="classic",
+                   help="renderer: classic (the original), labelmap, implicit, randomised, a comma list of them "
+                        "(each series drawn from the list) or all (default classic); styles other than classic "
+                        "support --size small and real")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        styles = check_styles(args.style)
+    except ValueError as exc:
+        parser.error(str(exc))
     t0 = time.perf_counter()
     results = generate_dataset(args.out, args.n, args.seed, split=args.split, size=args.size,
                                workers=args.workers, progress=not args.quiet,
                                dome_range=tuple(args.dome_range) if args.dome_range else None,
-                               segmentations=not args.no_segmentations)
+                               segmentations=not args.no_segmentations, styles=styles)
     positive = sum(r.labels["Aneurysm Present"] for r in results)
     print(f"wrote {len(results)} {args.split} series ({positive} positive) to {args.out} "
           f"in {time.perf_counter() - t0:.1f} s")

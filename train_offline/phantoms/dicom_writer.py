@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -201,6 +202,42 @@ def _save(ds: Dataset, arr: np.ndarray, out_dir: Path, quirks: Quirks, rng: np.r
     return name
 
 
+@dataclass
+class _Stack:
+    """What every file of one written series shares: geometry tags, encoding, quirks, UIDs and the pixel source."""
+
+    image: np.ndarray
+    acq: Any  # protocols.Acquisition
+    enc: Encoding
+    quirks: Quirks
+    uids: dict[str, str]
+    positions: np.ndarray  # (Z, 3) LPS of each native slice
+    order: list[int]  # storage order of the native slices
+    fov_mask: np.ndarray | None  # CT outside the field-of-view circle: padding
+
+    @property
+    def modality(self) -> str:
+        return self.acq.dicom_modality
+
+    @property
+    def iop(self) -> list[float]:
+        return [round(float(v), 6) for v in (*self.acq.row_dir, *self.acq.col_dir)]
+
+    @property
+    def pixel_spacing(self) -> list[float]:
+        return [round(float(v), 6) for v in self.acq.pixel_spacing]
+
+    def base(self, sop_class: str | None = None) -> Dataset:
+        default = CT_STORAGE if self.modality == "CT" else MR_STORAGE
+        return _base(sop_class or default, self.modality, self.uids, self.uids["patient"])
+
+    def values_of(self, k: int) -> np.ndarray:
+        v = self.image[k]
+        if self.fov_mask is not None:
+            v = np.where(self.fov_mask, np.float32(self.quirks.ct_padding_hu), v)
+        return v
+
+
 def write_series(
     out_dir: Path,
     image: np.ndarray,
@@ -217,93 +254,102 @@ def write_series(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     nz = image.shape[0]
-    normal = acq.normal
-    positions = np.array([acq.origin + k * acq.slice_spacing * normal for k in range(nz)])
+    positions = np.array([acq.origin + k * acq.slice_spacing * acq.normal for k in range(nz)])
     order = list(range(nz))[::-1] if quirks.reverse_order else list(range(nz))  # storage order
-    modality = acq.dicom_modality
-    sop_class = CT_STORAGE if modality == "CT" else MR_STORAGE
-    iop = [round(float(v), 6) for v in (*acq.row_dir, *acq.col_dir)]
-    ps = [round(float(v), 6) for v in acq.pixel_spacing]
-    patient_id = uids["patient"]
     fov_mask = None
-    if modality == "CT" and quirks.ct_signed:
+    if acq.dicom_modality == "CT" and quirks.ct_signed:
         yy, xx = np.mgrid[: image.shape[1], : image.shape[2]]
         cy, cx = (image.shape[1] - 1) / 2, (image.shape[2] - 1) / 2
         fov_mask = (yy - cy) ** 2 + (xx - cx) ** 2 > (min(image.shape[1:]) / 2) ** 2
+    stack = _Stack(image, acq, enc, quirks, uids, positions, order, fov_mask)
     written = WrittenSeries(slice_sops=[("", 0)] * nz, positions=positions)
-
-    def values_of(k: int) -> np.ndarray:
-        v = image[k]
-        if fov_mask is not None:
-            v = np.where(fov_mask, np.float32(quirks.ct_padding_hu), v)
-        return v
-
     if quirks.multiframe:
-        ds = _base(ENHANCED_MR_STORAGE, modality, uids, patient_id)
-        ds.SOPInstanceUID = make_uid(rng)
-        ds.InstanceNumber = 1
-        ds.NumberOfFrames = nz
-        frames, per_frame = [], []
-        for f, k in enumerate(order):
-            frames.append(enc.encode(values_of(k), k))
-            item = Dataset()
-            pos = Dataset()
-            pos.ImagePositionPatient = [round(float(v), 6) for v in positions[k]]
-            item.PlanePositionSequence = Sequence([pos])
-            if quirks.per_frame_rescale:
-                trans = Dataset()
-                trans.RescaleSlope, trans.RescaleIntercept = round(float(enc.slope[k]), 8), enc.intercept
-                trans.RescaleType = "US"
-                item.PixelValueTransformationSequence = Sequence([trans])
-            per_frame.append(item)
-            written.slice_sops[k] = (str(ds.SOPInstanceUID), f)
-        shared = Dataset()
-        ori = Dataset()
-        ori.ImageOrientationPatient = iop
-        meas = Dataset()
-        meas.PixelSpacing = ps
-        meas.SliceThickness = round(acq.slice_thickness, 4)
-        meas.SpacingBetweenSlices = round(acq.slice_spacing, 4)
-        shared.PlaneOrientationSequence = Sequence([ori])
-        shared.PixelMeasuresSequence = Sequence([meas])
-        if not quirks.per_frame_rescale:
-            trans = Dataset()
-            trans.RescaleSlope, trans.RescaleIntercept = round(float(enc.slope[0]), 8), enc.intercept
-            trans.RescaleType = "US"
-            shared.PixelValueTransformationSequence = Sequence([trans])
-        ds.SharedFunctionalGroupsSequence = Sequence([shared])
-        ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
-        if quirks.top_level_geometry:
-            ds.ImageOrientationPatient = iop
-            ds.PixelSpacing = ps
-            ds.SliceThickness = round(acq.slice_thickness, 4)
-            ds.SpacingBetweenSlices = round(acq.slice_spacing, 4)
-            ds.ImagePositionPatient = [round(float(v), 6) for v in positions[order[0]]]
-        stack = _set_pixels(ds, np.stack(frames), enc, quirks)
-        written.files.append(_save(ds, stack, out_dir, quirks, rng))
+        _write_multiframe(stack, written, out_dir, rng)
         return written
+    _write_slices(stack, written, out_dir, rng)
+    _write_extras(stack, written, out_dir, rng, extra_images)
+    return written
 
-    numbers = list(range(1, nz + 1))
+
+def _rescale_item(slope: float, intercept: float) -> Dataset:
+    trans = Dataset()
+    trans.RescaleSlope, trans.RescaleIntercept = round(float(slope), 8), intercept
+    trans.RescaleType = "US"
+    return trans
+
+
+def _write_multiframe(stack: _Stack, written: WrittenSeries, out_dir: Path, rng: np.random.Generator) -> None:
+    """One Enhanced MR file: per-frame positions (and rescale, with the quirk), shared orientation and spacing."""
+    acq, enc, quirks = stack.acq, stack.enc, stack.quirks
+    ds = stack.base(ENHANCED_MR_STORAGE)
+    ds.SOPInstanceUID = make_uid(rng)
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = len(stack.order)
+    frames, per_frame = [], []
+    for f, k in enumerate(stack.order):
+        frames.append(enc.encode(stack.values_of(k), k))
+        item = Dataset()
+        pos = Dataset()
+        pos.ImagePositionPatient = [round(float(v), 6) for v in stack.positions[k]]
+        item.PlanePositionSequence = Sequence([pos])
+        if quirks.per_frame_rescale:
+            item.PixelValueTransformationSequence = Sequence([_rescale_item(enc.slope[k], enc.intercept)])
+        per_frame.append(item)
+        written.slice_sops[k] = (str(ds.SOPInstanceUID), f)
+    shared = Dataset()
+    ori = Dataset()
+    ori.ImageOrientationPatient = stack.iop
+    meas = Dataset()
+    meas.PixelSpacing = stack.pixel_spacing
+    meas.SliceThickness = round(acq.slice_thickness, 4)
+    meas.SpacingBetweenSlices = round(acq.slice_spacing, 4)
+    shared.PlaneOrientationSequence = Sequence([ori])
+    shared.PixelMeasuresSequence = Sequence([meas])
+    if not quirks.per_frame_rescale:
+        shared.PixelValueTransformationSequence = Sequence([_rescale_item(enc.slope[0], enc.intercept)])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    if quirks.top_level_geometry:
+        ds.ImageOrientationPatient = stack.iop
+        ds.PixelSpacing = stack.pixel_spacing
+        ds.SliceThickness = round(acq.slice_thickness, 4)
+        ds.SpacingBetweenSlices = round(acq.slice_spacing, 4)
+        ds.ImagePositionPatient = [round(float(v), 6) for v in stack.positions[stack.order[0]]]
+    pixels = _set_pixels(ds, np.stack(frames), enc, quirks)
+    written.files.append(_save(ds, pixels, out_dir, quirks, rng))
+
+
+def _write_slices(stack: _Stack, written: WrittenSeries, out_dir: Path, rng: np.random.Generator) -> None:
+    """One file per native slice, in storage order, InstanceNumber in order or shuffled."""
+    acq, enc, quirks = stack.acq, stack.enc, stack.quirks
+    numbers = list(range(1, len(stack.order) + 1))
     if quirks.shuffled_instance:
         numbers = [int(v) for v in rng.permutation(numbers)]
-    for rank, k in enumerate(order):
-        ds = _base(sop_class, modality, uids, patient_id)
+    for rank, k in enumerate(stack.order):
+        ds = stack.base()
         ds.SOPInstanceUID = make_uid(rng)
         ds.InstanceNumber = numbers[rank]
-        ds.ImagePositionPatient = [round(float(v), 6) for v in positions[k]]
-        ds.ImageOrientationPatient = iop
-        ds.PixelSpacing = ps
+        ds.ImagePositionPatient = [round(float(v), 6) for v in stack.positions[k]]
+        ds.ImageOrientationPatient = stack.iop
+        ds.PixelSpacing = stack.pixel_spacing
         ds.SliceThickness = round(acq.slice_thickness, 4)
         if acq.slice_thickness != acq.slice_spacing:
             ds.SpacingBetweenSlices = round(acq.slice_spacing, 4)
         ds.RescaleSlope, ds.RescaleIntercept = round(float(enc.slope[k]), 8), enc.intercept
-        ds.RescaleType = "HU" if modality == "CT" else "US"
-        stored = _set_pixels(ds, enc.encode(values_of(k), k), enc, quirks)
+        ds.RescaleType = "HU" if stack.modality == "CT" else "US"
+        stored = _set_pixels(ds, enc.encode(stack.values_of(k), k), enc, quirks)
         written.files.append(_save(ds, stored, out_dir, quirks, rng))
         written.slice_sops[k] = (str(ds.SOPInstanceUID), 0)
 
+
+def _write_extras(stack: _Stack, written: WrittenSeries, out_dir: Path, rng: np.random.Generator,
+                  extra_images: dict[str, tuple[np.ndarray, np.ndarray]] | None) -> None:
+    """The files that do not belong to the stack, as the quirks ask: a scout, a blank image, another matrix."""
+    acq, enc, quirks, image, positions = stack.acq, stack.enc, stack.quirks, stack.image, stack.positions
+    nz, normal = image.shape[0], acq.normal
+
     def extra(pos: np.ndarray, values: np.ndarray, iop_x: list[float], ps_x: list[float], number: int) -> None:
-        ds = _base(sop_class, modality, uids, patient_id)
+        ds = stack.base()
         ds.SOPInstanceUID = make_uid(rng)
         ds.InstanceNumber = number
         ds.ImagePositionPatient = [round(float(v), 6) for v in pos]
@@ -322,11 +368,10 @@ def write_series(
         sps = [round(float(np.linalg.norm(saff[:3, 1])), 6), round(float(np.linalg.norm(saff[:3, 2])), 6)]
         extra(saff[:3, 3], simg, [round(float(v), 6) for v in (*srow, *scol)], sps, 0)
     if quirks.blank:  # a constant image one step beyond the last slice
-        blank = np.full(image.shape[1:], enc.intercept if modality == "CT" else 0.0, dtype=np.float32)
-        extra(positions[-1] + acq.slice_spacing * normal, blank, iop, ps, nz + 1)
+        blank = np.full(image.shape[1:], enc.intercept if stack.modality == "CT" else 0.0, dtype=np.float32)
+        extra(positions[-1] + acq.slice_spacing * normal, blank, stack.iop, stack.pixel_spacing, nz + 1)
     if quirks.odd_size:  # another matrix one step before the first slice
         r, c = image.shape[1] - 8, image.shape[2] + 8
         odd = np.zeros((r, c), dtype=np.float32)
         odd[:, : min(c, image.shape[2])] = image[0, :r, : min(c, image.shape[2])]
-        extra(positions[0] - acq.slice_spacing * normal, odd, iop, ps, nz + 2)
-    return written
+        extra(positions[0] - acq.slice_spacing * normal, odd, stack.iop, stack.pixel_spacing, nz + 2)

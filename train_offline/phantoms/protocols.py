@@ -15,6 +15,7 @@ import numpy as np
 
 from train_offline.phantoms.anatomy import Anatomy
 from train_offline.phantoms.render import Grid, Tissue
+from train_offline.phantoms.styles.contract import stack_affine
 
 # Share of each protocol in the competition's train.csv (1804 / 1252 / 982 / 310 series).
 MODALITY_SHARES: dict[str, float] = {"CTA": 0.415, "MRA": 0.288, "MRI T2": 0.226, "MRI T1post": 0.071}
@@ -75,12 +76,7 @@ class Acquisition:
     @property
     def affine(self) -> np.ndarray:
         """4x4 (z, y, x, 1) -> LPS of the native stack (slices ascending along the normal)."""
-        a = np.eye(4)
-        a[:3, 0] = self.normal * self.slice_spacing
-        a[:3, 1] = self.col_dir * self.pixel_spacing[0]
-        a[:3, 2] = self.row_dir * self.pixel_spacing[1]
-        a[:3, 3] = self.origin
-        return a
+        return stack_affine(self.row_dir, self.col_dir, self.pixel_spacing, self.slice_spacing, self.origin)
 
     @property
     def grid(self) -> Grid:
@@ -154,11 +150,61 @@ def sample_acquisition(rng: np.random.Generator, modality: str, anatomy: Anatomy
     """Geometry of one series of ``modality``; the field of view always contains every aneurysm."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    small = size == "small"
-    plane, tilt, three_d = "axial", 0.0, True
     if size == "real":
         plane, tilt, three_d, matrix, fov, dz, coverage, n_range, centre_ras = _real_geometry(rng, modality)
-    elif modality == "CTA":
+    else:
+        plane, tilt, three_d, matrix, fov, dz, coverage, n_range, centre_ras = _table_geometry(rng, modality,
+                                                                                               size == "small")
+    row_dir, col_dir = _directions(plane, tilt, rng)
+    normal = np.cross(row_dir, col_dir)
+    ps = fov / matrix
+    rows = matrix if rng.random() < 0.8 else int(matrix * rng.choice([0.75, 0.875]) // 8 * 8)
+    if size == "real" and modality != "MRA":
+        rows = matrix  # whole head: a shorter field of view along the rows would cut it (TOF: a slab, it may)
+    cols = matrix
+    n = int(np.clip(round(coverage / dz), *n_range))
+    centre = anatomy.head_to_lps[:3, :3] @ centre_ras + anatomy.head_to_lps[:3, 3]
+    centre = centre + rng.normal(0, 4.0, 3)
+    centre, n = _fit_field_of_view(centre, list(anatomy.fov_points), row_dir, col_dir, normal, rows, cols, n, ps, dz)
+    origin = centre - (cols - 1) / 2 * ps * row_dir - (rows - 1) / 2 * ps * col_dir - (n - 1) / 2 * dz * normal
+    thickness = dz if three_d else dz * float(rng.choice([1.0, 0.9, 0.8]))
+    if size == "real":  # sub-planes ~max(pixel, 0.75 mm) apart: thick slices keep in-plane edges near the pixel
+        n_sub = int(np.clip(round(thickness / max(ps, 0.75)), 1, 8)) if thickness > 1.5 * ps else 1
+    else:
+        n_sub = int(np.clip(round(thickness / max(ps, 1.0)), 1, 5)) if thickness > 1.5 * ps else 1
+    return Acquisition(
+        modality_name=modality, plane=plane, row_dir=row_dir, col_dir=col_dir, pixel_spacing=(ps, ps),
+        slice_spacing=dz, slice_thickness=thickness, shape=(n, rows, cols), origin=origin, n_sub=n_sub,
+        tilt_deg=tilt, three_d=three_d, smooth_mm=REAL_SMOOTH_MM if size == "real" else None,
+    )
+
+
+def _fit_field_of_view(centre: np.ndarray, targets: list[np.ndarray], row_dir: np.ndarray, col_dir: np.ndarray,
+                       normal: np.ndarray, rows: int, cols: int, n: int, ps: float,
+                       dz: float) -> tuple[np.ndarray, int]:
+    """(centre, slices) keeping every target (aneurysms; negatives: decoy sites) plus a margin inside the field of
+    view: the centre shifts, the slab grows if needed."""
+    axes = [(row_dir, cols * ps), (col_dir, rows * ps), (normal, n * dz)]
+    for axis_i, (direction, extent) in enumerate(axes):
+        if not targets:
+            break
+        w = np.array([float(np.dot(t - centre, direction)) for t in targets])
+        margin = 12.0 + 1.5 * (dz if axis_i == 2 else ps)
+        half = extent / 2 - margin
+        if axis_i == 2 and (w.max() - w.min()) / 2 > half:
+            n = int(np.ceil((w.max() - w.min() + 2 * margin) / dz)) + 1
+            half = n * dz / 2 - margin
+        lo, hi = w.max() - half, w.min() + half
+        shift = float(np.clip(0.0, lo, hi)) if lo <= hi else float((w.max() + w.min()) / 2)
+        centre = centre + shift * direction
+    return centre, n
+
+
+def _table_geometry(rng: np.random.Generator, modality: str, small: bool) -> tuple:
+    """(plane, tilt, 3D, matrix, field of view, slice step, coverage, slice-count range, centre RAS) of the
+    ``small`` and ``full`` sizes (the spec's table, scaled down for ``small``)."""
+    plane, tilt, three_d = "axial", 0.0, True
+    if modality == "CTA":
         matrix = int(rng.choice([112, 128, 144, 160])) if small else 512
         fov = _pick(rng, 190, 240) if small else _pick(rng, 0.39, 0.49) * 512
         dz = _pick(rng, 1.25, 2.5) if small else _pick(rng, 0.5, 1.0)
@@ -208,46 +254,7 @@ def sample_acquisition(rng: np.random.Generator, modality: str, anatomy: Anatomy
         centre_ras = HEAD_CENTRE_RAS
     else:
         raise ValueError(f"unknown modality {modality!r}")
-
-    row_dir, col_dir = _directions(plane, tilt, rng)
-    normal = np.cross(row_dir, col_dir)
-    ps = fov / matrix
-    rows = matrix if rng.random() < 0.8 else int(matrix * rng.choice([0.75, 0.875]) // 8 * 8)
-    if size == "real" and modality != "MRA":
-        rows = matrix  # whole head: a shorter field of view along the rows would cut it (TOF: a slab, it may)
-    cols = matrix
-    n = int(np.clip(round(coverage / dz), *n_range))
-    centre = anatomy.head_to_lps[:3, :3] @ centre_ras + anatomy.head_to_lps[:3, 3]
-    centre = centre + rng.normal(0, 4.0, 3)
-
-    # Keep every aneurysm (negatives: decoy sites) plus a margin inside the field of view: shift the centre, grow
-    # the slab if needed.
-    targets = list(anatomy.fov_points)
-    axes = [(row_dir, cols * ps), (col_dir, rows * ps), (normal, n * dz)]
-    for axis_i, (direction, extent) in enumerate(axes):
-        if not targets:
-            break
-        w = np.array([float(np.dot(t - centre, direction)) for t in targets])
-        margin = 12.0 + 1.5 * (dz if axis_i == 2 else ps)
-        half = extent / 2 - margin
-        if axis_i == 2 and (w.max() - w.min()) / 2 > half:
-            n = int(np.ceil((w.max() - w.min() + 2 * margin) / dz)) + 1
-            half = n * dz / 2 - margin
-        lo, hi = w.max() - half, w.min() + half
-        shift = float(np.clip(0.0, lo, hi)) if lo <= hi else float((w.max() + w.min()) / 2)
-        centre = centre + shift * direction
-
-    origin = centre - (cols - 1) / 2 * ps * row_dir - (rows - 1) / 2 * ps * col_dir - (n - 1) / 2 * dz * normal
-    thickness = dz if three_d else dz * float(rng.choice([1.0, 0.9, 0.8]))
-    if size == "real":  # sub-planes ~max(pixel, 0.75 mm) apart: thick slices keep in-plane edges near the pixel
-        n_sub = int(np.clip(round(thickness / max(ps, 0.75)), 1, 8)) if thickness > 1.5 * ps else 1
-    else:
-        n_sub = int(np.clip(round(thickness / max(ps, 1.0)), 1, 5)) if thickness > 1.5 * ps else 1
-    return Acquisition(
-        modality_name=modality, plane=plane, row_dir=row_dir, col_dir=col_dir, pixel_spacing=(ps, ps),
-        slice_spacing=dz, slice_thickness=thickness, shape=(n, rows, cols), origin=origin, n_sub=n_sub,
-        tilt_deg=tilt, three_d=three_d, smooth_mm=REAL_SMOOTH_MM if size == "real" else None,
-    )
+    return plane, tilt, three_d, matrix, fov, dz, coverage, n_range, centre_ras
 
 
 def sample_tissue(rng: np.random.Generator, modality: str, three_d: bool) -> tuple[Tissue, float, bool, float]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StyleAneurysm", "StyleScan"]
+__all__ = ["StyleAneurysm", "StyleScan", "stack_affine"]
 
 
 @dataclass
@@ -80,9 +80,15 @@ class StyleScan:
     @property
     def affine(self) -> np.ndarray:
         """4x4 voxel (z, y, x, 1) -> LPS mm of the native stack."""
-        a = np.eye(4)
-        a[:3, 0] = self.normal * self.slice_spacing
-        a[:3, 1] = np.asarray(self.col_dir) * self.pixel_spacing[0]
-        a[:3, 2] = np.asarray(self.row_dir) * self.pixel_spacing[1]
-        a[:3, 3] = self.origin
-        return a
+        return stack_affine(self.row_dir, self.col_dir, self.pixel_spacing, self.slice_spacing, self.origin)
+
+
+def stack_affine(row_dir: np.ndarray, col_dir: np.ndarray, pixel_spacing: tuple[float, float], slice_spacing: float,
+                 origin: np.ndarray) -> np.ndarray:
+    """4x4 voxel (z, y, x, 1) -> LPS mm of a stack of slices ascending along ``cross(row_dir, col_dir)``."""
+    a = np.eye(4)
+    a[:3, 0] = np.cross(row_dir, col_dir) * slice_spacing
+    a[:3, 1] = np.asarray(col_dir) * pixel_spacing[0]
+    a[:3, 2] = np.asarray(row_dir) * pixel_spacing[1]
+    a[:3, 3] = origin
+    return a
