@@ -11,7 +11,7 @@ and fused with ``recipe.fuse``. Training-free: it needs an exported weights fold
 ``scan`` writes one JSON Lines file per fold (resumable; out of fold: fold K's validation series, from
 ``weights/oof_fine_f<K>.csv``, with fold K's models alone, as the shipped out-of-fold rows were made); ``report``
 prints candidate recall per dome band and the pooled out-of-fold score of the fusion variants (pairs chosen per fold,
-``train_offline.fusion``). Measured result (docs/history/log.md, "Candidates from a ball-map scan"): recall of
+``train_offline.fusion``). Measured result (docs/history/log.md, "candidates from a sphere-map scan"): recall of
 domes under 3.5 mm rises, the score does not; not shipped.
 
     python -m experiments.scan scan --fold 0 1 2 && python -m experiments.scan report --tiles 32 --m 2 4 10

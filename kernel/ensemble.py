@@ -57,7 +57,7 @@ class Ensemble:
         options.inter_op_num_threads = 1
         # Each session owns a thread pool, and the recipe runs nine of them back to back: a finished session's
         # workers spinning for more work take the cores from the next one (classifier runs 83 -> 46 ms, a series
-        # 1.43 -> 1.24 s on 2 cores; docs/kernel.md). One model run alone is slightly faster with spinning (a
+        # 1.43 -> 1.24 s on 2 cores; docs/history/log.md). One model run alone is slightly faster with spinning (a
         # classifier run 35 against 46 ms), but here no model runs alone.
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          "1" if os.environ.get(SPIN_ENV) == "1" else "0")

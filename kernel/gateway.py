@@ -1,6 +1,6 @@
 """Local evaluation gateway: runs ``predict`` over a test folder the way Kaggle's gateway does, and checks more.
 
-Faithful to ``kaggle_evaluation`` (docs: ../shared/docs/competition.md, "The evaluation gateway protocol"): reads
+Faithful to ``kaggle_evaluation`` (docs/how-to/evaluate-locally.md): reads
 ``test.csv``, shuffles the unique SeriesInstanceUIDs, exposes each series' ``*.dcm`` files (non-recursive) through
 symlinks in a fresh share directory at ``<share>/<absolute series path>``, calls ``predict(dir)`` once per series,
 requires a DataFrame with one row, and writes ``submission.parquet`` with SeriesInstanceUID first. It also checks

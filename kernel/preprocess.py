@@ -1,7 +1,7 @@
 """Geometry and intensity preprocessing shared by training and the kernel: one implementation of each step.
 
-Conventions (docs/ARCHITECTURE.md): affines map a voxel index (z, y, x, 1) to LPS mm. The canonical orientation has
-array axes pointing to superior, posterior and patient-left. Resampling uses the half-pixel grid: the field of view's
+Conventions (docs/reference/architecture.md): affines map a voxel index (z, y, x, 1) to LPS mm. The canonical
+orientation has array axes pointing to superior, posterior and patient-left. Resampling uses the half-pixel grid: the field of view's
 edges are kept, steps are exactly the target spacing, and new origin = old origin + 0.5 * (new - old spacing).
 """
 

@@ -7,7 +7,8 @@
 Each model is exported with opset 17 (TorchScript exporter, ``dynamo=False``) and a dynamic batch axis, passes the
 full ONNX checker, and must match torch through onnxruntime within ``ATOL + RTOL * |torch|`` on a batch of 2. With
 ``--run`` the validation fold is then re-scored through the kernel's own onnxruntime ensemble on the cached volumes,
-and that score goes into the manifest. The manifest follows docs/ARCHITECTURE.md and is validated by kernel.manifest.
+and that score goes into the manifest. The manifest follows docs/reference/manifest.md and is validated by
+kernel.manifest.
 ``--keep`` carries over an earlier export's models of the folds the run does not have (an ensemble trained across
 sessions: the run folder of earlier folds need not survive), checked by sha256 and for the same volume settings.
 A fold folder that holds only a fine stage trained on the kept export's coarse models (``train_offline.fine --coarse

@@ -236,4 +236,4 @@ def run(ctx: Ctx, sec: Section) -> None:
                 lambda p=precision, t=tolerance, c=context: _measure(ctx, sec, bench, runner, p, t, torch_run, c))
     rep.add(sec)
     rep.add(sec, "onnxruntime's CUDA provider is not measured here: the machine has the CPU build of onnxruntime and "
-                 "onnxruntime-gpu is too large to carry (see docs/kernel.md, GPU check).")
+                 "onnxruntime-gpu is too large to carry (see docs/results/benchmarks.md, GPU check).")
