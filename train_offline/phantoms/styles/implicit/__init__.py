@@ -126,9 +126,10 @@ def _truth(acq, pose, con, variants, builder, specs, grids) -> dict:
     for name, t in builder.tubes.items():
         if t.kind != "artery":
             continue
-        for i in np.linspace(0, len(t.pts) - 1, 5).astype(int)[1:-1]:
-            if t.label[i] > 0:
-                points.append({"vessel": name, "label": int(t.label[i]), "lps": lps(t.pts[i]),
+        for value in np.unique(t.label[t.label > 0]):
+            run = np.nonzero(t.label == value)[0]
+            for i in run[np.linspace(0, len(run) - 1, 5).astype(int)[1:-1]]:
+                points.append({"vessel": name, "label": int(value), "lps": lps(t.pts[i]),
                                "radius_mm": round(float(t.radius[i] * pose.scale), 3)})
     return {
         "style": "implicit",

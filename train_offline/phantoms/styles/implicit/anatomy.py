@@ -88,7 +88,7 @@ class Head:
         self.gm_t = float(u(2.3, 3.2))
         self.sulci = WaveNoise(rng, 16, (11.0, 17.0))
         self.sulcal_grad = float(np.sqrt(np.mean(self.sulci.omega**2)))
-        self.sulcal_w = float(u(0.7, 1.4) + 1.5 * self.atrophy)
+        self.sulcal_w = float(u(0.5, 1.0) + 1.0 * self.atrophy)
         self.sulcal_depth = float(u(8.0, 14.0))
         self.vent = float(u(0.75, 1.2) * (1 + 0.5 * self.atrophy))
         self.fissure_w = float(u(1.0, 2.5) + self.atrophy)
@@ -145,6 +145,14 @@ class Head:
         if cis is None and self.cisterns is not None:
             cis = self.cisterns(x, y, z)
         return out if cis is None else smax(out, -cis, 1.5)
+
+    def sulcal_noise(self, x, y, z):
+        """The folding noise sampled on the direction from the brain centre (radius 70 mm), so its zero set, the
+        sulci, runs perpendicular to the surface like real sulci rather than forming closed islands."""
+        c = self.cer_c
+        dx, dy, dz = x - np.float32(c[0]), y - np.float32(c[1]), z - np.float32(c[2] - 10.0)
+        s = np.float32(70.0) / np.maximum(np.sqrt(dx * dx + dy * dy + dz * dz), np.float32(5.0))
+        return self.sulci(dx * s, dy * s, dz * s)
 
     def brain_from(self, raw: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """Fold the cortex: carve sulci (a slab around the noise's zero set, limited in depth) out of the raw brain."""
@@ -236,7 +244,7 @@ class Head:
         outer = ic - t.astype(np.float32)
         shell = np.maximum(np.maximum(outer, -ic), -74.0 - z)
         return {"head": self.head(x, y, z, outer), "bone_shell": shell, "intracranial": ic,
-                "brain_raw": self.brain_raw(x, y, z, env, cis), "sulci": self.sulci(x, y, z)}
+                "brain_raw": self.brain_raw(x, y, z, env, cis), "sulci": self.sulcal_noise(x, y, z)}
 
 
 def _pad_odd(a: np.ndarray) -> np.ndarray:

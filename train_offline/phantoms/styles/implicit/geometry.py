@@ -193,8 +193,8 @@ def _recipe(rng: np.random.Generator, modality: str, size: str) -> Recipe:
         return Recipe(plane, False, pixel, n, float(thick + gap), float(thick), (24, 40), COVER[plane], 20.0,
                       "se" if modality == "MRI T1post" else "fse")
     plane = str(rng.choice(["axial", "sagittal"])) if modality == "MRI T2" else "sagittal"
-    pixel, n = _inplane(rng, size, (0.8, 1.1), (192, 288), (210, 250))
-    sp = float(rng.uniform(1.2, 2.0) if small else rng.uniform(0.8, 1.1))
+    pixel, n = _inplane(rng, size, (0.8, 1.0), (208, 304), (210, 250))
+    sp = float(rng.uniform(1.2, 2.0) if small else rng.uniform(0.8, 1.0))
     return Recipe(plane, True, pixel, n, sp, sp, (60, 120) if small else (140, 200), COVER[plane], 10.0,
                   "gre" if modality == "MRI T1post" else "space")
 
