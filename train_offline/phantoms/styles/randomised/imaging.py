@@ -66,7 +66,7 @@ def coarse_lattice(rng: np.random.Generator, acq: Acquisition, fine: Lattice, si
         nz_c = nz if dz >= h else max(4, int(np.ceil(nz * dz / h)))
         uz, n_sub = axis_positions(nz, dz, nz_c), 1
     else:
-        offs = np.array(acq.sub_offsets(1.5))
+        offs = np.array(acq.sub_offsets(2.0))
         uz, n_sub = (fine.uz[:, None] + offs[None, :]).ravel(), len(offs)
     return Lattice(fine.origin, fine.axes, uz, ur, uc, fine.head_to_lps), n_sub
 
