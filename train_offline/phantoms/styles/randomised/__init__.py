@@ -201,10 +201,10 @@ def _truth(c: Contrast, tree: VesselTree, sacs: list[Sac], fakes: list[Tube], he
            extra: dict[str, object], size: str) -> dict[str, object]:
     """Style-specific facts, JSON-serialisable: regime and drawn values, variants, mimics, sites, centrelines."""
     def lps(p: np.ndarray) -> list[float]:
-        return np.round(head_to_lps[:3, :3] @ p + head_to_lps[:3, 3], 2).tolist()
+        return np.round(head_to_lps[:3, :3] @ p + head_to_lps[:3, 3], 1).tolist()
 
     lines = {t.name: {"label": int(t.label), "radius_mm": round(float(np.median(t.radii)), 2),
-                      "points_lps": [lps(p) for p in t.points[::3]]} for t in tree.tubes if t.label}
+                      "points_lps": [lps(p) for p in t.points[::4]]} for t in tree.tubes if t.label}
     sites = [{"location": s.location, "site": s.site, "shape": s.shape, "height_mm": round(s.height, 2),
               "parent": s.parent.name, "direction_lps": np.round(head_to_lps[:3, :3] @ s.direction, 3).tolist()}
              for s in sacs]

@@ -44,6 +44,7 @@ class VesselTree:
     variants: dict[str, object] = field(default_factory=dict)
 
     def tube(self, name: str) -> Tube | None:
+        """The tube of that name (``m1_R``, ``basilar``, ...), None when absent in this head."""
         return next((t for t in self.tubes if t.name == name), None)
 
 
@@ -229,7 +230,8 @@ def draw_variants(rng: np.random.Generator) -> dict[str, object]:
     if v["a1_R"] == "absent" and v["a1_L"] == "absent":
         v["a1_L"] = "normal"
     v["va_dominance"] = str(rng.choice(["balanced", "R", "L"], p=[0.5, 0.25, 0.25]))
-    v["loops"] = [str(n) for n in rng.choice(_LOOPABLE, size=int(rng.choice([0, 0, 1, 2])), replace=False)]
+    loops = rng.choice(_LOOPABLE, size=int(rng.choice([0, 0, 1, 2])), replace=False)
+    v["loops"] = [f"{n}_{'R' if rng.random() < 0.5 else 'L'}" for n in loops]
     return v
 
 
@@ -287,7 +289,7 @@ def _one_artery(rng: np.random.Generator, name: str, side: str, spec: tuple, sca
     amp = rng.uniform(0.0, 1.0) if name in ("basilar", "a1", "m1", "p1", "pcomm", "ica_supra") else rng.uniform(0, 2.5)
     if name not in ("acomm",):
         pts = add_tortuosity(rng, pts, amp)
-    if name in variants.get("loops", []) and side == "R":
+    if f"{name}_{side}" in variants.get("loops", []):
         pts = add_loop(rng, pts, rng.uniform(1.8, 3.5))
     if name in _NEAR_MIDLINE:  # the two A2s run side by side in the fissure: never let one cross the midline
         pts[:, 0] = sx * np.maximum(sx * pts[:, 0], 0.8)

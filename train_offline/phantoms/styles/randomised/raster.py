@@ -40,6 +40,7 @@ class Lattice:
         return (lps - self.origin) @ self.axes.T
 
     def grid_to_lps(self, u: np.ndarray) -> np.ndarray:
+        """Grid-frame coordinates (..., 3) -> LPS mm."""
         return self.origin + np.asarray(u, dtype=np.float64) @ self.axes
 
     def head_coords(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
