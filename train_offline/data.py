@@ -4,7 +4,9 @@ Inputs come from the cache (``train_offline.cache.load_cached``) through ``kerne
 ``kernel.recipe.locator_base``/``locator_input_from_base`` (the kernel's locator input, shifted for augmentation) and
 ``crop_around`` around ``kernel.recipe.classifier_centre`` (jittered). Augmentation: locator field-of-
 view shifts; classifier crop-centre jitter, intensity gain/offset, and a patient left/right flip (array axis x) that
-swaps the paired labels (``kernel.labels.flip_permutation``), the heatmap channels and the vessel label values.
+swaps the paired labels (``kernel.labels.flip_permutation``), the heatmap channels and the vessel label values. With
+``<stage>.augment.enabled`` also nnU-Net's default set (``train_offline.augment``): rotation and scaling done in the
+sampling, every target computed at the LPS points of the same grid, then intensity transforms.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from tqdm import tqdm
 
 from kernel.labels import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES, flip_permutation
 from kernel.preprocess import (
-    crop_around,
     grid_points_lps,
     normalise,
     spacing_of,
@@ -31,12 +32,22 @@ from kernel.preprocess import (
     world_to_voxel,
 )
 from kernel.recipe import classifier_centre, locator_base, locator_input_from_base
+from train_offline.augment import (
+    Spatial,
+    augment_enabled,
+    augment_intensity,
+    augment_rng,
+    check_augment,
+    draw_spatial,
+    spatial_crop,
+    spatial_reach_mm,
+)
 from train_offline.cache import load_cached
 from train_offline.models import CLASSIFIER_STRIDE
 
 __all__ = [
     "PRELOAD_MODES", "ClassifierDataset", "LocatorDataset", "SeriesRecord", "SeriesStore", "classifier_sample",
-    "flip_sample", "label_priors", "localizers_in_crop", "locator_sample",
+    "classifier_targets", "flip_sample", "label_priors", "localizers_in_crop", "locator_sample",
     "records_from_index", "seg_flip_lookup",
 ]
 
@@ -89,12 +100,18 @@ def label_priors(records: Sequence[SeriesRecord]) -> list[float]:
 
 
 def locator_sample(base: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: Mapping[str, Any],
-                   centre_lps: np.ndarray | None, shift_lps: np.ndarray | None = None
+                   centre_lps: np.ndarray | None, shift_lps: np.ndarray | None = None, spatial: Spatial | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Locator input (``kernel.recipe.locator_input_from_base`` of a ``locator_base``, its field of view optionally
-    shifted) and its target distribution (a normalised Gaussian at the Circle-of-Willis centre)."""
+    shifted, with ``spatial`` rotated/scaled about its centre) and its target distribution (a normalised Gaussian at
+    the Circle-of-Willis centre, at the LPS points of the input's own grid)."""
     shape, stride = [int(s) for s in cfg["input_shape"]], int(cfg["output_stride"])
-    inp, inp_affine = locator_input_from_base(base, shape, shift_lps=shift_lps)
+    if spatial is None:
+        inp, inp_affine = locator_input_from_base(base, shape, shift_lps=shift_lps)
+    else:
+        small, small_affine, middle = base
+        centre = middle if shift_lps is None else middle + shift_lps
+        inp, inp_affine = spatial_crop(small, small_affine, centre, shape, None, spatial)
     if centre_lps is None:
         return inp, inp_affine, None
     points = grid_points_lps(inp_affine, shape, stride)
@@ -106,11 +123,19 @@ def locator_sample(base: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: Mapping
 
 
 def classifier_sample(array: np.ndarray, affine: np.ndarray, centre_lps: np.ndarray, cfg: Mapping[str, Any],
-                      record: SeriesRecord, seg: tuple[np.ndarray, np.ndarray] | None
+                      record: SeriesRecord, seg: tuple[np.ndarray, np.ndarray] | None, spatial: Spatial | None = None
                       ) -> dict[str, np.ndarray]:
-    """Crop (``crop_around``), heatmap target (13 channels, a Gaussian at each localizer) and seg target at stride 4."""
+    """Crop (``crop_around``; with ``spatial`` rotated/scaled about its centre) and its targets
+    (``classifier_targets`` at the crop's own grid, so they move with the image)."""
     shape = [int(s) for s in cfg["input_shape"]]
-    crop, crop_affine = crop_around(array, affine, centre_lps, shape, cfg["spacing_mm"])
+    crop, crop_affine = spatial_crop(array, affine, centre_lps, shape, cfg["spacing_mm"], spatial)
+    return {"crop": crop, **classifier_targets(crop_affine, shape, cfg, record, seg)}
+
+
+def classifier_targets(crop_affine: np.ndarray, shape: Sequence[int], cfg: Mapping[str, Any], record: SeriesRecord,
+                       seg: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Targets at the LPS centres of a crop's stride-4 cells (any rotation of its grid): heatmap (13 channels, a
+    Gaussian at each localizer), seg (the segmentation's nearest voxel, ``IGNORE`` without one), labels, modality."""
     points = grid_points_lps(crop_affine, shape, CLASSIFIER_STRIDE)
     heatmap = np.zeros((len(LOCATION_COLS), *points.shape[:3]), dtype=np.float32)
     sigma = float(cfg["heatmap_sigma_mm"])
@@ -126,7 +151,7 @@ def classifier_sample(array: np.ndarray, affine: np.ndarray, centre_lps: np.ndar
         values = np.zeros(len(ijk), dtype=np.int64)
         values[inside] = labels[tuple(ijk[inside].T)]
         seg_target = values.reshape(points.shape[:3])
-    return {"crop": crop, "labels": record.labels.copy(), "heatmap": heatmap, "seg": seg_target,
+    return {"labels": record.labels.copy(), "heatmap": heatmap, "seg": seg_target,
             "modality": np.int64(record.modality)}
 
 
@@ -214,15 +239,18 @@ class SeriesStore:
         """In ``regions`` mode keep, of the whole volume ``array``, the box that holds every crop around ``centre``.
 
         Called with the volume the locator has just read (no second read). The box is cut on the volume's own grid
-        (clipped to the volume, so nothing outside it is invented) and covers the crop's physical extent plus
-        ``jitter_mm`` and two voxels for trilinear sampling on each side, so a crop of the region equals the crop of
-        the whole volume.
+        (clipped to the volume, so nothing outside it is invented) and covers the crop's physical extent (with
+        ``augment`` on, the farthest a rotated, scaled crop reaches) plus ``jitter_mm`` and two voxels for trilinear
+        sampling on each side, so a crop of the region equals the crop of the whole volume.
         """
         if self.preload != "regions":
             return
         extent = np.asarray(cfg["input_shape"], dtype=np.float64) * np.asarray(cfg["spacing_mm"], dtype=np.float64)
         spacing, size = spacing_of(affine), np.asarray(array.shape)
-        half = extent / spacing / 2.0 + np.ceil(float(cfg["jitter_mm"]) / spacing) + 2
+        half = extent / spacing / 2.0
+        if augment_enabled(cfg.get("augment")):
+            half = np.maximum(half, spatial_reach_mm(cfg["input_shape"], cfg["spacing_mm"], cfg["augment"]) / spacing)
+        half = half + np.ceil(float(cfg["jitter_mm"]) / spacing) + 2
         middle = world_to_voxel(affine, classifier_centre(centre, cfg["centre_offset_lps_mm"])[None])[0]
         lo = np.clip(np.floor(middle - half), 0, size - 1).astype(int)
         hi = np.maximum(np.clip(np.ceil(middle + half) + 1, 0, size).astype(int), lo + 1)
@@ -246,6 +274,9 @@ class LocatorDataset(Dataset):
         self.store, self.cfg, self.train, self.seed = store, cfg, train, seed
         self.uids = [u for u in uids if store.records[u].centre_lps is not None]
         self.epoch = 0
+        self.augment = cfg.get("augment") if train and augment_enabled(cfg.get("augment")) else None
+        if self.augment is not None:
+            check_augment(self.augment, "locator.augment")
         self._bases: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -262,11 +293,16 @@ class LocatorDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         uid = self.uids[i]
-        shift = None
+        shift, spatial, aug_rng = None, None, None
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             shift = rng.uniform(-1, 1, 3) * float(self.cfg["shift_mm"])
-        inp, _, target = locator_sample(self.base(uid), self.cfg, self.store.records[uid].centre_lps, shift)
+        if self.augment is not None:
+            aug_rng = augment_rng(self.seed, self.epoch, i)
+            spatial = draw_spatial(aug_rng, self.augment)
+        inp, _, target = locator_sample(self.base(uid), self.cfg, self.store.records[uid].centre_lps, shift, spatial)
+        if aug_rng is not None:
+            inp = augment_intensity(inp, aug_rng, self.augment)
         return {"volume": torch.from_numpy(inp[None]), "target": torch.from_numpy(target[None])}
 
 
@@ -278,6 +314,9 @@ class ClassifierDataset(Dataset):
         self.store, self.uids, self.centres, self.cfg, self.train, self.seed = store, list(uids), centres, cfg, \
             train, seed
         self.epoch = 0
+        self.augment = cfg.get("augment") if train and augment_enabled(cfg.get("augment")) else None
+        if self.augment is not None:
+            check_augment(self.augment, "classifier.augment")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -292,10 +331,15 @@ class ClassifierDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
         if rng is not None:
             centre = centre + rng.uniform(-1, 1, 3) * float(self.cfg["jitter_mm"])
-        sample = classifier_sample(array, affine, centre, self.cfg, self.store.records[uid], self.store.seg(uid))
+        aug_rng = None if self.augment is None else augment_rng(self.seed, self.epoch, i)
+        spatial = None if aug_rng is None else draw_spatial(aug_rng, self.augment)
+        sample = classifier_sample(array, affine, centre, self.cfg, self.store.records[uid], self.store.seg(uid),
+                                   spatial)
         if rng is not None:
             jitter = float(self.cfg["intensity_jitter"])
             sample["crop"] = sample["crop"] * rng.uniform(1 - jitter, 1 + jitter) + rng.uniform(-jitter, jitter) / 2
+            if aug_rng is not None:
+                sample["crop"] = augment_intensity(sample["crop"], aug_rng, self.augment)
             if rng.random() < float(self.cfg["flip_p"]):
                 sample = flip_sample(sample)
         return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else torch.tensor(v)
