@@ -55,6 +55,9 @@ class FrameHeader:
     fast_dtype: str | None = None
     series_uid: str = ""
     modality: str = ""
+    study_uid: str = ""
+    frame_of_reference_uid: str = ""
+    sop_class_uid: str = ""
 
 
 def drop_frame(dropped: list[tuple[str, str]], fr: FrameHeader, reason: str) -> None:
@@ -320,6 +323,9 @@ def _header_frames(
         raise ValueError(f"decodes to {decoded_bytes / 2**20:,.0f} MB at once, over the "
                          f"{budget_bytes / 2**20:,.0f} MB budget")
     series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    uids = {key: str(ds.get(tag, "") or "").strip()
+            for key, tag in (("study_uid", "StudyInstanceUID"), ("frame_of_reference_uid", "FrameOfReferenceUID"),
+                             ("sop_class_uid", "SOPClassUID"))}
 
     frames = []
     for f in range(n_frames):
@@ -336,7 +342,7 @@ def _header_frames(
                 slope=f_slope, intercept=f_intercept, monochrome1=fmt.photometric == "MONOCHROME1",
                 bits_stored=fmt.bits_stored, signed=fmt.signed, instance_number=instance,
                 spacing_between=spacing_between, fast_offset=fast_offset, fast_dtype=fast_dtype,
-                transfer_syntax=str(tsyntax), series_uid=series_uid, modality=modality,
+                transfer_syntax=str(tsyntax), series_uid=series_uid, modality=modality, **uids,
             )
         )
     return frames, modality, series_uid

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -215,7 +216,16 @@ def read_series(
         frame_geometry=frame_geometry,
         notes=notes,
         geometry_known=good[0].geometry is not None,
+        study_uid=_dominant(f.study_uid for f in good),
+        frame_of_reference_uid=_dominant(f.frame_of_reference_uid for f in good),
+        sop_class_uids={f.sop_uid: f.sop_class_uid for f in good if f.sop_class_uid},
     )
+
+
+def _dominant(values: Iterable[str]) -> str:
+    """The most common non-empty value ("" when there is none)."""
+    counts = Counter(v for v in values if v)
+    return counts.most_common(1)[0][0] if counts else ""
 
 
 def _decode_stack(

@@ -587,6 +587,9 @@ def volume_meta(volume: Volume) -> dict[str, Any]:
                            for (sop, frame), g in volume.frame_geometry.items()],
         "notes": list(volume.notes),
         "geometry_known": volume.geometry_known,
+        "study_uid": volume.study_uid,
+        "frame_of_reference_uid": volume.frame_of_reference_uid,
+        "sop_class_uids": dict(volume.sop_class_uids),
     }
 
 
@@ -609,4 +612,7 @@ def volume_from_meta(array: np.ndarray, meta: Mapping[str, Any]) -> Volume:
                         for s, f, p, r, c, ps in meta["frame_geometry"]},
         notes=[str(n) for n in meta["notes"]],
         geometry_known=bool(meta["geometry_known"]),
+        study_uid=str(meta.get("study_uid", "")),
+        frame_of_reference_uid=str(meta.get("frame_of_reference_uid", "")),
+        sop_class_uids={str(k): str(v) for k, v in meta.get("sop_class_uids", {}).items()},
     )

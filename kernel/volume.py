@@ -53,6 +53,11 @@ class Volume:
     # The canonical stack before resampling (native spacing, raw intensities), when asked for
     # (``kernel.preprocess.canonicalise(keep_native=True)``): what a fine stage samples its patches from.
     native: Native | None = None
+    # Identity of the kept images, from the headers already parsed (empty where the files do not carry them): what a
+    # report about the series (``kernel.findings``) needs to point back at its study, frame of reference and images.
+    study_uid: str = ""
+    frame_of_reference_uid: str = ""
+    sop_class_uids: dict[str, str] = field(default_factory=dict)  # SOPInstanceUID -> SOPClassUID of the kept images
 
     def __post_init__(self) -> None:
         assert self.array.ndim == 3, f"volume must be 3-D (Z, Y, X), got shape {self.array.shape}"

@@ -43,7 +43,7 @@ def _same_volume(a, b) -> None:
     for name in ("affine", "source_affine"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     for name in ("modality", "series_uid", "slice_lookup", "source_shape", "dropped", "frame_geometry", "notes",
-                 "geometry_known"):
+                 "geometry_known", "study_uid", "frame_of_reference_uid", "sop_class_uids"):
         assert getattr(a, name) == getattr(b, name), name
 
 
