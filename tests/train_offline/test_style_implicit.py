@@ -33,8 +33,11 @@ def to_voxel(scan: StyleScan, lps: np.ndarray) -> np.ndarray:
     return (np.linalg.inv(scan.affine) @ np.append(lps, 1.0))[:3]
 
 
-def sample(scan: StyleScan, lps_points: np.ndarray) -> np.ndarray:
+def sample(scan: StyleScan, lps_points: np.ndarray, native_slice: bool = False) -> np.ndarray:
+    """Trilinear samples; with ``native_slice`` on 2D stacks, in-plane samples of the nearest native slice."""
     vox = (np.linalg.inv(scan.affine) @ np.c_[lps_points, np.ones(len(lps_points))].T)[:3]
+    if native_slice and not scan.three_d:
+        vox[0] = np.rint(vox[0])
     return map_coordinates(scan.image, vox, order=1, mode="nearest")
 
 
@@ -49,7 +52,7 @@ def centre_and_surround(scan: StyleScan, a) -> tuple[float, float]:
     r = 0.5 * a.dome_mm
     inner = a.centre_lps + 0.25 * r * np.vstack([np.zeros(3), sphere_dirs(16)])
     shell = np.vstack([a.centre_lps + (r + d) * sphere_dirs() for d in (3.0, 5.0)])
-    return float(sample(scan, inner).mean()), float(np.median(sample(scan, shell)))
+    return float(sample(scan, inner, True).mean()), float(np.median(sample(scan, shell)))
 
 
 def test_same_seed_same_bytes_other_seed_differs() -> None:
@@ -108,9 +111,9 @@ def test_aneurysm_signal_follows_the_protocol(modality: str) -> None:
 
 def test_left_and_right_locations_sit_on_the_patients_side() -> None:
     """A "Left ..." aneurysm is on the patient's left: LPS x > 0; "Right ..." x < 0 (and the parent too)."""
-    for seed in range(4):
+    for seed in range(2):
         for modality in MODALITY_NAMES:
-            scan = scan_of(modality, 30 + seed, SIDED)
+            scan = scan_of(modality, 30 + 4 * seed + MODALITY_NAMES.index(modality), SIDED)
             for a in scan.aneurysms:
                 sign = 1 if a.location.startswith("Left") else -1
                 assert sign * a.centre_lps[0] > 0, (seed, modality, a.location, a.centre_lps)
@@ -144,7 +147,7 @@ def test_aneurysm_voxels_carry_the_location_value() -> None:
 def test_dome_mm_is_honoured_and_visible() -> None:
     small = scan_of("CTA", 40, ("Anterior Communicating Artery",), 3.0)
     big = scan_of("CTA", 40, ("Anterior Communicating Artery",), 12.0)
-    assert [a.dome_mm for a in small.aneurysms] == pytest.approx([3.0]) and big.aneurysms[0].dome_mm == pytest.approx(12)
+    assert small.aneurysms[0].dome_mm == pytest.approx(3.0) and big.aneurysms[0].dome_mm == pytest.approx(12.0)
     for a in (*small.aneurysms, *big.aneurysms):
         assert 0.5 * a.dome_mm <= a.neck_mm <= 0.9 * a.dome_mm + 1e-9
 
@@ -181,8 +184,8 @@ def test_real_size_spacing_and_cost(modality: str) -> None:
     scan = render_series(np.random.default_rng(3), modality, ["Anterior Communicating Artery"], "real", dome_mm=3.0)
     cpu = time.process_time() - t0
     print(f"\nimplicit real {modality}: {scan.image.shape} pixel {scan.pixel_spacing[0]:.3f} slice "
-          f"{scan.slice_spacing:.3f} thick {scan.slice_thickness:.2f} {'3D' if scan.three_d else '2D'}: cpu {cpu:.2f} s, "
-          f"peak rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+          f"{scan.slice_spacing:.3f} thick {scan.slice_thickness:.2f} {'3D' if scan.three_d else '2D'}: "
+          f"cpu {cpu:.2f} s, peak rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     pixel, sl3d, thick2d = REAL_SPACING[modality]
     assert pixel[0] - 1e-6 <= scan.pixel_spacing[0] <= pixel[1] + 1e-6
     if scan.three_d:

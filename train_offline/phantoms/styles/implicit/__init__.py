@@ -44,7 +44,7 @@ from kernel.labels import LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES
 
 from ..contract import StyleAneurysm, StyleScan
 from .anatomy import CISTERNS, Head, Morph, sleeve_field
-from .aneurysms import place_aneurysms, to_grid
+from .aneurysms import midline_x, place_aneurysms, to_grid
 from .contrast import draw_contrast, tube_signals
 from .geometry import draw_acquisition, draw_pose, make_grids
 from .raster import Background, Vessels, add_noise, centreline_labels
@@ -72,9 +72,9 @@ def _rasterise(rng, acq, pose, morph, head, tubes, specs, con, grids, with_label
         parent = tubes[spec.parent]
         thr = con.values["thrombus"] * (1.0 if con.is_ct else float(con.modulation(
             *(np.float32(c) for c in spec.centre))))
+        slow = float(signals[spec.parent][spec.index]) if con.is_ct else con.sac_slow
         painter.aneurysm(to_grid(spec, pose, acq), grid_pts[spec.parent], parent.radius * pose.scale,
-                         signals[spec.parent], con.sac_slow if not con.is_ct else float(signals[spec.parent][spec.index]),
-                         thr, SEG_LABEL_VALUES[spec.location], step * pose.scale)
+                         signals[spec.parent], slow, thr, SEG_LABEL_VALUES[spec.location], step * pose.scale)
     if acq.n_sub > 1:
         img = img.reshape(acq.n_slices, acq.n_sub, acq.n_rows, acq.n_cols).mean(axis=1)
         if lab is not None:
@@ -100,6 +100,8 @@ def render_series(rng: np.random.Generator, modality: str, locations: list[str],
     step = 0.45 if size == "real" else 0.7
     builder = TreeBuilder(rng, morph, step)
     build_arteries(builder, head, variants, rng)
+    genu = np.array([midline_x(builder), *builder.tubes["a2_R"].pts[builder.at_u("a2_R", 4.5)][1:]])
+    pose.centre_midline(genu, float(rng.uniform(-0.3, 0.3)))
     specs = place_aneurysms(rng, builder, locations, dome_mm, pose.scale)
     add_calcifications(builder, rng)
     build_veins(builder, head, rng)

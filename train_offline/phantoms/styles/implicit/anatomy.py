@@ -84,7 +84,8 @@ class Head:
         self.cb_ax = np.array([52.0, 34.0, 31.0]) * u(0.94, 1.06, 3)
         self.gap = float(u(1.5, 2.5) + 2.0 * self.atrophy)
         self.skull_t, self.skull_noise = float(u(5.0, 7.5)), WaveNoise(rng, 5, (30.0, 80.0))
-        self.scalp_t, self.fat_t, self.cort_t = float(u(4.0, 6.0)), float(u(1.5, 4.0)), float(u(1.2, 2.0))
+        self.scalp_t, self.fat_t, self.cort_t = float(u(4.0, 6.0)), float(u(1.5, 3.0)), float(u(1.2, 2.0))
+        self.skin_t = float(u(0.8, 1.6))
         self.gm_t = float(u(2.3, 3.2))
         self.sulci = WaveNoise(rng, 16, (11.0, 17.0))
         self.sulcal_grad = float(np.sqrt(np.mean(self.sulci.omega**2)))
@@ -151,8 +152,10 @@ class Head:
         sulci, runs perpendicular to the surface like real sulci rather than forming closed islands."""
         c = self.cer_c
         dx, dy, dz = x - np.float32(c[0]), y - np.float32(c[1]), z - np.float32(c[2] - 10.0)
-        s = np.float32(70.0) / np.maximum(np.sqrt(dx * dx + dy * dy + dz * dz), np.float32(5.0))
-        return self.sulci(dx * s, dy * s, dz * s)
+        rho = np.maximum(np.sqrt(dx * dx + dy * dy + dz * dz), np.float32(5.0))
+        s = np.float32(70.0) / rho
+        deep = np.clip((np.float32(42.0) - rho) / np.float32(8.0), 0.0, 1.0)  # no folds near the centre (the
+        return self.sulci(dx * s, dy * s, dz * s) + np.float32(4.0) * deep  # projected pattern gets dense there)
 
     def brain_from(self, raw: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """Fold the cortex: carve sulci (a slab around the noise's zero set, limited in depth) out of the raw brain."""
@@ -173,9 +176,11 @@ class Head:
         out = outer - np.float32(self.scalp_t)
         face = smin(ellipsoid(x, y, z, (0, 52, -48), (47, 38, 42)),
                     round_cone(x, y, z, (0, 86, -26), (0, 96, -52), 8.0, 9.0), 6.0)
-        jaw = ellipsoid(x, y, z, (0, 42, -92), (42, 36, 22))
+        jaw = smin(ellipsoid(x, y, z, (0, 42, -92), (42, 36, 22)),  # mandible region, and the skull base block:
+                   ellipsoid(x, y, z, (0, 2, -62), (self.neck_ax[0] + 6, 58, 34)), 12.0)  # pharynx, parotids, muscles
         neck = ellipsoid(x, y, z, (0, -15, -210), (self.neck_ax[0], self.neck_ax[1], 150))
-        ears = np.minimum(ellipsoid(x, y, z, (78, -18, -32), (8, 14, 24)), ellipsoid(x, y, z, (-78, -18, -32), (8, 14, 24)))
+        ears = np.minimum(ellipsoid(x, y, z, (78, -18, -32), (8, 14, 24)),
+                          ellipsoid(x, y, z, (-78, -18, -32), (8, 14, 24)))
         return smin(smin(smin(out, face, 12.0), smin(jaw, neck, 15.0), 15.0), ears, 3.0)
 
     # ---- painting order ------------------------------------------------------------------------------------------
@@ -186,18 +191,20 @@ class Head:
             p.append(_chain_prim("dense_bone", [(s * 17, -11, -45), (s * 35, -24, -44), (s * 53, -34, -42)], [8, 9, 8]))
         p.append(_chain_prim("bone", [(0, -6, -38), (0, -18, -55), (0, -28, -69)], [7, 8, 6]))
         p.append(_chain_prim("marrow", [(0, -6, -38), (0, -18, -55), (0, -28, -69)], [4, 5, 3]))
-        p.append(_ell_prim("bone", (0, 6, -44), (19, 17, 13)))
+        p.append(_ell_prim("bone", (0, 8, -47), (12, 15, 11)))  # sphenoid body, medial to the cavernous sinuses
         for i, zc in enumerate((-84.0, -100.0, -116.0, -132.0)):
             p.append(_ell_prim("bone", (0, -14 + 2 * i, zc), (9, 8, 6.5)))
             p.append(_ell_prim("marrow", (0, -14 + 2 * i, zc), (6, 5, 4)))
             p.append(_ell_prim("bone", (0, -48 + i, zc + 2), (16, 7, 5)))
         p.append(_chain_prim("bone", [(44, 8, -62), (44, 30, -96), (24, 64, -102), (0, 74, -102), (-24, 64, -102),
                                       (-44, 30, -96), (-44, 8, -62)], [5, 6, 6, 6, 6, 6, 5]))
-        p += [_ell_prim("air", (0, 9, -45), (13, 12, 9)), _ell_prim("air", (0, 60, -56), (7, 24, 17))]
+        p += [_ell_prim("air", (0, 10, -47), (9, 11, 8)), _ell_prim("air", (0, 60, -56), (7, 24, 17))]
         p.append(_chain_prim("air", [(0, 30, -58), (0, 18, -80), (0, 14, -140)], [9, 8, 7]))
         for s in (1, -1):
-            p += [_ell_prim("air", (s * 25, 55, -60), (13, 17, 15)), _ell_prim("mastoid", (s * 52, -35, -46), (10, 12, 12)),
-                  _ell_prim("fat", (s * 20, 8, -72), (8, 10, 12)), _ell_prim("orbit_fat", (s * 28, 46, -38), (14, 20, 13)),
+            p += [_ell_prim("air", (s * 25, 55, -60), (13, 17, 15)),
+                  _ell_prim("mastoid", (s * 52, -35, -46), (10, 12, 12)),
+                  _ell_prim("fat", (s * 20, 8, -72), (8, 10, 12)),
+                  _ell_prim("orbit_fat", (s * 28, 46, -38), (14, 20, 13)),
                   _ell_prim("vitreous", (s * 32, 64, -40), (12, 12, 12)),
                   _chain_prim("nerve", [(s * 30, 52, -40), (s * 18, 30, -34), (s * 7, 12, -30)], [2.5, 2.2, 2.0])]
         return p
@@ -213,7 +220,8 @@ class Head:
             lat = [(s * 9, 24, 10), (s * 12, 10, 16), (s * 15, -10, 22), (s * 22, -30, 18), (s * 27, -40, 12),
                    (s * 22, -62, 8)]
             p.append(_chain_prim("csf", lat, [3 * v, 5 * v, 4.5 * v, 5 * v, 7 * v, 2.5 * v]))
-            p.append(_chain_prim("csf", [(s * 27, -40, 12), (s * 32, -28, -6), (s * 30, -12, -18)], [6 * v, 3.5 * v, 2.5 * v]))
+            temporal_horn = [(s * 27, -40, 12), (s * 32, -28, -6), (s * 30, -12, -18)]
+            p.append(_chain_prim("csf", temporal_horn, [6 * v, 3.5 * v, 2.5 * v]))
         p += [_ell_prim("csf", (0, -10, 2), (2.5 * v, 14, 10)), _ell_prim("csf", (0, -48, -36), (7 * v, 5 * v, 8)),
               _chain_prim("csf", [(0, -30, -2), (0, -44, -28)], [1.3, 1.3])]
         for s in (1, -1):
@@ -230,7 +238,8 @@ class Head:
 
     def falx(self, x, y, z):
         """The falx: a 1 mm dural sheet in the fissure (enhancing on T1post, faintly dense on CT)."""
-        return np.maximum(np.abs(x) - 0.5, self.fissure_region(x, y, z) + 1.0)
+        sheet = np.maximum(np.abs(x) - 0.5, self.fissure_region(x, y, z) + 1.0)
+        return np.maximum(sheet, self.brain_env(x, y, z) - np.float32(0.5 * self.gap))
 
     def coarse_fields(self, x, y, z) -> dict[str, np.ndarray]:
         """The whole-head fields on the coarse grid, sharing the expensive envelopes between them."""

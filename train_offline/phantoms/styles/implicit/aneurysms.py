@@ -43,8 +43,8 @@ def _site(rng: np.random.Generator, b: TreeBuilder, loc: str) -> tuple[str, int,
         return "ica" + sfx, i, np.array(pref), False, "cavernous"
     if "Supraclinoid" in loc:
         if r < 0.35:
-            return "ica" + sfx, len(t["ica" + sfx].pts) - 1, _tangent(t["ica" + sfx].pts, len(t["ica" + sfx].pts) - 1), \
-                True, "ica terminus"
+            end = len(t["ica" + sfx].pts) - 1
+            return "ica" + sfx, end, _tangent(t["ica" + sfx].pts, end), True, "ica terminus"
         if r < 0.7:
             return "ica" + sfx, t["oph" + sfx].attach, np.array([-0.3 * s, 0.2, 1.0]), False, "ophthalmic origin"
         return "ica" + sfx, b.at_u("ica" + sfx, rng.uniform(12.1, 12.6)), np.array([-s, 0.2, -0.3]), False, \
@@ -109,6 +109,12 @@ class AneurysmSpec:
     patch: tuple[np.ndarray, np.ndarray]  # (wave vectors (2, 3), phases) of the sac's flow heterogeneity
 
 
+def midline_x(b: TreeBuilder) -> float:
+    """Head-frame x of the midsagittal plane, taken between the two pericallosal arteries at the genu."""
+    a2 = [b.tubes["a2" + sfx].pts[b.at_u("a2" + sfx, 4.5)][0] for sfx in ("_R", "_L")]
+    return float(np.mean(a2))
+
+
 def draw_dome(rng: np.random.Generator) -> float:
     """Dome diameter in patient mm: log-normal, median 4.5, sigma_ln 0.45, clipped to 2-25."""
     return float(np.clip(np.exp(np.log(4.5) + 0.45 * rng.normal()), 2.0, 25.0))
@@ -149,12 +155,13 @@ def place_aneurysms(rng: np.random.Generator, b: TreeBuilder, locations: list[st
         neck = dome * rng.uniform(0.5, 0.9)
         height = rng.uniform(1.0, 2.0) * neck
         d = _direction(rng, pref, _tangent(tube.pts, i), apex)
-        s = _side(loc)
-        for _ in range(8):  # keep an anterior-cerebral sac on its own side of the midline
-            m = c + d * (0.85 * r_p + max(height - 0.5 * dome, 0.3 * dome))
-            if "Anterior Cerebral" not in loc or m[0] * s >= 4.5:
+        s, mid = _side(loc), midline_x(b)
+        dist = 0.85 * r_p + max(height - 0.5 * dome, 0.3 * dome)
+        for _ in range(12):  # a sided sac's centre stays >= 3 mm on its own side of the midline
+            m = c + d * dist
+            if s == 0 or (m[0] - mid) * s >= 3.0:
                 break
-            d = _unit(d + np.array([0.6 * s, 0.0, 0.0]))
+            d, dist = _unit(d + np.array([0.6 * s, 0.0, 0.0])), dist * 1.1
         shape, lobes, bumps, elong = _shape(rng, m, d, 0.5 * dome)
         bleb = None
         if rng.random() < 0.15:
@@ -232,7 +239,8 @@ class AneurysmGeom:
         thr = None
         if self.thrombus is not None:
             w, tau = self.thrombus
-            plane = np.float32(tau * self.radius) - (px * np.float32(w[0]) + py * np.float32(w[1]) + pz * np.float32(w[2]))
+            along = px * np.float32(w[0]) + py * np.float32(w[1]) + pz * np.float32(w[2])
+            plane = np.float32(tau * self.radius) - along
             thr = np.maximum(dome, plane)
             sac = np.maximum(sac, -thr)
         qx, qy, qz = kk - np.float32(self.c[0]), rr - np.float32(self.c[1]), cc - np.float32(self.c[2])

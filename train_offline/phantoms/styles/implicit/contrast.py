@@ -95,7 +95,7 @@ def draw_contrast(rng: np.random.Generator, acq: Acquisition) -> Contrast:
         vein = u(0.6, 1.3)
         values["venous"] = u(0.8, 1.5)
         con = Contrast(mod, values, u(3.5, 6.0), vein, u(1.8, 3.0) if sat_bright else u(0.6, 1.4), u(1.1, 1.8),
-                       sat_len=u(60, 200), inplane_loss=u(0.1, 0.35), noise_sigma=1.0 / u(20, 50))
+                       sat_len=u(120, 320), inplane_loss=u(0.1, 0.35), noise_sigma=1.0 / u(20, 50))
         con.slab_tilt = list(u(-0.15, 0.15, len(acq.slabs)))
     elif mod == "MRI T2":
         values["venous"] = u(0.1, 0.5)
@@ -167,7 +167,7 @@ def tube_signals(tubes: dict[str, Tube], con: Contrast, acq: Acquisition, pose: 
             tangent = np.gradient(t.pts, axis=0)
             tangent /= np.linalg.norm(tangent, axis=1, keepdims=True) + 1e-9
             through = np.abs(pose.dir_to_lps(tangent) @ acq.normal)
-            speed = np.clip(t.radius / 1.5, 0.35, 1.2)
+            speed = np.clip(t.radius / 1.2, 0.4, 1.2) * (0.6 if t.kind == "perforator" else 1.0)
             inflow = np.exp(-travel[name] / (con.sat_len * speed))
             sig = 1.0 + (con.artery * jitter - 1.0) * inflow * (1.0 - con.inplane_loss * (1.0 - through) ** 2)
         elif con.modality == "MRI T1post" and con.artery > 1.0:

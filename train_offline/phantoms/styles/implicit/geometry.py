@@ -47,17 +47,22 @@ class Pose:
         q = np.asarray(q, float)
         return ((q - self.trans) @ FLIP) @ self.rot / self.scale
 
+    def centre_midline(self, midline_point: np.ndarray, offset: float) -> None:
+        """Shift along LPS x so that a head-frame point of the midline lands at LPS x = ``offset``."""
+        self.trans[0] += offset - self.to_lps(midline_point)[0]
+
     def dir_to_lps(self, d: np.ndarray) -> np.ndarray:
         return np.asarray(d, float) @ (FLIP @ self.rot).T
 
 
 def draw_pose(rng: np.random.Generator) -> Pose:
-    """Random head pose: nodding up to +-15 deg, small yaw and roll, global scale 0.9-1.1.
+    """Random head pose: nodding up to +-15 deg, yaw and roll up to +-4 deg, global scale 0.9-1.1.
 
-    The translation puts the head's midsagittal plane (near the anterior circulation) at LPS x = 0 within about a
-    millimetre, as a centred head in a head coil is, so that a patient-left structure keeps LPS x > 0.
+    The translation puts the head's midsagittal plane at LPS x = 0 near the anterior cerebral arteries (within
+    0.3 mm; re-centred on the actual A2 pair once the tree exists), as a centred head in a head coil is, so that
+    a patient-left structure keeps LPS x > 0.
     """
-    pitch, yaw, roll = rng.uniform(-15, 15), rng.uniform(-5, 5), rng.uniform(-5, 5)
+    pitch, yaw, roll = rng.uniform(-15, 15), rng.uniform(-4, 4), rng.uniform(-4, 4)
     rot = (
         rotation(np.array([0.0, 0.0, 1.0]), np.radians(yaw))
         @ rotation(np.array([0.0, 1.0, 0.0]), np.radians(roll))
@@ -65,9 +70,8 @@ def draw_pose(rng: np.random.Generator) -> Pose:
     )
     scale = float(rng.uniform(0.9, 1.1))
     pose = Pose(scale, rot, np.zeros(3), (float(pitch), float(yaw), float(roll)))
-    ref = pose.to_lps(np.array([0.0, 10.0, -10.0]))
-    trans = np.array([-ref[0] + rng.uniform(-1.0, 1.0), rng.uniform(-25, 25), rng.uniform(-40, 40)])
-    pose.trans = trans
+    pose.trans = np.array([0.0, rng.uniform(-25, 25), rng.uniform(-40, 40)])
+    pose.centre_midline(np.array([0.0, 28.0, 0.0]), float(rng.uniform(-0.3, 0.3)))
     return pose
 
 
@@ -173,15 +177,15 @@ def _recipe(rng: np.random.Generator, modality: str, size: str) -> Recipe:
         sp = float(rng.uniform(1.2, 2.5) if small else rng.choice([0.5, 0.625, 0.75, 0.8, 1.0]))
         top, bottom = rng.uniform(55, 100), rng.uniform(-115, -60)
         cover = (np.array([0.0, -15.0, bottom]), np.array([0.0, -15.0, top]))
-        return Recipe("axial", True, pixel, n, sp, sp * float(rng.uniform(1.0, 1.3)), (24, 120) if small else (200, 420),
-                      cover, 12.0)
+        n_range = (24, 120) if small else (200, 420)
+        return Recipe("axial", True, pixel, n, sp, sp * float(rng.uniform(1.0, 1.3)), n_range, cover, 12.0)
     if modality == "MRA":
         pixel, n = _inplane(rng, size, (0.29, 0.5), (384, 640), (160, 220))
         sp = float(rng.uniform(1.2, 1.7) if small else rng.uniform(0.5, 1.0))
         bottom = rng.uniform(-70, -40)
         cover = (np.array([0.0, -15.0, bottom]), np.array([0.0, -15.0, bottom + rng.uniform(70, 140)]))
-        return Recipe("axial", True, pixel, n, sp, sp * float(rng.uniform(1.0, 1.8)), (40, 110) if small else (120, 200),
-                      cover, 15.0)
+        n_range = (40, 110) if small else (120, 200)
+        return Recipe("axial", True, pixel, n, sp, sp * float(rng.uniform(1.0, 1.8)), n_range, cover, 15.0)
     two_d = rng.random() < (0.7 if modality == "MRI T2" else 0.6)
     if two_d:
         if modality == "MRI T2":

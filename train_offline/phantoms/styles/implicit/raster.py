@@ -103,7 +103,8 @@ class Background:
         full = tuple(slice(0, len(ax)) for ax in self.c_axes)
         fields = head.coarse_fields(*self.anat)
         band = 0.5 * self.h + 1e-3
-        for name, layers in (("head", (("fat", 0.0), ("soft", head.fat_t))),
+        skin = head.skin_t
+        for name, layers in (("head", (("soft", 0.0), ("fat", skin), ("soft", skin + head.fat_t))),
                              ("bone_shell", (("bone", 0.0), ("marrow", head.cort_t)))):
             res = self.to_s(fields.pop(name), full, band)
             if res is not None:

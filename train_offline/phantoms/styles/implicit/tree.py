@@ -145,7 +145,8 @@ def _cortical(b: TreeBuilder, head: Head, rng: np.random.Generator, k: float) ->
             for j in range(count):
                 tangent = t.pts_anat[-1] - t.pts_anat[-4]
                 start = tangent + rng.normal(0, 0.5, 3) * np.linalg.norm(tangent)
-                walks.append((name, j, _walk(rng, t.pts_anat[-1], start, 12, 4.0, 0.3), 0.5 * k * rng.uniform(0.9, 1.3)))
+                walk = _walk(rng, t.pts_anat[-1], start, 12, 4.0, 0.3)
+                walks.append((name, j, walk, 0.5 * k * rng.uniform(0.9, 1.3)))
     tails = np.vstack([w[2][2:] for w in walks])
     radii = np.concatenate([np.full(len(w[2]) - 2, w[3]) for w in walks])
     tails = snap(tails, head.brain_env, 0.8 + radii)
@@ -162,8 +163,8 @@ def _perforators(b: TreeBuilder, rng: np.random.Generator) -> None:
         m1 = b.tubes["m1" + SFX[s]]
         for j in range(int(rng.integers(3, 7))):
             i = int(rng.integers(len(m1.pts) // 5, 4 * len(m1.pts) // 5))
-            pts = _walk(rng, m1.pts_anat[i], np.array([s * 0.25, -0.15, 1.0]), int(rng.integers(5, 9)), 2.5, 0.35)
-            b.add(f"lsa{SFX[s]}{j}", pts, rng.uniform(0.3, 0.7), 0, kind="perforator", parent="m1" + SFX[s], attach=i,
+            pts = _walk(rng, m1.pts_anat[i], np.array([s * 0.25, -0.15, 1.0]), int(rng.integers(4, 8)), 2.5, 0.4)
+            b.add(f"lsa{SFX[s]}{j}", pts, rng.uniform(0.25, 0.55), 0, kind="perforator", parent="m1" + SFX[s], attach=i,
                   tort=0.2, lesions=False)
     tip = len(b.tubes["basilar"].pts) - 1
     for j in range(int(rng.integers(1, 4))):
@@ -205,12 +206,12 @@ def build_veins(b: TreeBuilder, head: Head, rng: np.random.Generator) -> None:
     dom = int(rng.choice([1, -1], p=[0.65, 0.35]))
     for s in (1, -1):
         r = 4.0 * rng.uniform(0.9, 1.1) * (1.0 if s == dom else rng.uniform(0.45, 1.0))
-        tr = np.array([(s * 15, -103, -8), (s * 35, -97, -12), (s * 50, -82, -18), (s * 57, -65, -22),
-                       (s * 60, -50, -27)], float)
+        tr = np.array([(s * 15, -103, -8), (s * 35, -97, -12), (s * 49, -82, -18), (s * 55, -65, -22),
+                       (s * 56, -50, -27)], float)
         tr = snap(tr, head.brain_env, head.gap - 0.3 * r)
         b.add("ts" + SFX[s], np.vstack([torcula, tr]), 2 * r, 0, kind="vein", tort=0.02)
-        sig = [(s * 58, -40, -35), (s * 52, -34, -44), (s * 45, -30, -52), (s * 42, -28, -60), (s * 40, -25, -75),
-               (s * 36, -18, -100), (s * 32, -12, -140)]
+        sig = [(s * 53, -40, -35), (s * 48, -34, -44), (s * 42, -30, -52), (s * 39, -28, -60), (s * 36, -24, -75),
+               (s * 32, -17, -100), (s * 28, -12, -140)]
         b.add("sig" + SFX[s], np.vstack([b.tubes["ts" + SFX[s]].pts_anat[-1], sig]),
               np.linspace(2 * r, 2.6 * r, len(sig) + 1), 0, kind="vein", tort=0.02)
     _deep_veins(b, rng, torcula)

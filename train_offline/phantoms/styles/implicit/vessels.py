@@ -15,7 +15,7 @@ import numpy as np
 
 from kernel.labels import SEG_LABEL_VALUES
 
-from .anatomy import Head, Morph
+from .anatomy import Morph
 
 SIDES = {1: "Right", -1: "Left"}
 SFX = {1: "_R", -1: "_L"}
