@@ -209,9 +209,28 @@ def low_resolution(image: np.ndarray, zoom_factor: float, order: int = 1) -> np.
     picks = [np.minimum(((np.arange(m) + 0.5) * n / m).astype(int), n - 1) for m, n in zip(small_shape, shape,
                                                                                           strict=True)]
     small = image[np.ix_(*picks)]
-    out = zoom(small, shape / small_shape, order=int(order), mode="nearest", grid_mode=True)
+    if int(order) == 1:
+        out = _resize_linear(small, image.shape)
+    else:
+        out = zoom(small, shape / small_shape, order=int(order), mode="nearest", grid_mode=True)
     assert out.shape == image.shape, f"low_resolution changed the shape {image.shape} -> {out.shape}"
     return out.astype(np.float32, copy=False)
+
+
+def _resize_linear(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Linear resize on the half-pixel grid, edges clamped, one axis at a time (``scipy.ndimage.zoom`` order 1 with
+    ``grid_mode``, to float rounding, at a tenth of its time)."""
+    out = image
+    for axis, n in enumerate(shape):
+        m = out.shape[axis]
+        if m == n:
+            continue
+        source = np.clip((np.arange(n) + 0.5) * (m / n) - 0.5, 0, m - 1)
+        lo = np.floor(source).astype(np.intp)
+        weight = (source - lo).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        below, above = np.take(out, lo, axis=axis), np.take(out, np.minimum(lo + 1, m - 1), axis=axis)
+        out = below + (above - below) * weight
+    return out
 
 
 def gamma(image: np.ndarray, gamma_value: float, invert: bool = False) -> np.ndarray:
@@ -227,10 +246,14 @@ def gamma(image: np.ndarray, gamma_value: float, invert: bool = False) -> np.nda
 
 
 def bias_field(image: np.ndarray, strength: float, rng: np.random.Generator, nodes: int = 4) -> np.ndarray:
-    """A smooth multiplicative field exp(strength * f), f a cubic upsampling of ``nodes``^3 Gaussian values scaled to
-    a peak of 1 (an MR coil's shading; strength 0.3 is about +-35%)."""
-    coarse = rng.normal(size=(nodes,) * 3)
-    smooth = zoom(coarse, np.asarray(image.shape) / nodes, order=3, mode="nearest", grid_mode=True)
+    """A smooth multiplicative field exp(strength * f) (an MR coil's shading; strength 0.3 is about +-35%): f holds
+    ``nodes``^3 Gaussian values spread by Gaussian bumps one node apart (a tensor product, one axis at a time),
+    scaled to a peak of 1."""
+    smooth = rng.normal(size=(nodes,) * 3)
+    centres = (np.arange(nodes) + 0.5) / nodes
+    for axis, n in enumerate(image.shape):
+        bumps = np.exp(-0.5 * (((np.arange(n) + 0.5) / n)[:, None] - centres[None]) ** 2 * nodes**2)
+        smooth = np.moveaxis(np.tensordot(bumps / bumps.sum(axis=1, keepdims=True), smooth, axes=(1, axis)), 0, axis)
     smooth = smooth / max(float(np.abs(smooth).max()), 1e-6)
     return (image * np.exp(float(strength) * smooth)).astype(np.float32)
 
