@@ -1,5 +1,5 @@
-"""nnU-Net's default augmentation (docs/reference/model-stages.md#augmentation) for the locator, the classifier and the
-fine patch model: pure functions on numpy arrays and a ``np.random.Generator``, no torch.
+"""nnU-Net's default augmentation (docs/reference/model-stages.md) for the locator, the classifier and the fine
+patch model: pure functions on numpy arrays and a ``np.random.Generator``, no torch.
 
 Spatial transforms (rotation, scaling) happen in the sampling, so the targets move with the image by construction:
 the crop's voxel -> LPS affine (``kernel.preprocess.crop_affine``) is rotated and scaled about the crop centre
