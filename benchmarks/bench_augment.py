@@ -60,7 +60,8 @@ def median_ms(fn: Callable[[np.random.Generator], object], repeats: int) -> floa
 def random_spatial(rng: np.random.Generator) -> Spatial:
     """A rotation and a scaling both drawn (the spatial row's cost: the transform always applied)."""
     limit = float(AUG["rotation_deg"])
-    return Spatial(tuple(float(a) for a in rng.uniform(-limit, limit, 3)), float(rng.uniform(*AUG["scale"])))
+    az, ay, ax = (float(a) for a in rng.uniform(-limit, limit, 3))
+    return Spatial((az, ay, ax), float(rng.uniform(*AUG["scale"])))
 
 
 def stages() -> dict[str, Callable[[Spatial | None], np.ndarray]]:

@@ -98,11 +98,12 @@ def draw_spatial(rng: np.random.Generator, aug: Mapping[str, Any]) -> Spatial | 
     rotate = rng.random() < float(aug["rotation_p"])
     if rotate:
         limit = float(aug["rotation_deg"])
-        angles = tuple(float(a) for a in rng.uniform(-limit, limit, 3))
+        az, ay, ax = (float(a) for a in rng.uniform(-limit, limit, 3))
+        angles = (az, ay, ax)
     rescale = rng.random() < float(aug["scale_p"])
     if rescale:
         scale = float(rng.uniform(*[float(s) for s in aug["scale"]]))
-    return Spatial(angles, scale) if rotate or rescale else None  # type: ignore[arg-type]
+    return Spatial(angles, scale) if rotate or rescale else None
 
 
 def rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
