@@ -33,7 +33,8 @@ from kernel.preprocess import spacing_of, world_to_voxel
 from kernel.recipe import Prediction, classifier_centre
 
 __all__ = [
-    "DPI", "FIGSIZE", "SHORT_NAMES", "SLAB_MM", "THRESHOLD", "VIEWS", "Box", "Explanation", "Marker", "explain_call",
+    "DPI", "FIGSIZE", "SHORT_NAMES", "SLAB_MM", "THRESHOLD", "VIEWS", "Box", "Explanation", "Marker", "candidate_label",
+    "explain_call",
     "layout_explanation", "render_explanation", "render_fallback", "truth_columns", "verdict",
 ]
 
@@ -130,6 +131,13 @@ def verdict(p_present: float, truth: dict[str, Any] | None, threshold: float = T
     return "FALSE POSITIVE" if predicted else "TRUE NEGATIVE"
 
 
+def candidate_label(number: int, probability: float | None, location: str | None) -> str:
+    """A candidate's label on the PNG ("1: 0.81 L MCA"); ``kernel.findings`` writes the same text for each finding."""
+    p = f" {probability:.2f}" if probability is not None else ""
+    where = f" {SHORT_NAMES.get(location, location)}" if location else ""
+    return f"{number}:{p}{where}"
+
+
 def _pixel(view: str, voxel: np.ndarray, region: np.ndarray) -> tuple[float, float]:
     """(row, col) of a full-volume voxel (z, y, x) in a view's displayed MIP of ``region`` ((3, 2) start, stop)."""
     z, y, x = np.asarray(voxel, dtype=np.float64) - region[:, 0]
@@ -193,9 +201,8 @@ def layout_explanation(
     probs_c = np.asarray(prediction.candidate_probs, dtype=np.float64).reshape(-1)
     names_c = list(prediction.candidate_locations)
     for k, (lps, vox) in enumerate(zip(cand_lps, cand_vox, strict=True)):
-        p = f" {probs_c[k]:.2f}" if k < len(probs_c) else ""
-        where = f" {SHORT_NAMES.get(names_c[k], names_c[k])}" if k < len(names_c) else ""
-        markers.append(marker("candidate", f"{k + 1}:{p}{where}", lps, vox))
+        markers.append(marker("candidate", candidate_label(k + 1, probs_c[k] if k < len(probs_c) else None,
+                                                           names_c[k] if k < len(names_c) else None), lps, vox))
     for k, (site, lps, vox) in enumerate(zip(sites, site_lps, site_vox, strict=True)):
         where = site.get("location")
         markers.append(marker("truth", f"T{k + 1}: {SHORT_NAMES.get(where, where) if where else 'aneurysm'}", lps,
@@ -506,11 +513,12 @@ def render_fallback(
 
 
 def explain_call(predictor: Any, uid: str, row_probs: Sequence[float], truth: dict[str, Any] | None,
-                 out_dir: str | os.PathLike[str]) -> Explanation:
+                 out_dir: str | os.PathLike[str], note: str = "") -> Explanation:
     """The PNG ``out_dir/<uid>.png`` for the predictor's latest call on ``uid`` (``predictor.keep_last`` must be
     set before the call): the full explanation when it kept a prediction, else the fallback page with its reason.
 
-    ``predictor`` is a ``kernel.predict.Predictor``; ``row_probs`` the row the gateway received.
+    ``predictor`` is a ``kernel.predict.Predictor``; ``row_probs`` the row the gateway received; ``note`` is added to
+    the title.
     """
     from kernel.preprocess import normalise
 
@@ -530,7 +538,7 @@ def explain_call(predictor: Any, uid: str, row_probs: Sequence[float], truth: di
         plan = dict(predictor.plans()).get(level)
         if plan is not None and plan.folds is not None:  # the crops of the folds this call ran
             specs = specs[: plan.folds]
-        title = f"{uid}  [{level}]"
+        title = f"{uid}  [{level}]" + (f"  {note}" if note else "")
         return render_explanation(array, volume.affine, prediction, specs, truth, title, out_path)
     if record is None:
         reason = "no call record for this series"
