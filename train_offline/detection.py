@@ -201,7 +201,7 @@ def report(findings: Mapping, truth: Mapping[str, SeriesTruth], rates: Sequence[
              f"{per_series:.2f} false positives per series",
              "operating points (all series): " + ", ".join(f"{r:g} FP/series at {_threshold_text(t)}"
                                                            for r, t in zip(rates, thresholds, strict=True)),
-             "", "| rows " + columns, rule, _row("all", pooled, thresholds)]
+             "", "| series set " + columns, rule, _row("all", pooled, thresholds)]
     bands = np.asarray(pooled.bands)
     lines += ["", "| dome band (thresholds of all series) " + columns, rule]
     from train_offline.domes import DOME_BANDS
