@@ -52,8 +52,9 @@ def _jitter(rng: np.random.Generator, d: np.ndarray, amount: float) -> np.ndarra
     return _unit(_unit(d) + amount * rng.normal(size=3))
 
 
-def _site(rng: np.random.Generator, base: str, side: str, option: int, paths: dict[str, Path]):
-    """(point, direction, parent radius, flow) in canonical mm for one site option of a location."""
+def _site(rng: np.random.Generator, base: str, side: str, option: int, paths: dict[str, Path], boost: float = 0.0):
+    """(point, direction, parent radius, flow) in canonical mm for one site option of a location; ``boost`` turns
+    near-midline domes (ACA) further to their own side."""
     lat = np.array([1.0 if side == "R" else -1.0, 0.0, 0.0])
     p = lambda name: paths[f"{name}_{side}"] if f"{name}_{side}" in paths else paths[name]  # noqa: E731
     if base == INFRA:
@@ -86,7 +87,7 @@ def _site(rng: np.random.Generator, base: str, side: str, option: int, paths: di
         if option == 0 and genu:
             frac = s[int(np.argmin(np.linalg.norm(a2.points - paths[f"cmarg_{side}"].points[0], axis=1)))] / s[-1]
         pt, tan, r, fl = _at(a2, frac)
-        return pt, _jitter(rng, tan + np.array([0, 0.5, 0.3]) + 0.35 * lat, 0.25), r, fl
+        return pt, _jitter(rng, tan + np.array([0, 0.5, 0.3]) + (0.6 + boost) * lat, 0.2), r, fl
     if base == PCOMM:
         pt, tan, r, fl = _at(p("pcomm"), 0.0)
         ica = paths[f"ica_supra_{side}"]
@@ -165,23 +166,26 @@ def _shape_caps(rng: np.random.Generator, dome: float, neck: float, base_pt: np.
 
 
 def place_sacs(rng: np.random.Generator, locations: list[str], paths: dict[str, Path], scale: np.ndarray,
-               dome_mm: float | None) -> list[Sac]:
-    """One sac per requested location, at distinct sites, its dome on the right side of the midline."""
+               dome_mm: float | None, lps_x=None) -> list[Sac]:
+    """One sac per requested location, at distinct sites, its dome centre clearly on the patient's side of the
+    midsagittal plane (and, when ``lps_x`` maps head mm to LPS x, on that side in LPS as well)."""
     sacs: list[Sac] = []
     used: set[tuple] = set()
     for loc in locations:
         base, side = split_location(loc)
         if base == OTHER:
             side = str(rng.choice(["R", "L"]))
-        for attempt in range(12):
+        for attempt in range(20):
             n_opt = N_OPTIONS[base]
             option = int(rng.choice(n_opt, p=OPTION_P.get(base))) if n_opt > 1 else 0
             if (base, side, option) in used and attempt < 6 and n_opt > 1:
                 continue
-            sac = _one_sac(rng, loc, base, side, option, paths, scale, dome_mm)
+            sac = _one_sac(rng, loc, base, side, option, paths, scale, dome_mm, 0.3 * attempt)
             far = all(np.linalg.norm(sac.centre - o.centre) > 0.5 * (sac.dome + o.dome) + 1.0 for o in sacs)
-            sided = side == "" or base == OTHER or (sac.centre[0] > 0.5) == (side == "R")
-            if (far and sided) or attempt == 11:
+            sign = 1.0 if side == "R" else -1.0
+            sided = side == "" or base == OTHER or (
+                sign * sac.centre[0] > 1.5 and (lps_x is None or -sign * lps_x(sac.centre) > 1.0))
+            if (far and sided) or attempt == 19:
                 used.add((base, side, option))
                 sacs.append(sac)
                 break
@@ -189,8 +193,8 @@ def place_sacs(rng: np.random.Generator, locations: list[str], paths: dict[str, 
 
 
 def _one_sac(rng: np.random.Generator, loc: str, base: str, side: str, option: int, paths: dict[str, Path],
-             scale: np.ndarray, dome_mm: float | None) -> Sac:
-    pt_q, d_q, r_parent, flow = _site(rng, base, side, option, paths)
+             scale: np.ndarray, dome_mm: float | None, boost: float = 0.0) -> Sac:
+    pt_q, d_q, r_parent, flow = _site(rng, base, side, option, paths, boost)
     base_pt = pt_q * scale
     u = _unit(d_q * scale)
     dome = float(dome_mm) if dome_mm is not None else draw_dome(rng)

@@ -102,7 +102,7 @@ def draw_contrast(rng: np.random.Generator, variant: str) -> Contrast:
         bright = variant == "t1-3d-gre"
         opts["bright_blood"] = bright
         art = rng.uniform(1.5, 2.5) if bright else rng.uniform(0.05, 0.3)
-        c = Contrast(family, tissue, texture, art, np.inf, rng.uniform(0.9, 1.05) if bright else rng.uniform(1.0, 3.0),
+        c = Contrast(family, tissue, texture, art, np.inf, rng.uniform(0.9, 1.05) if bright else rng.uniform(1.0, 1.8),
                      0.0 if bright else 1.0, rng.uniform(1.4, 2.2), rng.uniform(0.9, 1.3), 0.05,
                      rng.uniform(0.8, 1.2), 1.0, 1.0 / rng.uniform(20, 50), opts)
     return c

@@ -66,12 +66,25 @@ class Pose:
         return self.h_to_lps(np.asarray(q) * self.scale)
 
 
-def draw_pose(rng: np.random.Generator) -> Pose:
-    """A random patient: global scale 0.9-1.1 with small per-axis changes, head rotated and shifted in the scanner."""
-    scale = rng.uniform(0.9, 1.1) * rng.uniform(0.97, 1.03, size=3)
-    rot = euler(rng.normal(0, 5), rng.normal(0, 7), rng.normal(0, 4))
-    shift = np.array([rng.normal(0, 3), rng.normal(0, 8), rng.normal(0, 10)])
-    return Pose(scale=scale, rot=rot, shift=shift)
+def draw_scale(rng: np.random.Generator) -> np.ndarray:
+    """Patient size: global scale 0.9-1.1 with small per-axis changes."""
+    return rng.uniform(0.9, 1.1) * rng.uniform(0.97, 1.03, size=3)
+
+
+def draw_pose(rng: np.random.Generator, scale: np.ndarray, sided: list[tuple[np.ndarray, float]] | None = None
+              ) -> Pose:
+    """Head rotated and shifted in the scanner; the midsagittal plane stays near LPS x = 0 at the Circle of Willis
+    (patients lie centred left-right). ``sided``: (head-mm point, +1 patient right / -1 left) pairs that must keep
+    their side in LPS too; poses are redrawn (gentler each time) until they do."""
+    for attempt in range(10):
+        shrink = (1.0, 1.0, 1.0, 0.7, 0.5, 0.35, 0.2, 0.1, 0.05, 0.0)[attempt]
+        rot = euler(shrink * rng.normal(0, 4), shrink * rng.normal(0, 7), shrink * rng.normal(0, 3))
+        cow = rot @ RAS_TO_LPS @ (COW_CENTRE_Q * scale)
+        shift = np.array([-cow[0] + shrink * rng.normal(0, 1.0), rng.normal(0, 8), rng.normal(0, 10)])
+        pose = Pose(scale=scale, rot=rot, shift=shift)
+        if not sided or all(-sign * pose.h_to_lps(h)[0] > 0.5 for h, sign in sided):
+            return pose
+    return pose
 
 
 @dataclass
@@ -154,11 +167,11 @@ def _draw_numbers(rng: np.random.Generator, variant: str, small: bool) -> dict:
     elif variant == "t1-2d-se":
         n_px, pixel = _matrix(fov, rng.uniform(0.45, 0.9), 256, 512, 32)
     elif variant == "t1-3d-gre":
-        pixel = rng.uniform(0.9, 1.05) if rng.random() < 0.7 else rng.uniform(0.45, 0.55)
+        pixel = rng.uniform(0.9, 1.0) if rng.random() < 0.7 else rng.uniform(0.45, 0.55)
         n_px, pixel = _matrix(fov, pixel, 224, 512, 16)
     else:  # t2-3d
         n_px, pixel = _matrix(fov, rng.uniform(0.45, 1.0), 224, 512, 16)
-    thin = (1.2, 2.5) if small else {"cta": (0.5, 1.0), "tof": (0.5, 1.0)}.get(variant, (0.8, 1.15))
+    thin = (1.2, 2.5) if small else {"cta": (0.5, 1.0), "tof": (0.5, 1.0)}.get(variant, (0.8, 1.0))
     if variant.endswith("2d") or variant.endswith("-se"):
         thickness = rng.uniform(4.0, 6.0) if variant.startswith("t2") else rng.uniform(4.0, 5.0)
         spacing = thickness + rng.choice([0.0, rng.uniform(0.2, 1.5)])

@@ -14,7 +14,7 @@ from .aneurysms import Sac, place_sacs
 from .canvas import Canvas, ellipsoid, ellipsoid_box, paint_chain
 from .contrast import Contrast, background_intensity, draw_contrast
 from .formation import Shader, form_image, label_map
-from .geometry import Acquisition, Pose, draw_pose, draw_protocol, place_acquisition
+from .geometry import Acquisition, Pose, draw_pose, draw_protocol, draw_scale, place_acquisition
 from .vessels import Displacement, Path, TreeParams, build_arteries, build_veins, draw_variants, infundibula, landmarks
 
 
@@ -50,14 +50,17 @@ def render_series(rng: np.random.Generator, modality: str, locations: list[str],
                   dome_mm: float | None = None, with_labels: bool = False) -> StyleScan:
     """One series of ``modality`` with an aneurysm per entry of ``locations`` (see the style contract)."""
     _check(modality, list(locations), size, dome_mm)
-    pose = draw_pose(rng)
+    scale = draw_scale(rng)
     proto = draw_protocol(rng, modality, size)
     variants = draw_variants(rng, list(locations))
     disp = Displacement(rng)
     arteries = build_arteries(rng, variants, disp)
     veins = build_veins(rng, disp)
     infs = infundibula(rng, arteries)
-    sacs = place_sacs(rng, list(locations), arteries, pose.scale, dome_mm)
+    sacs = place_sacs(rng, list(locations), arteries, scale, dome_mm)
+    sided = [(s.centre, 1.0 if s.location.startswith("Right") else -1.0) for s in sacs
+             if s.location.startswith(("Left", "Right"))]
+    pose = draw_pose(rng, scale, sided)
     centres = pose.h_to_lps(np.array([s.centre for s in sacs]).reshape(-1, 3))
     acq = place_acquisition(rng, proto, pose, centres)
     frames = Frames(pose, acq)
@@ -77,7 +80,7 @@ def render_series(rng: np.random.Generator, modality: str, locations: list[str],
     acc, lumen, segs = B.render_blocks(fine, prims, shader, with_labels)
     image, effects = form_image(rng, acq, frames, canvas, bg, acc, contrast, inflow[0] if inflow else None)
     del bg, canvas
-    labels_map = label_map(acq, fine, lumen, segs) if with_labels else None
+    labels_map = label_map(acq, fine, lumen, segs, 0.4 if acq.three_d else 0.2) if with_labels else None
     aneurysms = [StyleAneurysm(location=s.location, centre_lps=pose.h_to_lps(s.centre), dome_mm=float(s.dome),
                                neck_mm=float(s.neck), parent_lps=pose.h_to_lps(s.parent), bleb=s.bleb, shape=s.shape)
                  for s in sacs]
@@ -204,14 +207,14 @@ def _fine_grid(acq: Acquisition, prims: B.Prims, size: str) -> B.FineGrid:
 def _truth(acq: Acquisition, contrast: Contrast, variants: TreeParams, sacs: list[Sac], infs: list[Path],
            arteries: dict[str, Path], pose: Pose, effects: dict, size: str) -> dict:
     """Style facts for the record (JSON-serialisable): protocol variant, anatomy variants, contrast and effects, and
-    one labelled centreline point per main vessel (LPS) for checks."""
+    three labelled centreline points per main vessel (LPS) for checks."""
     points = []
     for key, p in arteries.items():
         if p.seg == 0 or key.startswith("branch"):
             continue
-        j = len(p.points) // 2
-        points.append({"name": key, "seg": int(p.seg), "radius_mm": float(p.radius[j]),
-                       "lps": [float(v) for v in pose.q_to_lps(p.points[j])]})
+        for j in sorted({len(p.points) // 4, len(p.points) // 2, (3 * len(p.points)) // 4}):
+            points.append({"name": key, "seg": int(p.seg), "radius_mm": round(float(p.radius[j]), 3),
+                           "lps": [round(float(v), 3) for v in pose.q_to_lps(p.points[j])]})
     fx = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in effects.items()}
     return {
         "style": "labelmap", "size": size, "variant": acq.variant, "slabs": [list(s) for s in acq.slabs],

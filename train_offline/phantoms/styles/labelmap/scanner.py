@@ -40,7 +40,7 @@ def tof_profiles(rng: np.random.Generator, acq: Acquisition) -> tuple[np.ndarray
     n = acq.shape[0]
     k = np.arange(n, dtype=float)
     dip = rng.uniform(0.08, 0.3)
-    sat_mm = rng.uniform(40, 140)
+    sat = rng.uniform(0.15, 0.5)  # arterial signal lost from the bottom to the top of a slab (TONE-compensated)
     num_g, num_f, den = np.zeros(n), np.zeros(n), np.zeros(n)
     for k0, k1 in acq.slabs:
         width = max(k1 - k0, 2)
@@ -48,7 +48,7 @@ def tof_profiles(rng: np.random.Generator, acq: Acquisition) -> tuple[np.ndarray
         inside = (k >= k0) & (k < k1)
         w = np.where(inside, np.sin(np.pi * np.clip(pos, 0.02, 0.98)) ** 0.5, 0.0)
         gain = 1.0 - dip * (np.abs(2 * pos - 1) ** 4)
-        flow = np.exp(-pos * width * acq.spacing[0] / sat_mm) * rng.uniform(0.95, 1.05)
+        flow = (1.0 - sat * pos) * rng.uniform(0.95, 1.05)
         num_g += w * gain
         num_f += w * flow
         den += w

@@ -25,55 +25,70 @@ BRAIN_LIKE = lut(GM, WM, DEEP_GM, CEREBELLUM, BRAINSTEM)
 INTRA = lut(CSF, GM, WM, DEEP_GM, CEREBELLUM, BRAINSTEM, DURA)
 
 
-def _floor_table() -> tuple[np.ndarray, float, float, float]:
-    """Skull-base floor height z(x, y) of the cranial cavity: anterior fossa, sella, middle fossae, petrous ridges,
-    clivus; -200 where the cavity ellipsoids alone bound it. Returns (table, x0, y0, step)."""
+def floor_table(rng: np.random.Generator | None = None) -> tuple[np.ndarray, float, float, float]:
+    """Skull-base floor height z(x, y) of the cranial cavity: anterior fossa with domed orbital roofs and the
+    cribriform dip, sella, bowl-shaped middle fossae, petrous ridges, clivus, foramen magnum; -200 where the cavity
+    ellipsoids alone bound it; plus a smooth per-patient perturbation. Returns (table, x0, y0, step)."""
     step, x0, y0 = 2.5, -95.0, -140.0
     xs = x0 + step * np.arange(77)
     ys = y0 + step * np.arange(105)
-    x, y = np.meshgrid(np.abs(xs), ys, indexing="ij")
-    ridge = -8.0 - 0.55 * np.maximum(x - 8.0, 0.0)  # petrous ridge / dorsum line: y of the ridge at each |x|
-    lateral = np.clip((x - 15.0) / 8.0, 0.0, 1.0)
-    middle = -31.0 * (1 - lateral) - 48.0 * lateral
-    sella = (x < 7) & (y > -6) & (y < 7)
-    middle = np.where(sella, -39.0, middle)
-    anterior = -26.0 - 3.0 * (x < 9)
+    xa, y = np.meshgrid(np.abs(xs), ys, indexing="ij")
+    ridge = -8.0 - 0.55 * np.maximum(xa - 8.0, 0.0)  # petrous ridge / dorsum line: y of the ridge at each |x|
+    lateral = np.clip((xa - 15.0) / 8.0, 0.0, 1.0)
+    bowl = -49.0 + 8.0 * ((xa - 42.0) / 25.0) ** 2 + 6.0 * ((y + 8.0) / 22.0) ** 2
+    middle = -31.0 * (1 - lateral) + np.minimum(bowl, -38.0) * lateral
+    middle = np.where((xa < 7) & (y > -6) & (y < 7), -39.0, middle)  # sella
+    roofs = 7.0 * np.exp(-((xa - 27.0) / 13.0) ** 2 - ((y - 38.0) / 20.0) ** 2)
+    anterior = -27.0 + roofs - 4.0 * np.exp(-(xa / 6.0) ** 2) * ((y > 15) & (y < 60))
     floor = np.where(y > 12.0, anterior, middle)
     near_ridge = np.clip((ridge - y) / 10.0, 0.0, 1.0)
     posterior = -42.0 * (1 - near_ridge) - 76.0 * near_ridge
     clivus = np.clip(-32.0 + (y + 4.0) * 1.6, -76.0, -32.0)
-    posterior = np.where(x < 16, np.maximum(np.minimum(posterior, clivus), -76.0), posterior)
+    posterior = np.where(xa < 16, np.maximum(np.minimum(posterior, clivus), -76.0), posterior)
     floor = np.where(y < ridge, posterior, floor)
-    floor = np.where((y < ridge) & (x < 16) & (y < -30) & (y > -48), -200.0, floor)  # foramen magnum
+    if rng is not None:
+        bumps = ndi.gaussian_filter(rng.standard_normal(floor.shape), 3.0, mode="nearest")
+        floor = floor + rng.uniform(1.0, 3.0) * bumps / max(float(bumps.std()), 1e-6)
+    floor = np.where((y < ridge) & (xa < 16) & (y < -30) & (y > -48), -200.0, floor)  # foramen magnum
     floor = ndi.gaussian_filter(floor, 1.2, mode="nearest")
     return floor.astype(np.float32), x0, y0, step
 
 
-_FLOOR = _floor_table()
-
-
-def floor_at(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    table, x0, y0, step = _FLOOR
+def floor_at(x: np.ndarray, y: np.ndarray, table=None) -> np.ndarray:
+    table, x0, y0, step = table if table is not None else _DEFAULT_FLOOR
     coords = np.stack([(np.ravel(x) - x0) / step, (np.ravel(y) - y0) / step])
     return ndi.map_coordinates(table, coords, order=1, mode="nearest").reshape(np.shape(x)).astype(np.float32)
 
 
-def cavity_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+_DEFAULT_FLOOR = floor_table()
+
+
+def _floor_below(x: np.ndarray, y: np.ndarray, z: np.ndarray, table) -> np.ndarray:
+    """The floor height where it can matter (z below -18 mm), a harmless -300 elsewhere."""
+    out = np.full(np.shape(x), -300.0, np.float32)
+    m = z < -18.0
+    out[m] = floor_at(x[m], y[m], table)
+    return out
+
+
+def cavity_ellipsoids(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    return np.minimum(*(ellipsoid(c, a)(x, y, z) for c, a in CAVITY))
+
+
+def cavity_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray, table=None) -> np.ndarray:
     """Approximate signed distance to the inner skull surface (negative inside the cranial cavity)."""
-    d = np.minimum(*(ellipsoid(c, a)(x, y, z) for c, a in CAVITY))
-    return np.maximum(d, floor_at(x, y) - z)
+    return np.maximum(cavity_ellipsoids(x, y, z), floor_at(x, y, table) - z)
 
 
-def outer_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray, off: float) -> np.ndarray:
-    """Approximate signed distance to the skin: the cranium as the cavity grown by skull + scalp, plus temporalis
-    bulk, face, nose, jaw and neck."""
-    d = cavity_sdf(x, y, z) - off
+def face_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Approximate signed distance to the skin below and beside the cranium: temporalis bulk, face, nose, jaw, neck."""
     parts = [((s * 60.0, -8.0, -22.0), (17.0, 30.0, 28.0)) for s in (-1, 1)]
     parts += [((0.0, 52.0, -52.0), (50.0, 42.0, 46.0)), ((0.0, 32.0, -92.0), (50.0, 46.0, 26.0)),
               ((0.0, -18.0, -170.0), (56.0, 54.0, 120.0))]
+    d = capsule((0.0, 78.0, -30.0), (0.0, 94.0, -58.0), 8.0, 11.0)(x, y, z)
     for c, a in parts:
         d = np.minimum(d, ellipsoid(c, a)(x, y, z))
-    return np.minimum(d, capsule((0.0, 78.0, -30.0), (0.0, 94.0, -58.0), 8.0, 11.0)(x, y, z))
+    return d
 
 
 class HeadParams:
@@ -94,16 +109,17 @@ class HeadParams:
         self.sylvian = rng.uniform(2.5, 4.5)
         self.sss = rng.uniform(3.0, 5.0)
         self.transverse = (rng.uniform(2.5, 5.0), rng.uniform(2.0, 5.0))
+        self.floor = floor_table(rng)
 
 
 def paint_head(cv: Canvas, rng: np.random.Generator, hp: HeadParams, landmarks: dict[str, np.ndarray]) -> None:
     """Paint every tissue in order (later shapes override earlier ones where allowed)."""
     x, y, z = cv.xyz()
     factor = 2 if float(np.max(cv.step)) < 1.8 else 1
-    floor = cv.coarse_eval(lambda xs, ys, zs: np.where(zs < -18.0, floor_at(xs, ys), -300.0), factor)
-    d_cav = cv.coarse_eval(cavity_sdf, factor)
+    floor = cv.coarse_eval(lambda xs, ys, zs: _floor_below(xs, ys, zs, hp.floor), factor)
+    d_cav = np.maximum(cv.coarse_eval(cavity_ellipsoids, factor), floor - z)
     low = cv.random_field(rng, 25.0)
-    d_out = cv.coarse_eval(lambda xs, ys, zs: outer_sdf(xs, ys, zs, hp.scalp + hp.skull), factor)
+    d_out = np.minimum(d_cav - (hp.scalp + hp.skull), cv.coarse_eval(face_sdf, factor))
     d_out += 1.2 * low
     lab = cv.labels
     lab[d_out < 0] = MUSCLE
@@ -212,12 +228,12 @@ def _paint_brain(cv: Canvas, rng: np.random.Generator, hp: HeadParams, d_cav: np
     band = d_cav > -gap - hp.sulcus_depth
     brain &= ~(band & (np.abs(n) < hp.sulcus_width))
     del n, band, gap
-    t_z = -12.0 - 0.30 * np.abs(x) - 0.15 * np.maximum(-y - 30.0, 0.0)
+    t_z = -10.0 - 0.008 * x * x - 0.15 * np.maximum(-y - 30.0, 0.0)  # tentorium height
     ridge = -8.0 - 0.55 * np.maximum(np.abs(x) - 8.0, 0.0)
     posterior = (z < t_z) & (y < ridge)
-    brain &= ~(posterior & (z <= t_z - 2.0))  # the posterior fossa is refilled below by cerebellum and brainstem
     lab[brain] = GM
-    lab[posterior & (d_cav < 0) & (np.abs(z - t_z + 1.0) < 1.0)] = DURA  # tentorium
+    lab[brain & posterior] = CEREBELLUM  # below the tentorium: cerebellum (cisterns and brainstem carved next)
+    lab[(d_cav < 0) & (np.abs(z - t_z + 0.5) < 0.9) & (y < ridge)] = DURA  # tentorium
     del brain, posterior
     sl = cv.box((-0.5 * hp.fissure - 1, -130.0, -80.0), (0.5 * hp.fissure + 1, 100.0, 100.0))
     if sl is not None:  # interhemispheric fissure above the callosum, and the falx in it
@@ -236,21 +252,21 @@ def _paint_brain(cv: Canvas, rng: np.random.Generator, hp: HeadParams, d_cav: np
 
 
 def _paint_posterior_fossa(cv: Canvas, rng: np.random.Generator, hp: HeadParams, d_cav: np.ndarray) -> None:
-    """Cerebellar hemispheres and vermis, brainstem, prepontine / interpeduncular cisterns, fourth ventricle."""
-    inside = lut(CSF, DURA, GM)
-    for c, a in [((-24.0, -66.0, -44.0), (26.0, 29.0, 21.0)), ((24.0, -66.0, -44.0), (26.0, 29.0, 21.0)),
-                 ((0.0, -64.0, -38.0), (11.0, 27.0, 19.0))]:
-        sl = cv.box(*ellipsoid_box(c, a))
-        if sl is None:
-            continue
-        m = (ellipsoid(c, a)(*cv.xyz(sl)) < 0) & (d_cav[sl] < -hp.csf_gap) & inside[cv.labels[sl]]
-        cv.labels[sl][m] = CEREBELLUM
+    """Brainstem in its cisterns (prepontine, interpeduncular, cerebellopontine, cisterna magna), fourth ventricle,
+    cerebellar white matter."""
+    brain = lut(GM, CEREBELLUM)
     stem = [(0.0, -23.0, -6.0), (0.0, -27.0, -20.0), (0.0, -33.0, -35.0), (0.0, -40.0, -62.0), (0.0, -40.0, -72.0)]
-    paint_chain(cv, CSF, [(0.0, -13.0, -20.0), (0.0, -22.0, -52.0)], [8.0, 7.0], only=BRAIN_LIKE)
-    paint_chain(cv, BRAINSTEM, stem, [10.0, 11.5, 13.0, 9.0, 8.0], only=lut(CSF, DURA, GM, CEREBELLUM))
-    paint_chain(cv, VENTRICLE, [(0.0, -47.0, -34.0), (0.0, -49.0, -44.0)], [4.5, 3.5], only=BRAIN_LIKE)
-    core = [((s * 16.0, -60.0, -40.0), (8.0, 11.0, 7.0)) for s in (-1, 1)]
-    for c, a in core:
+    radii = np.array([10.0, 11.5, 13.0, 9.0, 8.0])
+    cist = rng.uniform(2.5, 5.0)
+    paint_chain(cv, CSF, [(0.0, -14.0, -20.0), (0.0, -23.0, -52.0)], [8.0, 7.0], only=brain)
+    paint_chain(cv, CSF, stem[1:], radii[1:] + cist, only=brain)
+    magna = (0.0, -72.0, -64.0)
+    cv.paint(CSF, ellipsoid(magna, (10.0, 14.0, 8.0) * np.asarray(rng.uniform(0.6, 1.4))),
+             *ellipsoid_box(magna, (14, 20, 12)), only=brain)
+    paint_chain(cv, BRAINSTEM, stem, radii, only=lut(CSF, DURA, GM, CEREBELLUM))
+    paint_chain(cv, VENTRICLE, [(0.0, -47.0, -34.0), (0.0, -49.0, -44.0)], [4.5, 3.5], only=lut(CEREBELLUM, BRAINSTEM))
+    for s in (-1, 1):
+        c, a = (s * 16.0, -60.0, -40.0), (8.0, 11.0, 7.0)
         cv.paint(WM, ellipsoid(c, a), *ellipsoid_box(c, a), only=lut(CEREBELLUM))
 
 

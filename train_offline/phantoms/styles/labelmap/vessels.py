@@ -297,6 +297,11 @@ def build_arteries(rng: np.random.Generator, tp: TreeParams, disp: Displacement)
         dense, _ = catmull_rom(np.array([ends[0], mid, ends[1]]), step=0.7)
         r = 0.5 * rng.uniform(1.2, 1.5) * tp.acomm * np.ones(len(dense))
         paths["acomm"] = Path("acomm", dense, r, seg_value(ACOMM, ""), ARTERY, 2.0, np.full(len(dense), 60.0))
+    for side, sign in (("R", 1.0), ("L", -1.0)):  # the two A2s run side by side; keep each on its own side
+        for name in (f"a2_{side}", f"cmarg_{side}"):
+            if name in paths:
+                p = paths[name]
+                p.points[1:, 0] = sign * np.maximum(sign * p.points[1:, 0], p.radius[1:] + 0.4)
     for _ in range(tp.loops):
         cands = [k for k in paths if k.rsplit("_", 1)[0] in ("m2s", "m2i", "p2", "sca", "pica", "cmarg", "aica")]
         if cands:
