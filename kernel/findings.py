@@ -31,12 +31,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kernel.labels import LABEL_COLS, LOCATION_COLS, MODALITY_NAMES, PRESENT_COL
 from kernel.volume import Volume
+
+if TYPE_CHECKING:
+    from kernel.budget import TimeBudget
 
 __all__ = [
     "ALL_FORMATS", "DEFAULT_THRESHOLD", "FINDINGS_FORMAT", "FORMAT_FILES", "ImageRef", "SUMMARY_COLUMNS",
@@ -250,7 +253,7 @@ def is_complete(folder: Path, formats: Iterable[str]) -> bool:
     return True
 
 
-def never_degrading_budget():
+def never_degrading_budget() -> TimeBudget:
     """A ``kernel.budget.TimeBudget`` that always affords the full plan (no notebook limit here)."""
     from kernel.budget import TimeBudget
 

@@ -334,3 +334,24 @@ def test_an_aneurysm_no_finding_hits_is_never_found(tmp_path: Path) -> None:
     threshold = froc_point(fp, 1, 2.0)  # every candidate
     assert threshold == 0.0 and not (score >= threshold).any() and np.isinf(distance).all()
     assert fp.tolist() == [0.9]
+
+
+def test_competition_truth_places_localizers_on_the_aneurysms(tmp_path: Path) -> None:
+    """train_localizers.csv placed through the series' headers lands within half a slice gap of the phantom's
+    centre (a localizer is the centre's projection on the nearest slice)."""
+    from train_offline.detection import truth_from_competition, truth_from_phantoms
+    from train_offline.phantoms.generate import generate_dataset
+
+    results = generate_dataset(tmp_path, 3, seed=5, split="train", size="small", progress=False,
+                               dome_range=(4.0, 6.0))
+    uids = [r.series_uid for r in results]
+    phantom = truth_from_phantoms(tmp_path)
+    (tmp_path / "phantom_truth.jsonl").unlink()
+    placed = truth_from_competition(tmp_path, uids, 5.0)
+    for r in results:
+        gap = float(r.truth["slice_spacing"])
+        assert len(placed[r.series_uid].aneurysms) == len(phantom[r.series_uid].aneurysms) > 0
+        for got, want in zip(placed[r.series_uid].aneurysms, phantom[r.series_uid].aneurysms, strict=True):
+            assert np.linalg.norm(got.centre_lps - want.centre_lps) <= gap / 2 + 0.02
+            assert got.hit_radius_mm == 5.0 and got.band == "unknown size"
+        assert placed[r.series_uid].protocol == r.modality
