@@ -184,7 +184,7 @@ def _draw_numbers(rng: np.random.Generator, variant: str, small: bool) -> dict:
             coverage = rng.uniform(70, 115) if small else rng.uniform(70, 125)
             lo, hi = (35, 90) if small else (120, 200)
         elif variant == "cta":
-            coverage, (lo, hi) = rng.uniform(150, 200), ((60, 120) if small else (200, 320))
+            coverage, (lo, hi) = rng.uniform(150, 200), ((60, 120) if small else (200, 280))
         else:
             coverage, (lo, hi) = rng.uniform(150, 190), ((60, 120) if small else (128, 192))
         n_sl = int(np.clip(round(coverage / spacing), lo, hi))

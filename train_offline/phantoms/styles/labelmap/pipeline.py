@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from kernel.labels import LOCATION_COLS, MODALITY_NAMES
@@ -50,6 +52,20 @@ def render_series(rng: np.random.Generator, modality: str, locations: list[str],
                   dome_mm: float | None = None, with_labels: bool = False) -> StyleScan:
     """One series of ``modality`` with an aneurysm per entry of ``locations`` (see the style contract)."""
     _check(modality, list(locations), size, dome_mm)
+    with _one_blas_thread():  # many small matrix products: threads only add overhead (series run in parallel)
+        return _render(rng, modality, list(locations), size, dome_mm, with_labels)
+
+
+def _one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _render(rng: np.random.Generator, modality: str, locations: list[str], size: str, dome_mm: float | None,
+            with_labels: bool) -> StyleScan:
     scale = draw_scale(rng)
     proto = draw_protocol(rng, modality, size)
     variants = draw_variants(rng, list(locations))
@@ -69,7 +85,7 @@ def render_series(rng: np.random.Generator, modality: str, locations: list[str],
     T.paint_head(canvas, rng, T.HeadParams(rng), landmarks(arteries))
     _paint_cuffs(canvas, arteries, sacs, pose.scale, rng.uniform(0.6, 1.3))
     bias = S.Bias(rng, rng.uniform(0.04, 0.25)) if contrast.family != "cta" else None
-    bg = background_intensity(canvas.labels, contrast, canvas.random_field(rng, rng.uniform(3.0, 7.0)))
+    bg = background_intensity(canvas.labels, contrast, canvas.random_field(rng, rng.uniform(4.0, 8.0)))
     if bias is not None:
         bg *= bias(*canvas.xyz())
     canvas.q = []  # the coordinates are no longer needed: free them

@@ -115,22 +115,23 @@ class HeadParams:
 def paint_head(cv: Canvas, rng: np.random.Generator, hp: HeadParams, landmarks: dict[str, np.ndarray]) -> None:
     """Paint every tissue in order (later shapes override earlier ones where allowed)."""
     x, y, z = cv.xyz()
-    factor = 2 if float(np.max(cv.step)) < 1.8 else 1
-    floor = cv.coarse_eval(lambda xs, ys, zs: _floor_below(xs, ys, zs, hp.floor), factor)
-    d_cav = np.maximum(cv.coarse_eval(cavity_ellipsoids, factor), floor - z)
+    factor = 3 if float(np.max(cv.step)) < 1.5 else (2 if float(np.max(cv.step)) < 2.0 else 1)
+    d_cav = cv.coarse_eval(lambda xs, ys, zs: np.maximum(cavity_ellipsoids(xs, ys, zs),
+                                                         _floor_below(xs, ys, zs, hp.floor) - zs), factor)
     low = cv.random_field(rng, 25.0)
-    d_out = np.minimum(d_cav - (hp.scalp + hp.skull), cv.coarse_eval(face_sdf, factor))
+    d_out = cv.coarse_eval(lambda xs, ys, zs: np.minimum(np.maximum(cavity_ellipsoids(xs, ys, zs), _floor_below(
+        xs, ys, zs, hp.floor) - zs) - (hp.scalp + hp.skull), face_sdf(xs, ys, zs)), factor)
     d_out += 1.2 * low
     lab = cv.labels
     lab[d_out < 0] = MUSCLE
     lab[(d_out < 0) & (d_out > -hp.fat - 1.5)] = FAT
     lab[(d_out < 0) & (d_out > -1.5)] = SKIN
     thick = hp.skull + 1.0 * low
-    thick[floor - z > -2.0] += 3.0  # the skull base is thicker
+    thick[z < -24.0] += 3.0  # the skull base is thicker
     skull = (d_cav >= 0) & (d_cav < thick) & (d_out < -1.0)
     lab[skull] = BONE
     lab[skull & (d_cav > 1.2) & (d_cav < thick - 1.6)] = MARROW
-    del floor, low, thick, skull, d_out
+    del low, thick, skull, d_out
     _paint_face(cv, rng, hp)
     _paint_skull_base(cv, rng, hp)
     lab[d_cav < 0] = CSF
