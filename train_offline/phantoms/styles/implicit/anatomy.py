@@ -157,11 +157,14 @@ class Head:
         deep = np.clip((np.float32(42.0) - rho) / np.float32(8.0), 0.0, 1.0)  # no folds near the centre (the
         return self.sulci(dx * s, dy * s, dz * s) + np.float32(4.0) * deep  # projected pattern gets dense there)
 
-    def brain_from(self, raw: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Fold the cortex: carve sulci (a slab around the noise's zero set, limited in depth) out of the raw brain."""
-        sulcus = np.minimum(np.float32(0.5 * self.sulcal_w) - np.abs(noise) / np.float32(self.sulcal_grad),
-                            raw + np.float32(self.sulcal_depth))
-        return np.maximum(raw, sulcus)
+    def brain_from(self, raw: np.ndarray, noise: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Fold the cortex: carve sulci (a slab around the noise's zero set, limited in depth) out of the raw brain.
+        ``noise`` is overwritten."""
+        np.abs(noise, out=noise)
+        noise *= np.float32(-1.0 / self.sulcal_grad)
+        noise += np.float32(0.5 * self.sulcal_w)
+        np.minimum(noise, raw + np.float32(self.sulcal_depth), out=noise)
+        return np.maximum(raw, noise, out=out)
 
     def skull_outer(self, x, y, z):
         t = self.skull_t + 1.0 * self.skull_noise(x, y, z) + 2.0 * np.clip((-y - 60.0) / 40.0, 0.0, 1.0)

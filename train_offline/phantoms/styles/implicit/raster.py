@@ -32,6 +32,12 @@ class Background:
         hk = acq.thickness / acq.n_sub if acq.n_sub > 1 else self.s_axes[0][1] - self.s_axes[0][0]
         steps = [hk] + [ax[1] - ax[0] for ax in self.s_axes[1:]]
         self.h = float(np.prod(steps) ** (1 / 3))
+        size = int(np.prod(self.s_shape))
+        self._scratch = [np.empty(size, np.float32) for _ in range(4)]  # two fields, occupancy, blend term
+
+    def buffer(self, i: int, shape: tuple[int, ...]) -> np.ndarray:
+        """A reusable shading-grid-sized work array viewed as ``shape`` (fresh memory is the expensive part)."""
+        return self._scratch[i][: int(np.prod(shape))].reshape(shape)
 
     def c_box(self, lo, hi, pad: float = 4.0) -> tuple[slice, slice, slice] | None:
         """Coarse-grid index box holding an anatomy-frame box (its corners carried through morph and pose)."""
@@ -47,6 +53,11 @@ class Background:
             out.append(slice(i0, i1))
         return tuple(out)
 
+    def _factors(self) -> tuple:
+        if self.grids.coarse_k > 0:
+            return ((self.c_axes[0], self.s_axes[0]), *self.grids.g[1:])
+        return self.grids.g
+
     def _s_range(self, axis: int, i0: int, i1: int) -> tuple[slice, object]:
         """Shading-grid slice covered by coarse indices [i0, i1) along ``axis``, and how to interpolate it."""
         if axis == 0 and self.grids.coarse_k > 0:
@@ -57,8 +68,8 @@ class Background:
         s0 = i0 * g
         return slice(s0, s0 + min((i1 - 1 - i0) * g + 1, self.s_shape[axis] - s0)), g
 
-    def to_s(self, arr: np.ndarray, c_sl: tuple[slice, ...], band: float,
-             mask_src: np.ndarray | None = None) -> tuple[tuple, np.ndarray] | None:
+    def to_s(self, arr: np.ndarray, c_sl: tuple[slice, ...], band: float, mask_src: np.ndarray | None = None,
+             slot: int = 0) -> tuple[tuple, np.ndarray] | None:
         """Shrink a coarse sub-box (``arr`` lives on ``c_sl``) to where the field (or ``mask_src``) is below
         ``band``, plus a cell, and upsample it to the shading grid."""
         mask = (arr if mask_src is None else mask_src) < band
@@ -80,12 +91,20 @@ class Background:
         if min(shape) <= 0:
             return None
         sub = arr[tuple(slice(a, b) for a, b in box)]
-        return sl, upsample(sub, tuple(r[1] for r in ranges), shape)
+        return sl, upsample(sub, tuple(r[1] for r in ranges), shape, out=self.buffer(slot, shape))
 
-    def paint(self, img: np.ndarray, s_sl: tuple[slice, ...], sdf: np.ndarray, value: float) -> None:
-        occ = occupancy(sdf, self.h)
+    def paint(self, img: np.ndarray, s_sl: tuple[slice, ...], sdf: np.ndarray, value: float,
+              offset: float = 0.0) -> None:
+        """Blend ``value`` into the image with the box-filter coverage of the surface ``sdf + offset``."""
+        occ = self.buffer(2, sdf.shape)
+        np.multiply(sdf, np.float32(-1.0 / self.h), out=occ)
+        occ += np.float32(0.5 - offset / self.h)
+        np.clip(occ, 0.0, 1.0, out=occ)
         view = img[s_sl]
-        view += (np.float32(value) - view) * occ
+        term = self.buffer(3, sdf.shape)
+        np.subtract(np.float32(value), view, out=term)
+        term *= occ
+        view += term
 
     def prim(self, img: np.ndarray, p: Prim, values: dict[str, float]) -> None:
         c_sl = self.c_box(p.lo, p.hi)
@@ -109,7 +128,7 @@ class Background:
             res = self.to_s(fields.pop(name), full, band)
             if res is not None:
                 for tissue, offset in layers:
-                    self.paint(img, res[0], res[1] + np.float32(offset), v[tissue])
+                    self.paint(img, res[0], res[1], v[tissue], offset)
         for p in head.small_prims_outer():
             self.prim(img, p, v)
         res = self.to_s(fields.pop("intracranial"), full, band)
@@ -119,15 +138,13 @@ class Background:
         res = self.to_s(raw, full, band)
         if res is not None:
             s_sl, raw_s = res
-            noise = self.to_s(fields.pop("sulci"), full, band, mask_src=raw)[1]
-            brain = head.brain_from(raw_s, noise)
-            del raw_s, noise
-            self.paint(img, s_sl, brain, v["gm"])
-            self.paint(img, s_sl, brain + np.float32(head.gm_t), v["wm"])
-            del brain
+            noise = self.to_s(fields.pop("sulci"), full, band, mask_src=raw, slot=1)[1]
+            head.brain_from(raw_s, noise, out=raw_s)
+            self.paint(img, s_sl, raw_s, v["gm"])
+            self.paint(img, s_sl, raw_s, v["wm"], head.gm_t)
         for p in head.small_prims_inner():
             self.prim(img, p, v)
-        mod = self.to_s(con.modulation(*self.head_xyz), full, np.inf)[1]
+        mod = upsample(con.modulation(*self.head_xyz), self._factors(), self.s_shape, out=self.buffer(0, self.s_shape))
         if con.is_ct:
             img += mod
         else:
@@ -137,29 +154,36 @@ class Background:
         return img
 
 
-def capsule_field(kk, rr, cc, a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray):
-    """Nearest of m round cones a[i]-b[i] at every box voxel: (sdf, t along it, segment index, offset q).
+def _segment(kk, rr, cc, a, ba, bb, ra, dr, j):
+    """Distance terms of segment j (per voxel) of a polyline: (sdf, t, q)."""
+    dk, drr, dc = kk - a[j, 0], rr - a[j, 1], cc - a[j, 2]
+    bk, br, bc = ba[j, 0], ba[j, 1], ba[j, 2]
+    t = np.clip((dk * bk + drr * br + dc * bc) / bb[j], 0.0, 1.0)
+    qk, qr, qc = dk - t * bk, drr - t * br, dc - t * bc
+    return np.sqrt(qk * qk + qr * qr + qc * qc) - (ra[j] + dr[j] * t), t, (qk, qr, qc)
 
-    The m distances are computed together; the winner's parameters are then recomputed from its own endpoints, which
-    is cheaper than gathering four (m, box) arrays."""
-    sh = (len(a), 1, 1, 1)
+
+def capsule_field(kk, rr, cc, a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray):
+    """Nearest round cone of a polyline (segments a[i]-b[i], b[i] = a[i+1]) at every box voxel:
+    (sdf, t along it, segment index, offset q).
+
+    The nearest centreline sample comes from separable squared distances (two full-size additions); only the two
+    segments on either side of it are then evaluated exactly."""
+    m = len(a)
     ba = (b - a).astype(np.float32)
     bb = np.maximum((ba * ba).sum(1), 1e-6).astype(np.float32)
-    if len(a) == 1:
-        j = np.zeros(np.broadcast_shapes(kk.shape, rr.shape, cc.shape), np.int64)
-    else:
-        dk, dr, dc = kk[None] - a[:, 0].reshape(sh), rr[None] - a[:, 1].reshape(sh), cc[None] - a[:, 2].reshape(sh)
-        bk, br, bc = (ba[:, i].reshape(sh) for i in range(3))
-        t = np.clip((dk * bk + dr * br + dc * bc) / bb.reshape(sh), 0.0, 1.0)
-        qk, qr, qc = dk - t * bk, dr - t * br, dc - t * bc
-        sdf = np.sqrt(qk * qk + qr * qr + qc * qc) - (ra.reshape(sh) + (rb - ra).reshape(sh) * t)
-        j = np.argmin(sdf, axis=0)
-    dk, dr, dc = kk - a[j, 0], rr - a[j, 1], cc - a[j, 2]
-    bk, br, bc = ba[j, 0], ba[j, 1], ba[j, 2]
-    t = np.clip((dk * bk + dr * br + dc * bc) / bb[j], 0.0, 1.0)
-    qk, qr, qc = dk - t * bk, dr - t * br, dc - t * bc
-    sdf = np.sqrt(qk * qk + qr * qr + qc * qc) - (ra[j] + (rb[j] - ra[j]) * t)
-    return sdf, t, j, (qk, qr, qc)
+    dr = (rb - ra).astype(np.float32)
+    pts = np.vstack([a, b[-1:]])
+    sh = (m + 1, 1, 1, 1)
+    d2 = (kk[None] - pts[:, 0].reshape(sh)) ** 2 + (rr[None] - pts[:, 1].reshape(sh)) ** 2
+    d2 = d2 + (cc[None] - pts[:, 2].reshape(sh)) ** 2
+    near = np.argmin(d2, axis=0)
+    j1, j2 = np.clip(near - 1, 0, m - 1), np.minimum(near, m - 1)
+    s1, t1, q1 = _segment(kk, rr, cc, a, ba, bb, ra, dr, j1)
+    s2, t2, q2 = _segment(kk, rr, cc, a, ba, bb, ra, dr, j2)
+    first = s1 <= s2
+    q = tuple(np.where(first, x, y) for x, y in zip(q1, q2, strict=True))
+    return np.where(first, s1, s2), np.where(first, t1, t2), np.where(first, j1, j2), q
 
 
 class Vessels:
@@ -201,38 +225,28 @@ class Vessels:
         return sdf, r, t, seg, self.directional_h(*q)
 
     def tube(self, pts: np.ndarray, rad: np.ndarray, sig: np.ndarray, label: np.ndarray) -> None:
-        """Composite one vessel (grid-frame mm samples) over its box."""
+        """Composite one vessel (grid-frame mm samples), a chunk of segments at a time.
+
+        Each chunk also evaluates two segments either side and composites only the voxels whose nearest segment is
+        its own, so every voxel is covered once, by the segment nearest to it, without tube-sized work arrays."""
         pts, rad, sig = pts.astype(np.float32), rad.astype(np.float32), sig.astype(np.float32)
-        pad = float(rad.max() + self.h.max() + 0.5)
-        tsl = self.box(pts.min(0) - pad, pts.max(0) + pad)
-        if tsl is None or len(pts) < 2:
-            return
-        shape = tuple(s.stop - s.start for s in tsl)
-        f_sdf = np.full(shape, 1e3, np.float32)
-        f_r, f_sig, f_h = np.ones(shape, np.float32), np.zeros(shape, np.float32), np.ones(shape, np.float32)
-        f_lab = np.zeros(shape, np.uint8)
-        for i0 in range(0, len(pts) - 1, self.chunk):
-            i1 = min(i0 + self.chunk, len(pts) - 1)
+        n = len(pts)
+        for i0 in range(0, n - 1, self.chunk):
+            i1 = min(i0 + self.chunk, n - 1)
             cp = pts[i0 : i1 + 1]
             pad = float(rad[i0 : i1 + 1].max() + self.h.max() + 0.5)
             csl = self.box(cp.min(0) - pad, cp.max(0) + pad)
             if csl is None:
                 continue
-            sdf, r, t, seg, hh = self.segments(csl, pts, rad, i0, i1)
-            sub = tuple(slice(c.start - s.start, c.stop - s.start) for c, s in zip(csl, tsl, strict=True))
-            better = sdf < f_sdf[sub]
-            f_sdf[sub] = np.where(better, sdf, f_sdf[sub])
-            f_r[sub] = np.where(better, r, f_r[sub])
-            f_h[sub] = np.where(better, hh, f_h[sub])
-            f_sig[sub] = np.where(better, sig[seg] + (sig[seg + 1] - sig[seg]) * t, f_sig[sub])
-            f_lab[sub] = np.where(better, label[seg], f_lab[sub])
-        occ = tube_occupancy(f_sdf, f_r, f_h)
-        view = self.img[tsl]
-        view += (f_sig - view) * occ
-        if self.lab is not None:
-            lv = self.lab[tsl]
-            put = (f_sdf <= 0) & (f_lab > 0)
-            lv[put] = f_lab[put]
+            sdf, r, t, seg, hh = self.segments(csl, pts, rad, max(0, i0 - 2), min(n - 1, i1 + 2))
+            own = (seg >= i0) & (seg < i1)
+            occ = tube_occupancy(sdf, r, hh)
+            occ *= own
+            view = self.img[csl]
+            view += (sig[seg] + (sig[seg + 1] - sig[seg]) * t - view) * occ
+            if self.lab is not None:
+                put = (sdf <= 0) & own & (label[seg] > 0)
+                self.lab[csl][put] = label[seg][put]
 
     def aneurysm(self, geom: AneurysmGeom, pts, rad, sig, lumen_slow: float, thrombus: float, label: int,
                  step: float) -> None:

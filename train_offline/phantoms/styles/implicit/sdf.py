@@ -87,26 +87,49 @@ class WaveNoise:
         return self(p[:, 0].astype(np.float32), p[:, 1].astype(np.float32), p[:, 2].astype(np.float32))
 
 
-def upsample_axis(a: np.ndarray, axis: int, factor: int, n_out: int) -> np.ndarray:
-    """Linear interpolation along one axis by an integer factor; coarse sample j sits at fine index j * factor."""
+def _lerp_chunk(a: np.ndarray, axis: int, factor: int, n_out: int) -> np.ndarray:
+    """Linear upsampling of ``a`` along ``axis`` by an integer factor (contiguous broadcasting, no strided writes)."""
+    n_in = a.shape[axis]
+    lo = a[(slice(None),) * axis + (slice(0, n_in - 1),)]
+    hi = a[(slice(None),) * axis + (slice(1, n_in),)]
+    w_shape = [1] * (a.ndim + 1)
+    w_shape[axis + 1] = factor
+    w = (np.arange(factor, dtype=np.float32) / np.float32(factor)).reshape(w_shape)
+    lo_e = np.expand_dims(lo, axis + 1)
+    body = (np.expand_dims(hi, axis + 1) - lo_e) * w
+    body += lo_e
+    shape = list(a.shape)
+    shape[axis] = (n_in - 1) * factor
+    body = body.reshape(shape)
+    if shape[axis] >= n_out:
+        return body[(slice(None),) * axis + (slice(0, n_out),)]
+    last = a[(slice(None),) * axis + (slice(n_in - 1, n_in),)]
+    return np.concatenate([body, last], axis=axis)[(slice(None),) * axis + (slice(0, n_out),)]
+
+
+def upsample_axis(a: np.ndarray, axis: int, factor: int, n_out: int, chunk: int = 16) -> np.ndarray:
+    """Linear interpolation along one axis by an integer factor; coarse sample j sits at fine index j * factor.
+
+    Works in chunks along the first axis so the temporaries stay small on native-size volumes."""
     if factor == 1:
-        return a if a.shape[axis] == n_out else np.take(a, np.arange(n_out), axis=axis)
-    a = np.moveaxis(a, axis, 0)
-    n_c = a.shape[0]
-    assert (n_c - 1) * factor + 1 >= n_out, "coarse grid must cover the fine grid"
-    out = np.empty((n_out, *a.shape[1:]), np.float32)
-    for q in range(factor):
-        n_q = len(range(q, n_out, factor))
-        if n_q == 0:
-            continue
-        lo = a[:n_q]
-        if q == 0:
-            out[q::factor] = lo
-        else:
-            w = np.float32(q / factor)
-            np.multiply(a[1 : n_q + 1] - lo, w, out=out[q::factor])
-            out[q::factor] += lo
-    return np.moveaxis(out, 0, axis)
+        return a if a.shape[axis] == n_out else a[(slice(None),) * axis + (slice(0, n_out),)]
+    n_in = a.shape[axis]
+    assert (n_in - 1) * factor + 1 >= n_out, "coarse grid must cover the fine grid"
+    shape = list(a.shape)
+    shape[axis] = n_out
+    out = np.empty(shape, np.float32)
+    if axis == 0:
+        for j0 in range(0, n_in - 1, chunk):
+            j1 = min(j0 + chunk, n_in - 1)
+            o0, o1 = j0 * factor, min(j1 * factor, n_out)
+            if o1 > o0:
+                out[o0:o1] = _lerp_chunk(a[j0 : j1 + 1], 0, factor, j1 * factor + 1)[: o1 - o0]
+        if (n_in - 1) * factor < n_out:
+            out[(n_in - 1) * factor] = a[n_in - 1]
+        return out
+    for k0 in range(0, a.shape[0], chunk):
+        out[k0 : k0 + chunk] = _lerp_chunk(a[k0 : k0 + chunk], axis, factor, n_out)
+    return out
 
 
 def interp_axis(a: np.ndarray, axis: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -120,17 +143,35 @@ def interp_axis(a: np.ndarray, axis: int, src: np.ndarray, dst: np.ndarray) -> n
     return lo + (np.take(a, i0 + 1, axis=axis) - lo) * w
 
 
-def upsample(a: np.ndarray, factors: tuple, shape: tuple[int, int, int]) -> np.ndarray:
+def upsample(a: np.ndarray, factors: tuple, shape: tuple[int, int, int], out: np.ndarray | None = None) -> np.ndarray:
     """Trilinear upsampling of a coarse sub-grid to ``shape``: an integer factor per axis, or a pair of position
-    arrays (coarse, fine) for an axis sampled irregularly (sub-slices of thick 2D slices)."""
-    out = a.astype(np.float32, copy=False)
-    for axis in (2, 1, 0):
-        f = factors[axis]
-        if isinstance(f, tuple):
-            out = interp_axis(out, axis, f[0], f[1])
-        else:
-            out = upsample_axis(out, axis, f, shape[axis])
-    return np.ascontiguousarray(out)
+    arrays (coarse, fine) for the slice axis when it is sampled irregularly (sub-slices of thick 2D slices).
+
+    The in-plane axes are upsampled a few coarse slices at a time and interpolated along the slice axis straight
+    into ``out``, so only the output is ever allocated at full size (fresh memory is what costs on big stacks)."""
+    a = a.astype(np.float32, copy=False)
+    out = np.empty(shape, np.float32) if out is None else out
+    fk = factors[0]
+    if isinstance(fk, tuple):
+        block = a
+        for axis in (2, 1):
+            block = upsample_axis(block, axis, factors[axis], shape[axis])
+        out[...] = interp_axis(block, 0, fk[0], fk[1])
+        return out
+    n_in, step, j0 = a.shape[0], 4, 0
+    while True:
+        j1 = min(j0 + step, n_in - 1)
+        block = a[j0 : j1 + 1]
+        block = _lerp_chunk(block, 2, factors[2], shape[2]) if factors[2] > 1 else block[:, :, : shape[2]]
+        block = _lerp_chunk(block, 1, factors[1], shape[1]) if factors[1] > 1 else block[:, : shape[1]]
+        o0 = j0 * fk
+        if fk > 1 and j1 > j0:
+            block = _lerp_chunk(block, 0, fk, (j1 - j0) * fk + 1)
+        o1 = min(o0 + len(block), shape[0])
+        out[o0:o1] = block[: o1 - o0]
+        if j1 >= n_in - 1 or o1 >= shape[0]:
+            return out
+        j0 = j1
 
 
 def occupancy(sdf: np.ndarray, h: float | np.ndarray) -> np.ndarray:
