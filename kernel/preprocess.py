@@ -1,8 +1,9 @@
 """Geometry and intensity preprocessing shared by training and the kernel: one implementation of each step.
 
 Conventions (docs/reference/architecture.md): affines map a voxel index (z, y, x, 1) to LPS mm. The canonical
-orientation has array axes pointing to superior, posterior and patient-left. Resampling uses the half-pixel grid: the field of view's
-edges are kept, steps are exactly the target spacing, and new origin = old origin + 0.5 * (new - old spacing).
+orientation has array axes pointing to superior, posterior and patient-left. Resampling uses the half-pixel grid: the
+field of view's edges are kept, steps are exactly the target spacing, and new origin = old origin + 0.5 * (new - old
+spacing).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Acquisition protocols: geometry, tissue values, noise and encoding of CTA, TOF-MRA, MRI T2 and MRI T1post.
 
-Numbers follow the phantom spec (docs/reference/phantoms.md; full size) or a scaled-down version for tests (small
-size: 96-160 px, about 1.2-2.5 mm, 24-120 slices). The ``real`` size (``REAL_TABLE``) keeps real voxel sizes where they matter for
-small domes (CTA and TOF under 0.7 mm in-plane and 0.9 mm slices, 3D MR about 1 mm, 2D MR 4-6 mm slices with
+Numbers follow the phantom spec (docs/reference/phantoms.md; full size) or a scaled-down version for tests (small size:
+96-160 px, about 1.2-2.5 mm, 24-120 slices). The ``real`` size (``REAL_TABLE``) keeps real voxel sizes where they matter
+for small domes (CTA and TOF under 0.7 mm in-plane and 0.9 mm slices, 3D MR about 1 mm, 2D MR 4-6 mm slices with
 0.45-0.9 mm pixels) with fewer pixels than ``full``, and renders its smooth background on a coarse grid
 (``REAL_SMOOTH_MM``). Every draw comes from the series' own generator, so a series is reproducible.
 """
