@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
         "preload": "volumes",
         "n_folds": 5,
         "limit": 0,  # use only the first N series (0: all); for smoke tests
+        # train and validate on the series of these phantom styles only (the index's style column; [] = every
+        # series): one mixed phantom set, cache and folds file serve every leave-one-style-out model
+        # (python -m train_offline.loso), e.g. --set data.styles=[classic,labelmap,implicit]
+        "styles": [],
     },
     "volume_spacing_mm": [1.0, 1.0, 1.0],  # canonical volume spacing: what precache stores and the kernel builds
     "normalisation": {"CT": "ct_angio", "MR": "mr_percentile"},

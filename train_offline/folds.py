@@ -21,7 +21,7 @@ import pandas as pd
 
 from kernel.labels import ID_COL, LOCATION_COLS, MODALITY_NAMES, PRESENT_COL
 
-__all__ = ["ensure_index_and_folds", "fold_report", "make_folds", "main"]
+__all__ = ["ensure_index_and_folds", "fold_report", "make_folds", "main", "select_styles"]
 
 
 def _label_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -126,7 +126,8 @@ def ensure_index(root: Path, cache: Path, index_path: Path) -> None:
 
 
 def ensure_index_and_folds(config: Mapping[str, Any], rank: int, world: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(index, folds) of a config's data, each built on first use (rank 0 writes, every rank waits for it)."""
+    """(index, folds) of a config's data, each built on first use (rank 0 writes, every rank waits for it); the index
+    cut to ``data.styles`` (``select_styles``) and ``data.limit``, the folds made from all of it."""
     from train_offline.index import load_index
     from train_offline.loop import barrier
 
@@ -144,9 +145,29 @@ def ensure_index_and_folds(config: Mapping[str, Any], rank: int, world: int) -> 
         folds.to_csv(folds_path, index=False)
     barrier(world)
     folds = pd.read_csv(folds_path, dtype={ID_COL: str})
+    index = select_styles(index, data["styles"], index_path)
     if int(data["limit"]) > 0:
         index = index.iloc[: int(data["limit"])]
     return index, folds
+
+
+def select_styles(index: pd.DataFrame, styles: Sequence[str], index_path: Path | str = "the index") -> pd.DataFrame:
+    """The rows of ``index`` whose phantom style is in ``styles`` (``data.styles``; empty: every row).
+
+    Applied after the folds are made from the whole index, so one folds file serves every subset of styles and a
+    series keeps its fold in each. A style with no series (a typo, or an index built before the style column) is an
+    error, not an empty training set."""
+    if not styles:
+        return index
+    if "style" not in index.columns:
+        raise ValueError(f"data.styles {list(styles)} needs the index's style column: {index_path} was built before "
+                         "it; delete it so that training builds it again")
+    present = set(index["style"])
+    missing = [s for s in styles if s not in present]
+    if missing:
+        raise ValueError(f"data.styles: no series of style(s) {missing} in {index_path} (its styles: "
+                         f"{sorted(present)})")
+    return index[index["style"].isin(list(styles))].reset_index(drop=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,9 @@ Localizers ``{'x': col, 'y': row[, 'f': frame]}`` on a SOP go to LPS through the
 ``'f'`` (multi-frame files; unconfirmed in the real data) is read as a 0-based frame index; without it frame 0.
 Positive series without localizers are kept (labels only). Where ``segmentations/<uid>/<uid>_cowseg.nii`` exists,
 the Circle-of-Willis centre is the mean of the centroids of the central vessel classes (the locator's target).
+The ``style`` column names the phantom renderer of each series (``series_styles``: from ``phantom_truth.jsonl``,
+``classic`` where a record has no ``style`` key; ``unknown`` without that file, as for the competition data), so
+one mixed phantom set serves every leave-one-style-out training (``data.styles``).
 Bad input (missing column, NaN label, malformed coordinates, a SOP that is not an image of its series) raises
 DataIndexError with every problem listed; the CLI prints it and exits 2 without a traceback.
 """
@@ -26,13 +29,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from kernel.jsonl import read_jsonl
 from kernel.labels import ID_COL, LABEL_COLS, LOCALIZER_COLS, LOCATION_COLS, MODALITY_NAMES, SEG_LABEL_VALUES
 from kernel.preprocess import localizer_to_lps, world_to_voxel
 from train_offline.cache import is_cached, load_cached
 
 __all__ = [
-    "CENTRAL_SEG_LABELS", "DataIndexError", "build_index", "cow_centre_from_seg", "load_index", "main",
-    "parse_coordinates", "read_labels", "read_localizers", "seg_path",
+    "CENTRAL_SEG_LABELS", "UNKNOWN_STYLE", "DataIndexError", "build_index", "cow_centre_from_seg", "load_index",
+    "main", "parse_coordinates", "read_labels", "read_localizers", "seg_path", "series_styles",
 ]
 
 # Vessel classes around the circle itself (basilar tip, PComms, supraclinoid ICAs, AComm): their mean centroid is a
@@ -42,6 +46,7 @@ CENTRAL_SEG_LABELS = [SEG_LABEL_VALUES[n] for n in (
     "Right Supraclinoid Internal Carotid Artery", "Left Supraclinoid Internal Carotid Artery",
     "Anterior Communicating Artery")]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+UNKNOWN_STYLE = "unknown"  # a series that is not a phantom (or not in its folder's phantom_truth.jsonl)
 
 
 class DataIndexError(ValueError):
@@ -139,13 +144,22 @@ def cow_centre_from_seg(path: Path, labels: Sequence[int] = CENTRAL_SEG_LABELS) 
     return np.mean(centroids, axis=0) if centroids else None
 
 
+def series_styles(data_dir: Path) -> dict[str, str]:
+    """SeriesInstanceUID -> phantom style from ``<data_dir>/phantom_truth.jsonl`` (a record without ``style`` is
+    ``classic``: the generator writes the key only for the other styles); {} without that file."""
+    records = read_jsonl(data_dir / "phantom_truth.jsonl", missing_ok=True)
+    return {str(r[ID_COL]): str(r.get("style", "classic")) for r in records if ID_COL in r}
+
+
 def build_index(data_dir: Path, cache_dir: Path, *, lenient: bool = False, progress: bool = True) -> pd.DataFrame:
-    """One row per cached series: labels, modality, seg file, CoW centre (LPS), localizers (JSON, LPS + voxel)."""
+    """One row per cached series: labels, modality, seg file, CoW centre (LPS), localizers (JSON, LPS + voxel),
+    phantom style."""
     labels = read_labels(data_dir / "train.csv")
     loc_path = data_dir / "train_localizers.csv"
     localizers = read_localizers(loc_path, labels) if loc_path.is_file() else pd.DataFrame(
         columns=[*LOCALIZER_COLS, "x", "y", "frame"])
     by_uid = {uid: g for uid, g in localizers.groupby(ID_COL)}
+    styles = series_styles(data_dir)
     rows, problems, not_cached = [], [], []
     for rec in tqdm(labels.to_dict("records"), desc="index", disable=not progress):
         uid = rec[ID_COL]
@@ -172,7 +186,8 @@ def build_index(data_dir: Path, cache_dir: Path, *, lenient: bool = False, progr
                "seg_file": os.path.relpath(seg, data_dir) if seg.is_file() else "",
                "centre_lps": json.dumps(None if centre is None else [round(float(v), 3) for v in centre]),
                "localizers": json.dumps(points), "n_localizers": len(points),
-               "dicom_modality": volume.modality, "shape": json.dumps(list(volume.array.shape))}
+               "dicom_modality": volume.modality, "shape": json.dumps(list(volume.array.shape)),
+               "style": styles.get(uid, UNKNOWN_STYLE)}
         rows.append(row)
     if problems:
         raise DataIndexError("\n  - ".join(["localizers that do not map to an image of their series "
@@ -208,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     index.to_csv(args.out, index=False)
     print(f"wrote {args.out}: {len(index)} series, {int(index['n_localizers'].sum())} localizers, "
-          f"{int((index['seg_file'] != '').sum())} with segmentations")
+          f"{int((index['seg_file'] != '').sum())} with segmentations; styles "
+          f"{dict(sorted(index['style'].value_counts().items()))}")
     return 0
 
 
