@@ -96,13 +96,13 @@ class Canvas:
             mats.append(mat)
         return _separable(small, mats)
 
-    def coarse_eval(self, fn, factor: int) -> np.ndarray:
-        """``fn(x, y, z)`` of a smooth function, evaluated on every ``factor``-th voxel and linearly interpolated
-        (a signed distance is smooth enough; 1/factor^3 of the cost)."""
+    def coarse_eval(self, fn, factor: int) -> list[np.ndarray]:
+        """``fn(x, y, z)`` -> list of smooth fields, evaluated on every ``factor``-th voxel and linearly interpolated
+        (signed distances are smooth enough; 1/factor^3 of the cost)."""
         if factor <= 1:
-            return fn(*self.xyz())
+            return [np.asarray(f, np.float32) for f in fn(*self.xyz())]
         idx = [np.unique(np.r_[np.arange(0, n, factor), n - 1]) for n in self.shape]
-        sub = fn(*(q[np.ix_(*idx)] for q in self.q)).astype(np.float32)
+        subs = fn(*(q[np.ix_(*idx)] for q in self.q))
         mats = []
         for a in range(3):
             mat = np.zeros((self.shape[a], len(idx[a])), np.float32)
@@ -112,7 +112,7 @@ class Canvas:
             mat[pos, j] = 1.0 - w
             mat[pos, j + 1] += w
             mats.append(mat)
-        return _separable(sub, mats)
+        return [_separable(np.asarray(sub, np.float32), mats) for sub in subs]
 
     def sample_field(self, field: SmoothField, sl: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         """A canonical-frame smooth random field sampled (trilinear) on the grid or a sub-box of it."""

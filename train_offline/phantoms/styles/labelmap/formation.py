@@ -121,6 +121,14 @@ def _effects(rng: np.random.Generator, acq: Acquisition, frames, contrast: Contr
     return fx
 
 
+def _small_voxel_factor(acq: Acquisition) -> float:
+    """The spec's noise levels are for real voxels; the small size's big voxels average noise down (not below 1/4)."""
+    if acq.size != "small":
+        return 1.0
+    ref = 0.15 if acq.variant in ("cta", "tof") else 1.0  # typical real voxel volume, mm^3
+    return float(np.clip(np.sqrt(ref / (np.prod(acq.spacing[1:]) * acq.thickness)), 0.25, 1.0))
+
+
 def _inplane(t: np.ndarray, ay, ax, out: np.ndarray | None = None) -> np.ndarray:
     """Resample each slice of ``t`` with sparse (rows, cols) matrices; slice by slice stays in cache (no big
     transposes)."""
@@ -139,9 +147,7 @@ def form_image(rng: np.random.Generator, acq: Acquisition, frames, canvas: Canva
     nz, ny, nx = acq.shape
     image = np.empty(acq.shape, np.float32)
     step = max(1, CHUNK_VOXELS // (ny * nx))
-    # the spec's noise is for real voxels (~0.15 mm^3): bigger voxels average it down (not below a quarter)
-    voxel = float(np.prod(acq.spacing[1:]) * acq.thickness)
-    sigma_i = contrast.noise * float(np.clip(np.sqrt(0.15 / voxel), 0.25, 1.0)) / np.sqrt(mats["ygain"] * mats["xgain"])
+    sigma_i = contrast.noise * _small_voxel_factor(acq) / np.sqrt(mats["ygain"] * mats["xgain"])
     circle = S.fov_circle((ny, nx), acq.spacing[1:]) if fx.get("circle") else None
     for k0 in range(0, nz, step):
         k1 = min(nz, k0 + step)

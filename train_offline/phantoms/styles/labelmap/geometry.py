@@ -106,6 +106,7 @@ class Acquisition:
     noise_grain: float = 1.0  # noise is drawn on a grid this many pixels coarse (acquired matrix vs display)
     keep: tuple[float, float] = (1.0, 1.0)  # MR: fraction of the acquired k-space kept per in-plane axis (ringing)
     kspace_window: float = 0.0  # MR: strength of the reconstruction filter taper (0: plain truncation)
+    size: str = "real"  # the contract's size: "small" or "real"
 
     def sinc_cutoff(self) -> tuple[float, float] | None:
         """MR in-plane k-space cutoff (cycles/mm) per axis, None for CT."""
@@ -148,7 +149,7 @@ def draw_protocol(rng: np.random.Generator, modality: str, size: str) -> dict:
     else:
         raise ValueError(f"unknown modality {modality!r}")
     g = _draw_numbers(rng, variant, small)
-    g.update(variant=variant, three_d=bool(three_d), plane=str(plane))
+    g.update(variant=variant, three_d=bool(three_d), plane=str(plane), size=size)
     return g
 
 
@@ -271,7 +272,7 @@ def place_acquisition(rng: np.random.Generator, proto: dict, pose: Pose, targets
                        slab_width=0.0 if proto["three_d"] else 0.85 * proto["thickness"], variant=variant,
                        slabs=slabs, noise_grain=float(grain),
                        keep=(float(rng.uniform(0.7, 1.0)), float(rng.uniform(0.7, 1.0))),
-                       kspace_window=float(rng.choice([0.0, rng.uniform(0.2, 0.9)])))
+                       kspace_window=float(rng.choice([0.0, rng.uniform(0.2, 0.9)])), size=proto["size"])
 
 
 def _psf(rng: np.random.Generator, proto: dict) -> np.ndarray:

@@ -115,12 +115,12 @@ class HeadParams:
 def paint_head(cv: Canvas, rng: np.random.Generator, hp: HeadParams, landmarks: dict[str, np.ndarray]) -> None:
     """Paint every tissue in order (later shapes override earlier ones where allowed)."""
     x, y, z = cv.xyz()
-    factor = 3 if float(np.max(cv.step)) < 1.5 else (2 if float(np.max(cv.step)) < 2.0 else 1)
-    d_cav = cv.coarse_eval(lambda xs, ys, zs: np.maximum(cavity_ellipsoids(xs, ys, zs),
-                                                         _floor_below(xs, ys, zs, hp.floor) - zs), factor)
+    def surfaces(xs, ys, zs):  # inner skull and skin, as signed distances
+        cav = np.maximum(cavity_ellipsoids(xs, ys, zs), _floor_below(xs, ys, zs, hp.floor) - zs)
+        return cav, np.minimum(cav - (hp.scalp + hp.skull), face_sdf(xs, ys, zs))
+
+    d_cav, d_out = cv.coarse_eval(surfaces, 3 if float(np.max(cv.step)) < 1.5 else 2)
     low = cv.random_field(rng, 25.0)
-    d_out = cv.coarse_eval(lambda xs, ys, zs: np.minimum(np.maximum(cavity_ellipsoids(xs, ys, zs), _floor_below(
-        xs, ys, zs, hp.floor) - zs) - (hp.scalp + hp.skull), face_sdf(xs, ys, zs)), factor)
     d_out += 1.2 * low
     lab = cv.labels
     lab[d_out < 0] = MUSCLE
