@@ -32,7 +32,7 @@ class Sac:
     caps: list[tuple[np.ndarray, np.ndarray, float, float]] = field(default_factory=list)  # (a, b, ra, rb) head mm
     flow: float = 0.0
     patchiness: float = 0.0  # slow-flow heterogeneity inside the sac (TOF, T2)
-    wave: np.ndarray = field(default_factory=lambda: np.zeros(4))  # (kx, ky, kz, phase) of that pattern
+    wave: np.ndarray = field(default_factory=lambda: np.zeros((3, 4)))  # 3 x (kx, ky, kz, phase) of that pattern
     thrombus: float = 0.0  # > 0: fraction of the sac (far side) filled with thrombus
 
 
@@ -200,9 +200,10 @@ def _one_sac(rng: np.random.Generator, loc: str, base: str, side: str, option: i
     dome = float(dome_mm) if dome_mm is not None else draw_dome(rng)
     neck = dome * rng.uniform(0.5, 0.9)
     shape, bleb, centre, caps = _shape_caps(rng, dome, neck, base_pt, u, r_parent)
-    k = _unit(rng.normal(size=3)) * 2 * np.pi / (dome * rng.uniform(0.6, 1.2))
+    k = rng.normal(size=(3, 3))  # three plane waves: a blotchy slow-flow pattern about one dome across
+    k *= (2 * np.pi / (dome * rng.uniform(0.6, 1.3, size=3)) / np.linalg.norm(k, axis=1))[:, None]
     patch = float(np.clip((dome - 5.0) / 8.0, 0.0, 0.7) * rng.uniform(0.5, 1.0) + rng.uniform(0, 0.1))
     thrombus = float(rng.uniform(0.2, 0.5)) if dome > 10 and rng.random() < 0.3 else 0.0
     return Sac(location=loc, centre=centre, parent=base_pt, direction=u, dome=dome, neck=float(min(neck, dome)),
                shape=shape, bleb=bleb, seg=SEG_LABEL_VALUES[loc], caps=caps, flow=flow, patchiness=patch,
-               wave=np.concatenate([k, [rng.uniform(0, 2 * np.pi)]]), thrombus=thrombus)
+               wave=np.concatenate([k, rng.uniform(0, 2 * np.pi, size=(3, 1))], axis=1), thrombus=thrombus)

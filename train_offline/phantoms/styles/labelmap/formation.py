@@ -28,7 +28,8 @@ class Shader:
         self.sac_centre = np.array([frames.h_to_u(s.centre) for s in sacs]).reshape(-1, 3)
         rot = frames.h_mat
         self.sac_dir = np.array([rot @ s.direction for s in sacs]).reshape(-1, 3)
-        self.sac_wave = np.array([np.concatenate([rot @ s.wave[:3], s.wave[3:]]) for s in sacs]).reshape(-1, 4)
+        self.sac_wave = np.array([np.concatenate([s.wave[:, :3] @ rot.T, s.wave[:, 3:]], axis=1) for s in sacs]
+                                 ).reshape(-1, 3, 4)
         self.sac_info = np.array([[s.dome, s.patchiness, s.thrombus] for s in sacs]).reshape(-1, 3)
 
     def _fade(self, flow: np.ndarray) -> np.ndarray:
@@ -38,8 +39,8 @@ class Shader:
 
     def _sac(self, idx: np.ndarray, u: np.ndarray, val: np.ndarray) -> np.ndarray:
         rel = u - self.sac_centre[idx]
-        w = self.sac_wave[idx]
-        pattern = 0.5 + 0.5 * np.cos(np.einsum("ij,ij->i", rel, w[:, :3]) + w[:, 3])
+        w = self.sac_wave[idx]  # (n, 3 waves, 4)
+        pattern = np.clip(0.5 + 0.35 * np.cos(np.einsum("ij,iwj->iw", rel, w[:, :, :3]) + w[:, :, 3]).sum(1), 0, 1)
         val = val * (1.0 + self.c.patch_sign * self.sac_info[idx, 1] * pattern)
         thr = self.sac_info[idx, 2]
         clot = (thr > 0) & (np.einsum("ij,ij->i", rel, self.sac_dir[idx]) > (1 - 2 * thr) * 0.5 * self.sac_info[idx, 0])

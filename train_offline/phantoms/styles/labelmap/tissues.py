@@ -265,6 +265,9 @@ def _paint_posterior_fossa(cv: Canvas, rng: np.random.Generator, hp: HeadParams,
     cv.paint(CSF, ellipsoid(magna, (10.0, 14.0, 8.0) * np.asarray(rng.uniform(0.6, 1.4))),
              *ellipsoid_box(magna, (14, 20, 12)), only=brain)
     paint_chain(cv, BRAINSTEM, stem, radii, only=lut(CSF, DURA, GM, CEREBELLUM))
+    for s in (-1.0, 1.0):  # cerebral peduncles: the midbrain is not a cylinder
+        paint_chain(cv, BRAINSTEM, [(s * 5.0, -24.0, -16.0), (s * 11.0, -12.0, -4.0)], [6.0, 5.0],
+                    only=lut(CSF, DURA, GM, CEREBELLUM))
     paint_chain(cv, VENTRICLE, [(0.0, -47.0, -34.0), (0.0, -49.0, -44.0)], [4.5, 3.5], only=lut(CEREBELLUM, BRAINSTEM))
     for s in (-1, 1):
         c, a = (s * 16.0, -60.0, -40.0), (8.0, 11.0, 7.0)
