@@ -37,11 +37,12 @@ What it does differently from an analytic renderer:
   multi-slab gain dips (venetian blind), arterial inflow saturation per slab and distal fading, venous saturation
   and the bright-fat pitfall, 2D slice-to-slice gain and occasional motion ghosts, random final MR scale.
 
-Measured cost per series (this 2-core machine under heavy shared load, CPU seconds, peak RSS of the process):
+Measured cost per series (this 2-core machine under heavy shared load, load average ~8; CPU seconds with BLAS held to
+one thread, peak RSS of the process):
 "small" CTA 0.5 s, MRA 0.4-0.5 s, T2 0.7-0.9 s, T1 post 0.7-0.95 s, under 170 MB;
-"real" CTA (200-276 x 512 x 512) 2.9-3.9 s / 680-770 MB, MRA (120-143 x 448-512^2) 2.2-3.2 s / 420-490 MB,
-T2 (2D 28 x 512^2 or 3D 166 x 352^2) 1.9-3.7 s / 400-500 MB, T1 post (3D 192 x 240^2 or 2D 29 x 448^2) 2.0-2.8 s /
-280-420 MB.
+"real" CTA (200-280 x 512 x 512) 2.9-3.9 s / 680-750 MB, MRA (120-200 x 416-512^2) 1.7-2.6 s / 410-460 MB,
+T2 (3D 166-176 x 224-352^2 or 2D 28 x 512^2) 1.1-3.7 s / 350-490 MB, T1 post (3D 181-192 x 240-384^2 or 2D 29 x 448^2)
+1.9-2.7 s / 280-410 MB.
 """
 
 from __future__ import annotations
