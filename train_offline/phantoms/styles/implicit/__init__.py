@@ -121,7 +121,7 @@ def render_series(rng: np.random.Generator, modality: str, locations: list[str],
 
 def _truth(acq, pose, con, variants, builder, specs, grids) -> dict:
     """JSON-serialisable facts: pose, sequence, variants, noise, mimics, aneurysm sites, labelled centreline points."""
-    def lps(p):
+    def lps(p: np.ndarray) -> list[float]:
         return [round(float(c), 2) for c in pose.to_lps(np.asarray(p, float))]
 
     points = []

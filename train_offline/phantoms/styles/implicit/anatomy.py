@@ -15,7 +15,8 @@ import numpy as np
 
 from .sdf import WaveNoise, chain, ellipsoid, round_cone, smax, smin, upsample
 
-Field = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+Arr = np.ndarray
+Field = Callable[[Arr, Arr, Arr], Arr]
 
 
 class Morph:
@@ -111,43 +112,47 @@ class Head:
         w = np.clip((-y - 35.0) / 14.0, 0.0, 1.0)
         return front * (1 - w) + (self.tent_z(x, y) + 1.5) * w
 
-    def cerebrum(self, x, y, z):
+    def cerebrum(self, x: Arr, y: Arr, z: Arr) -> Arr:
         e = ellipsoid(x, y, z, self.cer_c, self.cer_ax) + np.float32(self.env_amp) * self.env_noise(x, y, z)
         return smax(e, self.floor_z(x, y) - z, 6.0)
 
-    def cerebellum(self, x, y, z):
+    def cerebellum(self, x: Arr, y: Arr, z: Arr) -> Arr:
         return smax(ellipsoid(x, y, z, self.cb_c, self.cb_ax), z - self.tent_z(x, y) + 1.5, 3.0)
 
-    def brainstem(self, x, y, z):
+    def brainstem(self, x: Arr, y: Arr, z: Arr) -> Arr:
         stem = round_cone(x, y, z, (0, -22, -5), (0, -37, -72), 12.0, 8.5)
         return smin(stem, ellipsoid(x, y, z, (0, -31, -36), (16, 13, 14)), 4.0)
 
-    def brain_env(self, x, y, z):
+    def brain_env(self, x: Arr, y: Arr, z: Arr) -> Arr:
         return smin(self.cerebrum(x, y, z), smin(self.cerebellum(x, y, z), self.brainstem(x, y, z), 6.0), 8.0)
 
-    def intracranial(self, x, y, z):
+    def intracranial(self, x: Arr, y: Arr, z: Arr) -> Arr:
         canal = round_cone(x, y, z, (0, -38, -62), (0, -30, -260), 9.0, 8.0)
         out = smin(self.brain_env(x, y, z) - np.float32(self.gap), canal, 6.0)
         return out if self.cisterns is None else smin(out, self.cisterns(x, y, z), 2.0)
 
-    def fissure_region(self, x, y, z):
+    def fissure_region(self, x: Arr, y: Arr, z: Arr) -> Arr:
         """Where the interhemispheric fissure may open: outside the deep core (callosum, diencephalon) and, behind
         y = -45, above the tentorium (so the vermis stays whole)."""
         core = ellipsoid(x, y, z, (0, -5, 0), (20, 38, 26))
         below_tent = np.where(y < -45.0, self.tent_z(x, y) - z, np.float32(-100.0))
         return np.maximum(-core, below_tent)
 
-    def fissure(self, x, y, z):
+    def fissure(self, x: Arr, y: Arr, z: Arr) -> Arr:
         return np.maximum(np.abs(x) - np.float32(0.5 * self.fissure_w), self.fissure_region(x, y, z))
 
-    def brain_raw(self, x, y, z, env=None, cis=None):
+    def brain_surface(self, x: Arr, y: Arr, z: Arr) -> Arr:
+        """The pial surface without sulci or cisterns: envelope minus the interhemispheric fissure (medial faces)."""
+        return smax(self.brain_env(x, y, z), -self.fissure(x, y, z), 1.0)
+
+    def brain_raw(self, x: Arr, y: Arr, z: Arr, env: Arr | None = None, cis: Arr | None = None) -> Arr:
         env = self.brain_env(x, y, z) if env is None else env
         out = smax(env, -self.fissure(x, y, z), 1.0)
         if cis is None and self.cisterns is not None:
             cis = self.cisterns(x, y, z)
         return out if cis is None else smax(out, -cis, 1.5)
 
-    def sulcal_noise(self, x, y, z):
+    def sulcal_noise(self, x: Arr, y: Arr, z: Arr) -> Arr:
         """The folding noise sampled on the direction from the brain centre (radius 70 mm), so its zero set, the
         sulci, runs perpendicular to the surface like real sulci rather than forming closed islands."""
         c = self.cer_c
@@ -166,15 +171,15 @@ class Head:
         np.minimum(noise, raw + np.float32(self.sulcal_depth), out=noise)
         return np.maximum(raw, noise, out=out)
 
-    def skull_outer(self, x, y, z):
+    def skull_outer(self, x: Arr, y: Arr, z: Arr) -> Arr:
         t = self.skull_t + 1.0 * self.skull_noise(x, y, z) + 2.0 * np.clip((-y - 60.0) / 40.0, 0.0, 1.0)
         return self.intracranial(x, y, z) - t.astype(np.float32)
 
-    def bone_shell(self, x, y, z):
+    def bone_shell(self, x: Arr, y: Arr, z: Arr) -> Arr:
         shell = np.maximum(self.skull_outer(x, y, z), -self.intracranial(x, y, z))
         return np.maximum(shell, -74.0 - z)
 
-    def head(self, x, y, z, skull_outer=None):
+    def head(self, x: Arr, y: Arr, z: Arr, skull_outer: Arr | None = None) -> Arr:
         outer = self.skull_outer(x, y, z) if skull_outer is None else skull_outer
         out = outer - np.float32(self.scalp_t)
         face = smin(ellipsoid(x, y, z, (0, 52, -48), (47, 38, 42)),
@@ -239,12 +244,12 @@ class Head:
         p.append(_chain_prim("cord", [(0, -37, -66), (0, -30, -260)], [6.0, 5.5]))
         return p
 
-    def falx(self, x, y, z):
+    def falx(self, x: Arr, y: Arr, z: Arr) -> Arr:
         """The falx: a 1 mm dural sheet in the fissure (enhancing on T1post, faintly dense on CT)."""
         sheet = np.maximum(np.abs(x) - 0.5, self.fissure_region(x, y, z) + 1.0)
         return np.maximum(sheet, self.brain_env(x, y, z) - np.float32(0.5 * self.gap))
 
-    def coarse_fields(self, x, y, z) -> dict[str, np.ndarray]:
+    def coarse_fields(self, x: Arr, y: Arr, z: Arr) -> dict[str, np.ndarray]:
         """The whole-head fields on the coarse grid, sharing the expensive envelopes between them."""
         env = self.brain_env(x, y, z)
         cis = self.cisterns(x, y, z) if self.cisterns is not None else None
@@ -276,7 +281,7 @@ def sleeve_field(points: np.ndarray, radii: np.ndarray, extra: list[tuple]) -> F
     tree = cKDTree(points)
     lo, hi = points.min(0) - radii.max() - 2, points.max(0) + radii.max() + 2
 
-    def field(x, y, z):
+    def field(x: Arr, y: Arr, z: Arr) -> Arr:
         """On a 3D grid the tree is queried on every other point and the result interpolated (it is smooth)."""
         if x.ndim == 3 and min(x.shape) >= 5:
             pads = [_pad_odd(c) for c in np.broadcast_arrays(x, y, z)]
@@ -285,7 +290,7 @@ def sleeve_field(points: np.ndarray, radii: np.ndarray, extra: list[tuple]) -> F
             return np.ascontiguousarray(full[: x.shape[0], : x.shape[1], : x.shape[2]])
         return exact(x, y, z)
 
-    def exact(x, y, z):
+    def exact(x: Arr, y: Arr, z: Arr) -> Arr:
         shape = np.broadcast_shapes(x.shape, y.shape, z.shape)
         out = np.full(shape, 50.0, np.float32)
         xb, yb, zb = (np.broadcast_to(c, shape) for c in (x, y, z))

@@ -130,11 +130,12 @@ def _direction(rng: np.random.Generator, pref: np.ndarray, tangent: np.ndarray, 
 def _shape(rng: np.random.Generator, centre: np.ndarray, d: np.ndarray, radius: float) -> tuple:
     shape = str(rng.choice(["saccular", "lobulated", "irregular", "elongated"], p=[0.45, 0.2, 0.2, 0.15]))
     lobes, bumps, elong = [], [], 1.0
-    if shape == "lobulated":
-        for _ in range(int(rng.integers(2, 5))):
+    if shape == "lobulated":  # a main body and 1-3 lobes reaching the dome radius (the extent stays ~ the dome)
+        lobes.append((centre.copy(), float(radius * rng.uniform(0.75, 0.85))))
+        for _ in range(int(rng.integers(1, 4))):
             u = _unit(rng.normal(size=3) + 0.6 * d)
-            rho = radius * rng.uniform(0.55, 0.75)
-            lobes.append((centre + 0.9 * (radius - rho) * u, float(rho)))
+            rho = radius * rng.uniform(0.4, 0.6)
+            lobes.append((centre + (radius - rho) * u, float(rho)))
     elif shape == "irregular":
         bumps = [(_unit(rng.normal(size=3)), float(rng.normal(0, 0.12)), 2) for _ in range(3)]
         bumps += [(_unit(rng.normal(size=3)), float(rng.normal(0, 0.08)), 3) for _ in range(2)]
@@ -204,7 +205,7 @@ class AneurysmGeom:
         pts = np.array(pts)
         return pts.min(0), pts.max(0)
 
-    def dome_sdf(self, px, py, pz):
+    def dome_sdf(self, px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np.ndarray:
         rho = np.sqrt(px * px + py * py + pz * pz)
         if self.lobes:
             out = None
@@ -226,7 +227,8 @@ class AneurysmGeom:
             f = f + np.float32(amp) * (cosang**power - (1.0 / 3.0 if power == 2 else 0.0))
         return rho - np.float32(self.radius) * (1.0 + f)
 
-    def fields(self, kk, rr, cc) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    def fields(self, kk: np.ndarray, rr: np.ndarray,
+               cc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(lumen sdf, thrombus sdf or None, slow-flow fraction) on broadcast grid coordinates."""
         px, py, pz = kk - np.float32(self.m[0]), rr - np.float32(self.m[1]), cc - np.float32(self.m[2])
         dome = self.dome_sdf(px, py, pz)
@@ -255,10 +257,10 @@ class AneurysmGeom:
 
 def to_grid(spec: AneurysmSpec, pose: Pose, acq: Acquisition) -> AneurysmGeom:
     """Carry a head-frame aneurysm into the acquisition grid frame."""
-    def pt(p):
+    def pt(p: np.ndarray) -> np.ndarray:
         return acq.to_grid(pose.to_lps(p))
 
-    def vec(v):
+    def vec(v: np.ndarray) -> np.ndarray:
         return pose.dir_to_lps(v) @ acq.basis
 
     s = pose.scale

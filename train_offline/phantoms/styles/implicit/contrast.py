@@ -54,7 +54,7 @@ class Contrast:
     inplane_loss: float = 0.0  # TOF: extra saturation of flow running in the slab plane
     noise_sigma: float = 15.0
     noise_corr_mm: float = 0.0  # CT noise correlation (Gaussian kernel sigma, mm)
-    ghost: tuple[float, float] | None = None  # MR motion ghost (amplitude, shift as a fraction of the FOV)
+    ghost: tuple[float, float, int] | None = None  # MR motion ghost (amplitude, shift / FOV, phase-encode axis)
     scale: float = 1.0  # MR arbitrary global scale
     slab_tilt: list[float] = field(default_factory=list)  # TOF stationary-signal ramp across each slab
     bias: WaveNoise | None = None
@@ -114,7 +114,7 @@ def draw_contrast(rng: np.random.Generator, acq: Acquisition) -> Contrast:
     if not con.is_ct:
         con.scale = float(np.exp(u(np.log(100), np.log(2000))))
         if rng.random() < 0.2:
-            con.ghost = (float(u(0.02, 0.07)), float(1.0 / u(2.0, 6.0)))
+            con.ghost = (float(u(0.02, 0.07)), float(1.0 / u(2.0, 6.0)), int(acq.phase_axis))
     return con
 
 

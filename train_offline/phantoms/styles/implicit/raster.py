@@ -39,7 +39,7 @@ class Background:
         """A reusable shading-grid-sized work array viewed as ``shape`` (fresh memory is the expensive part)."""
         return self._scratch[i][: int(np.prod(shape))].reshape(shape)
 
-    def c_box(self, lo, hi, pad: float = 4.0) -> tuple[slice, slice, slice] | None:
+    def c_box(self, lo: tuple, hi: tuple, pad: float = 4.0) -> tuple[slice, slice, slice] | None:
         """Coarse-grid index box holding an anatomy-frame box (its corners carried through morph and pose)."""
         corners = np.array([[x, y, z] for x in (lo[0] - pad, hi[0] + pad) for y in (lo[1] - pad, hi[1] + pad)
                             for z in (lo[2] - pad, hi[2] + pad)])
@@ -163,7 +163,8 @@ def _segment(kk, rr, cc, a, ba, bb, ra, dr, j):
     return np.sqrt(qk * qk + qr * qr + qc * qc) - (ra[j] + dr[j] * t), t, (qk, qr, qc)
 
 
-def capsule_field(kk, rr, cc, a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray):
+def capsule_field(kk: np.ndarray, rr: np.ndarray, cc: np.ndarray, a: np.ndarray, b: np.ndarray, ra: np.ndarray,
+                  rb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
     """Nearest round cone of a polyline (segments a[i]-b[i], b[i] = a[i+1]) at every box voxel:
     (sdf, t along it, segment index, offset q).
 
@@ -196,7 +197,7 @@ class Vessels:
         self.h_mean = float(np.prod(self.h) ** (1 / 3))
         self.chunk = 8 if min(acq.pixel) < 1.0 else 16
 
-    def box(self, lo, hi) -> tuple[slice, slice, slice] | None:
+    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
         out = []
         for i, ax in enumerate(self.axes):
             i0, i1 = int(np.searchsorted(ax, lo[i])), int(np.searchsorted(ax, hi[i], side="right"))
@@ -205,18 +206,18 @@ class Vessels:
             out.append(slice(i0, i1))
         return tuple(out)
 
-    def coords(self, sl):
+    def coords(self, sl: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         kk, rr, cc = (ax[s].astype(np.float32) for ax, s in zip(self.axes, sl, strict=True))
         return kk[:, None, None], rr[None, :, None], cc[None, None, :]
 
-    def directional_h(self, qk, qr, qc) -> np.ndarray:
+    def directional_h(self, qk: np.ndarray, qr: np.ndarray, qc: np.ndarray) -> np.ndarray:
         """Box-filter width along the distance gradient: thick along the slice axis, thin in-plane."""
         rho = np.sqrt(qk * qk + qr * qr + qc * qc)
         inv = 1.0 / np.maximum(rho, 1e-4)
         h2 = (qk * inv * self.h[0]) ** 2 + (qr * inv * self.h[1]) ** 2 + (qc * inv * self.h[2]) ** 2
         return np.where(rho > 1e-3, np.sqrt(h2), np.float32(self.h_mean)).astype(np.float32)
 
-    def segments(self, sl, pts, rad, j0, j1):
+    def segments(self, sl: tuple[slice, ...], pts: np.ndarray, rad: np.ndarray, j0: int, j1: int) -> tuple:
         """(sdf, radius, signal weight t, segment index, h) of segments j0..j1-1 over box ``sl``."""
         kk, rr, cc = self.coords(sl)
         sdf, t, j, q = capsule_field(kk, rr, cc, pts[j0:j1], pts[j0 + 1 : j1 + 1], rad[j0:j1], rad[j0 + 1 : j1 + 1])
@@ -248,8 +249,8 @@ class Vessels:
                 put = (sdf <= 0) & own & (label[seg] > 0)
                 self.lab[csl][put] = label[seg][put]
 
-    def aneurysm(self, geom: AneurysmGeom, pts, rad, sig, lumen_slow: float, thrombus: float, label: int,
-                 step: float) -> None:
+    def aneurysm(self, geom: AneurysmGeom, pts: np.ndarray, rad: np.ndarray, sig: np.ndarray, lumen_slow: float,
+                 thrombus: float, label: int, step: float) -> None:
         """Composite a sac smoothly united with its parent: only the coverage the parent lacks is added."""
         lo, hi = geom.box()
         sl = self.box(lo - 2 * self.h.max(), hi + 2 * self.h.max())
@@ -322,8 +323,7 @@ def add_noise(rng: np.random.Generator, img: np.ndarray, con: Contrast, pixel: f
         np.clip(img, -1024.0, 3071.0, out=img)
         return
     if con.ghost is not None:
-        amp, frac = con.ghost
-        axis = 1 + int(rng.integers(0, 2))
+        amp, frac, axis = con.ghost
         shift = max(1, int(round(frac * img.shape[axis])))
         ghost = np.roll(img, shift, axis=axis)
         ghost += np.roll(img, -shift, axis=axis)

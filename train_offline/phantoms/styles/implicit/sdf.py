@@ -7,12 +7,15 @@ partial-volume shading at voxel scale.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 EPS = 1e-6
+Vec = Sequence[float] | np.ndarray
 
 
-def ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, centre, axes) -> np.ndarray:
+def ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: Vec, axes: Vec) -> np.ndarray:
     """Axis-aligned ellipsoid: the k0 (k0 - 1) / k1 bound, good near the surface."""
     px, py, pz = x - np.float32(centre[0]), y - np.float32(centre[1]), z - np.float32(centre[2])
     ax, ay, az = (np.float32(a) for a in axes)
@@ -21,7 +24,7 @@ def ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, centre, axes) -> np.n
     return (k0 * (k0 - 1.0) / np.maximum(k1, EPS)).astype(np.float32, copy=False)
 
 
-def round_cone(x: np.ndarray, y: np.ndarray, z: np.ndarray, a, b, ra: float, rb: float) -> np.ndarray:
+def round_cone(x: np.ndarray, y: np.ndarray, z: np.ndarray, a: Vec, b: Vec, ra: float, rb: float) -> np.ndarray:
     """Capsule from ``a`` to ``b`` whose radius goes linearly from ``ra`` to ``rb`` (distance to the axis minus r)."""
     ba = np.asarray(b, np.float64) - np.asarray(a, np.float64)
     bb = max(float(ba @ ba), EPS)
@@ -31,7 +34,7 @@ def round_cone(x: np.ndarray, y: np.ndarray, z: np.ndarray, a, b, ra: float, rb:
     return (np.sqrt(qx * qx + qy * qy + qz * qz) - (np.float32(ra) + np.float32(rb - ra) * t)).astype(np.float32)
 
 
-def chain(x: np.ndarray, y: np.ndarray, z: np.ndarray, points, radii) -> np.ndarray:
+def chain(x: np.ndarray, y: np.ndarray, z: np.ndarray, points: Sequence[Vec], radii: Sequence[float]) -> np.ndarray:
     """Union of round cones through ``points`` (a tube of varying radius), plain minimum at the joints."""
     out = None
     for i in range(len(points) - 1):

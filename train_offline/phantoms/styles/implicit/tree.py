@@ -3,6 +3,8 @@ perforators, dural sinuses and deep veins, wall calcifications and infundibula (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from . import vessels as V
@@ -12,7 +14,7 @@ from .vessels import SFX, TreeBuilder, Variants, mirror, seg
 OTHER, TIP = seg("Other Posterior Circulation"), seg("Basilar Tip")
 
 
-def snap(points: np.ndarray, fn, target: np.ndarray | float, iters: int = 3) -> np.ndarray:
+def snap(points: np.ndarray, fn: Callable, target: np.ndarray | float, iters: int = 3) -> np.ndarray:
     """Move points along the field's gradient onto its ``target`` level set (Newton steps, central differences)."""
     p = np.asarray(points, float).copy()
     target = np.broadcast_to(np.asarray(target, float), (len(p),))
@@ -149,7 +151,7 @@ def _cortical(b: TreeBuilder, head: Head, rng: np.random.Generator, k: float) ->
                 walks.append((name, j, walk, 0.5 * k * rng.uniform(0.9, 1.3)))
     tails = np.vstack([w[2][2:] for w in walks])
     radii = np.concatenate([np.full(len(w[2]) - 2, w[3]) for w in walks])
-    tails = snap(tails, head.brain_env, 0.8 + radii)
+    tails = snap(tails, head.brain_surface, 0.8 + radii)
     n_tail = len(walks[0][2]) - 2
     for i, (name, j, pts, r) in enumerate(walks):
         pts[2:] = tails[i * n_tail : (i + 1) * n_tail]

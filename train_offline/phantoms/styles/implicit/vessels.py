@@ -51,7 +51,7 @@ def seg(name: str, side: int = 0) -> int:
     return SEG_LABEL_VALUES[f"{SIDES[side]} {name}" if side else name]
 
 
-def mirror(wps, side: int) -> np.ndarray:
+def mirror(wps: list | np.ndarray, side: int) -> np.ndarray:
     p = np.array(wps, float)
     p[:, 0] *= side
     return p
@@ -227,7 +227,8 @@ class TreeBuilder:
             wps[i] += self.rng.normal(0, self.jitter * min(1.0, near / 6.0), 3)
         return wps
 
-    def add(self, name: str, wps, diam, labels, kind: str = "artery", parent: str | None = None,
+    def add(self, name: str, wps: list | np.ndarray, diam: float | np.ndarray, labels: int | list | np.ndarray,
+            kind: str = "artery", parent: str | None = None,
             attach: int | None = None, end: np.ndarray | None = None, sleeve: float = 0.0, loop_p: float = 0.0,
             tort: float | None = None, lesions: bool = True) -> Tube:
         """Spline a vessel through jittered waypoints; ``diam`` and ``labels`` are per waypoint (or scalars)."""
@@ -258,7 +259,7 @@ class TreeBuilder:
         self.tubes[name] = tube
         return tube
 
-    def nearest(self, name: str, p) -> int:
+    def nearest(self, name: str, p: tuple | np.ndarray) -> int:
         """Index of the sample of tube ``name`` nearest an anatomy-frame point."""
         return int(np.argmin(np.linalg.norm(self.tubes[name].pts_anat - np.asarray(p, float), axis=1)))
 
