@@ -23,6 +23,34 @@ __all__ = [
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
+# nnU-Net's default augmentation (train_offline/augment.py), one copy per stage (locator, classifier, fine): rotation
+# and scaling in the sampling (the targets move with the image), then intensity transforms. Off by default.
+AUGMENT: dict[str, Any] = {
+    "enabled": False,  # off: trains exactly as before; --set <stage>.augment.enabled=true: on
+    "rotation_deg": 30.0,  # +- this about each axis, all three drawn together (at most 30: left stays left)
+    "rotation_p": 0.2,  # probability of a rotation
+    "scale": [0.7, 1.4],  # sampling step x this, one factor for all axes (> 1: more in view, anatomy smaller)
+    "scale_p": 0.2,  # probability of a scaling
+    "noise_variance": [0.0, 0.1],  # additive Gaussian noise, variance drawn from this (normalised intensities)
+    "noise_p": 0.1,  # probability of noise
+    "blur_sigma_voxels": [0.5, 1.0],  # Gaussian blur, sigma drawn per axis (input voxels)
+    "blur_p": 0.2,  # probability of a blur, then
+    "blur_per_channel_p": 0.5,  # per channel (one channel: blurred in 0.2 x 0.5 of the samples)
+    "brightness": [0.75, 1.25],  # multiplicative brightness (ranges around 1 are drawn below 1 half the time)
+    "brightness_p": 0.15,  # probability of a brightness change
+    "contrast": [0.75, 1.25],  # contrast about the mean (kept), clipped to the original range
+    "contrast_p": 0.15,  # probability of a contrast change
+    "low_res_zoom": [0.5, 1.0],  # simulated low resolution: nearest down to this fraction a side, then back up
+    "low_res_order": 1,  # upsampling of the low resolution: 1 linear (nnU-Net v2), 3 cubic (v1)
+    "low_res_p": 0.25,  # probability of a low resolution, then
+    "low_res_per_channel_p": 0.5,  # per channel (nnU-Net v2)
+    "gamma": [0.7, 1.5],  # gamma of the image rescaled to [0, 1], mean and std kept (both gamma transforms)
+    "gamma_inverted_p": 0.1,  # probability of a gamma of the inverted image
+    "gamma_p": 0.3,  # probability of a gamma
+    "bias_field_strength": 0.3,  # ours: smooth multiplicative field exp(s f), |f| <= 1, s drawn up to this
+    "bias_field_p": 0.1,  # probability of a bias field
+}
+
 DEFAULTS: dict[str, Any] = {
     "name": "base",
     "seed": 0,
@@ -57,31 +85,7 @@ DEFAULTS: dict[str, Any] = {
         "shift_mm": 15.0,  # random shift of the whole head inside the input (augmentation)
         # nnU-Net's default augmentation (train_offline/augment.py): rotation and scaling in the sampling (the target
         # moves with the image), then intensity transforms; on top of shift_mm
-        "augment": {
-            "enabled": False,  # off: trains exactly as before; --set locator.augment.enabled=true switches it on
-            "rotation_deg": 30.0,  # +- this about each axis, all three drawn together (at most 30: left stays left)
-            "rotation_p": 0.2,  # probability of a rotation
-            "scale": [0.7, 1.4],  # sampling step x this, one factor for all axes (> 1: more in view, anatomy smaller)
-            "scale_p": 0.2,  # probability of a scaling
-            "noise_variance": [0.0, 0.1],  # additive Gaussian noise, variance drawn from this (normalised intensities)
-            "noise_p": 0.1,  # probability of noise
-            "blur_sigma_voxels": [0.5, 1.0],  # Gaussian blur, sigma drawn per axis (input voxels)
-            "blur_p": 0.2,  # probability of a blur, then
-            "blur_per_channel_p": 0.5,  # per channel (one channel: blurred in 0.2 x 0.5 of the samples)
-            "brightness": [0.75, 1.25],  # multiplicative brightness (ranges around 1 are drawn below 1 half the time)
-            "brightness_p": 0.15,  # probability of a brightness change
-            "contrast": [0.75, 1.25],  # contrast about the mean (kept), clipped to the original range
-            "contrast_p": 0.15,  # probability of a contrast change
-            "low_res_zoom": [0.5, 1.0],  # simulated low resolution: nearest down to this fraction a side, then back up
-            "low_res_order": 1,  # upsampling of the low resolution: 1 linear (nnU-Net v2), 3 cubic (v1)
-            "low_res_p": 0.25,  # probability of a low resolution, then
-            "low_res_per_channel_p": 0.5,  # per channel (nnU-Net v2)
-            "gamma": [0.7, 1.5],  # gamma of the image rescaled to [0, 1], mean and std kept (both gamma transforms)
-            "gamma_inverted_p": 0.1,  # probability of a gamma of the inverted image
-            "gamma_p": 0.3,  # probability of a gamma
-            "bias_field_strength": 0.3,  # ours: smooth multiplicative field exp(s f), |f| <= 1, s drawn up to this
-            "bias_field_p": 0.1,  # probability of a bias field
-        },
+        "augment": AUGMENT,
     },
     "classifier": {
         "input_shape": [64, 64, 64],
@@ -110,31 +114,7 @@ DEFAULTS: dict[str, Any] = {
         "pretrain_lr": 0.003,
         # nnU-Net's default augmentation (train_offline/augment.py): rotation and scaling in the sampling (heatmap and
         # seg targets move with the image), then intensity transforms; on top of jitter_mm, intensity_jitter, flip_p
-        "augment": {
-            "enabled": False,  # off: trains exactly as before; --set classifier.augment.enabled=true switches it on
-            "rotation_deg": 30.0,  # +- this about each axis, all three drawn together (at most 30: left stays left)
-            "rotation_p": 0.2,  # probability of a rotation
-            "scale": [0.7, 1.4],  # sampling step x this, one factor for all axes (> 1: more in view, anatomy smaller)
-            "scale_p": 0.2,  # probability of a scaling
-            "noise_variance": [0.0, 0.1],  # additive Gaussian noise, variance drawn from this (normalised intensities)
-            "noise_p": 0.1,  # probability of noise
-            "blur_sigma_voxels": [0.5, 1.0],  # Gaussian blur, sigma drawn per axis (input voxels)
-            "blur_p": 0.2,  # probability of a blur, then
-            "blur_per_channel_p": 0.5,  # per channel (one channel: blurred in 0.2 x 0.5 of the samples)
-            "brightness": [0.75, 1.25],  # multiplicative brightness (ranges around 1 are drawn below 1 half the time)
-            "brightness_p": 0.15,  # probability of a brightness change
-            "contrast": [0.75, 1.25],  # contrast about the mean (kept), clipped to the original range
-            "contrast_p": 0.15,  # probability of a contrast change
-            "low_res_zoom": [0.5, 1.0],  # simulated low resolution: nearest down to this fraction a side, then back up
-            "low_res_order": 1,  # upsampling of the low resolution: 1 linear (nnU-Net v2), 3 cubic (v1)
-            "low_res_p": 0.25,  # probability of a low resolution, then
-            "low_res_per_channel_p": 0.5,  # per channel (nnU-Net v2)
-            "gamma": [0.7, 1.5],  # gamma of the image rescaled to [0, 1], mean and std kept (both gamma transforms)
-            "gamma_inverted_p": 0.1,  # probability of a gamma of the inverted image
-            "gamma_p": 0.3,  # probability of a gamma
-            "bias_field_strength": 0.3,  # ours: smooth multiplicative field exp(s f), |f| <= 1, s drawn up to this
-            "bias_field_p": 0.1,  # probability of a bias field
-        },
+        "augment": AUGMENT,
     },
     # Fine stage (train_offline.fine): a patch model at a fine spacing around candidate sites (the classifier's
     # location-heatmap peaks), patches sampled from the native stack as in the kernel. 0 epochs = no fine stage.
@@ -181,29 +161,7 @@ DEFAULTS: dict[str, Any] = {
         # target moves with the patch), intensity transforms and a mirror on x; when on it replaces the flips on
         # every axis, transpose, gain/offset, gamma, noise and blur_voxels above (centre jitters stay)
         "augment": {
-            "enabled": False,  # off: trains exactly as before; --set fine.augment.enabled=true switches it on
-            "rotation_deg": 30.0,  # +- this about each axis, all three drawn together (at most 30: left stays left)
-            "rotation_p": 0.2,  # probability of a rotation
-            "scale": [0.7, 1.4],  # sampling step x this, one factor for all axes (> 1: more in view, anatomy smaller)
-            "scale_p": 0.2,  # probability of a scaling
-            "noise_variance": [0.0, 0.1],  # additive Gaussian noise, variance drawn from this (normalised intensities)
-            "noise_p": 0.1,  # probability of noise
-            "blur_sigma_voxels": [0.5, 1.0],  # Gaussian blur, sigma drawn per axis (input voxels)
-            "blur_p": 0.2,  # probability of a blur, then
-            "blur_per_channel_p": 0.5,  # per channel (one channel: blurred in 0.2 x 0.5 of the samples)
-            "brightness": [0.75, 1.25],  # multiplicative brightness (ranges around 1 are drawn below 1 half the time)
-            "brightness_p": 0.15,  # probability of a brightness change
-            "contrast": [0.75, 1.25],  # contrast about the mean (kept), clipped to the original range
-            "contrast_p": 0.15,  # probability of a contrast change
-            "low_res_zoom": [0.5, 1.0],  # simulated low resolution: nearest down to this fraction a side, then back up
-            "low_res_order": 1,  # upsampling of the low resolution: 1 linear (nnU-Net v2), 3 cubic (v1)
-            "low_res_p": 0.25,  # probability of a low resolution, then
-            "low_res_per_channel_p": 0.5,  # per channel (nnU-Net v2)
-            "gamma": [0.7, 1.5],  # gamma of the image rescaled to [0, 1], mean and std kept (both gamma transforms)
-            "gamma_inverted_p": 0.1,  # probability of a gamma of the inverted image
-            "gamma_p": 0.3,  # probability of a gamma
-            "bias_field_strength": 0.3,  # ours: smooth multiplicative field exp(s f), |f| <= 1, s drawn up to this
-            "bias_field_p": 0.1,  # probability of a bias field
+            **AUGMENT,
             "mirror_x_p": 0.5,  # patient left/right mirror of patch and sphere target (never y or z)
         },
     },

@@ -38,24 +38,32 @@ def key_comments() -> dict[str, str]:
             if not tok.line[: tok.start[1]].strip():
                 full_line.add(tok.start[0])
     tree = ast.parse(source)
-    defaults = next(n.value for n in tree.body if isinstance(n, ast.AnnAssign | ast.Assign)
-                    and "DEFAULTS" in ast.unparse(n.targets[0] if isinstance(n, ast.Assign) else n.target))
+    named = {ast.unparse(n.targets[0] if isinstance(n, ast.Assign) else n.target): n.value for n in tree.body
+             if isinstance(n, ast.AnnAssign | ast.Assign) and isinstance(n.value, ast.Dict)}
     out: dict[str, str] = {}
+
+    def comment_of(key: ast.expr, value: ast.expr) -> str:
+        above, line = [], key.lineno - 1
+        while line in full_line:
+            above.insert(0, comments[line])
+            line -= 1
+        trailing = comments.get(value.end_lineno) if value.end_lineno not in full_line else None
+        nested = isinstance(value, ast.Dict | ast.Name)
+        return " ".join([*above, *([trailing] if trailing and not nested else [])])
 
     def walk(node: ast.Dict, prefix: str) -> None:
         for key, value in zip(node.keys, node.values, strict=True):
+            if key is None:  # {**SHARED, ...}: the shared mapping's keys, with their own comments
+                walk(named[ast.unparse(value)], prefix)
+                continue
             name = f"{prefix}{ast.literal_eval(key)}"
-            above, line = [], key.lineno - 1
-            while line in full_line:
-                above.insert(0, comments[line])
-                line -= 1
-            trailing = comments.get(value.end_lineno) if value.end_lineno not in full_line else None
-            text = " ".join([*above, *([trailing] if trailing and not isinstance(value, ast.Dict) else [])])
-            out[name] = text
-            if isinstance(value, ast.Dict):
+            out[name] = comment_of(key, value)
+            if isinstance(value, ast.Name) and value.id in named:  # a module-level mapping shared by sections
+                walk(named[value.id], f"{name}.")
+            elif isinstance(value, ast.Dict):
                 walk(value, f"{name}.")
 
-    walk(defaults, "")
+    walk(named["DEFAULTS"], "")
     return out
 
 
