@@ -15,7 +15,7 @@ so an interrupted run continues with ``--resume``, across sessions:
 
 1. data: one mixed training set over the styles (``--n-train`` per style on average: each series' style drawn by
    ``phantoms.generate.series_style``) and one test split per style (``--n-test``, the same seed for every style: the
-   same cases, labels and protocols drawn by each renderer), then the training set pre-cached at the config's
+   same labels and protocols, drawn by each renderer), then the training set pre-cached at the config's
    spacing. One set, cache, index and folds file serve every model.
 2. train: for each variant (``base``: the config as it is; ``--variant NAME KEY=VALUE ...``: with those overrides),
    the model on every style (``all``) and one per held-out style (``without_<style>``), through
@@ -248,9 +248,9 @@ def report(study: Loso) -> str:
     header = [f"Styles {', '.join(study.styles)}; `{study.size}` phantoms; config `{study.config}`"
               + (f" with `{' '.join(study.sets)}`" if study.sets else "") + ("; with the fine stage" if study.fine
                                                                              else "; locator + classifier") + ".",
-              "Training series per style (fold 0 of each validates): "
+              "Series per style in the training set (fold 0 validates, the other folds train): "
               + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in study.styles) + f"; test split: {study.n_test} "
-              "series per style, the same cases drawn by each renderer.",
+              "series per style, the same labels and protocols in every style (each renderer draws its own domes).",
               "Variants: " + "; ".join(f"`{v}`" + (f" ({' '.join(o)})" if o else " (the config as it is)")
                                        for v, o in study.variants.items()) + ".",
               f"Bootstrap: {study.bootstrap} resamples of the series (seed 0), percentile 95% interval; a resample "
@@ -303,7 +303,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--styles", nargs="+", default=["all"],
                         help="the phantom styles: trained on together, each held out once (default: all)")
     parser.add_argument("--config", default="loso", help="the recipe trained (config name or YAML; default loso)")
-    parser.add_argument("--n-train", type=int, default=200, help="training series per style (default 200)")
+    parser.add_argument("--n-train", type=int, default=200,
+                        help="training series per style, on average (each series' style is drawn; default 200)")
     parser.add_argument("--n-test", type=int, default=100, help="test series per style (default 100)")
     parser.add_argument("--size", choices=["small", "real"], default="small", help="phantom size (default small)")
     parser.add_argument("--out", type=Path, default=Path("runs/loso"), help="work folder (default runs/loso)")
