@@ -57,7 +57,7 @@ class FusionChoice:
         return out
 
     def scores_at_heatmap_weight(self, heatmap_weight: float) -> dict[float, dict[str, Any]]:
-        """Fusion weight -> metrics at one site heatmap weight (the chosen one by default in summaries)."""
+        """Fusion weight -> metrics at one site heatmap weight (summaries show the chosen one)."""
         return {w: m for (w, h), m in self.table.items() if h == heatmap_weight}
 
 

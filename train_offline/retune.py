@@ -98,21 +98,25 @@ def _load_folds(args: argparse.Namespace, manifest: Any) -> list[FoldSites]:
 
 
 def _choose(folds: Sequence[FoldSites], fusion_grid: Sequence[float], heatmap_grid: Sequence[float],
-            per_fold: bool) -> list[FusionChoice]:
-    """Each fold's choice: its own best pair (``per_fold``), or the pair that is best on every fold pooled."""
+            per_fold: bool) -> tuple[list[FusionChoice], list[dict[float, float]]]:
+    """Each fold's choice: its own best pair (``per_fold``), or the pair that is best on every fold pooled; and the
+    best score per site heatmap weight the choice was made on (the fold's, or the pooled series')."""
     if per_fold:
-        return [choose_fusion(f.sites, f.labels, f.modalities, fusion_grid, heatmap_grid) for f in folds]
+        choices = [choose_fusion(f.sites, f.labels, f.modalities, fusion_grid, heatmap_grid) for f in folds]
+        return choices, [c.best_score_by_heatmap_weight() for c in choices]
     pooled = choose_fusion([s for f in folds for s in f.sites], np.concatenate([f.labels for f in folds]),
                            [m for f in folds for m in f.modalities], fusion_grid, heatmap_grid)
     by_weight = ", ".join(f"{h:g}: {v:.4f}" for h, v in pooled.best_score_by_heatmap_weight().items())
     print(f"pooled ({sum(len(f.uids) for f in folds)} series): chosen fusion weight {pooled.fusion_weight:g}, site "
           f"heatmap weight {pooled.site_heatmap_weight:g}: score {pooled.metrics['score']:.4f} / AUC(present) "
           f"{pooled.metrics['auc_present']:.4f}; best pooled score by site heatmap weight {by_weight}")
-    return [choose_fusion(f.sites, f.labels, f.modalities, [pooled.fusion_weight], [pooled.site_heatmap_weight])
-            for f in folds]
+    choices = [choose_fusion(f.sites, f.labels, f.modalities, [pooled.fusion_weight], [pooled.site_heatmap_weight])
+               for f in folds]
+    return choices, [pooled.best_score_by_heatmap_weight()] * len(folds)
 
 
-def _write_choice(raw: dict[str, Any], weights: Path, fold: FoldSites, choice: FusionChoice, per_fold: bool) -> None:
+def _write_choice(raw: dict[str, Any], weights: Path, fold: FoldSites, choice: FusionChoice,
+                  by_heatmap_weight: Mapping[float, float], per_fold: bool) -> None:
     """The fold's fine entry (in the raw manifest) and its out-of-fold CSV rewritten with the choice."""
     spec = fold.spec
     entry = next(m for m in raw["models"] if m["name"] == spec.name)
@@ -130,7 +134,7 @@ def _write_choice(raw: dict[str, Any], weights: Path, fold: FoldSites, choice: F
                       n_series=len(fold.uids),
                       retune={"chosen_on": "fold" if per_fold else "pooled folds",
                               "best_score_by_site_heatmap_weight": {
-                                  str(h): s for h, s in choice.best_score_by_heatmap_weight().items()}})
+                                  str(h): s for h, s in by_heatmap_weight.items()}})
     oof = pd.DataFrame(choice.probs, columns=LABEL_COLS)
     oof.insert(0, ID_COL, fold.uids)
     oof.to_csv(weights / f"oof_fine_f{spec.fold}.csv", index=False)
@@ -167,9 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{args.weights} has no fine models: nothing to fuse")
         folds = _load_folds(args, manifest)
         grid = args.fusion_grid or _training_fusion_grid(fines[0].config)
-        choices = _choose(folds, grid, args.heatmap_grid, args.per_fold)
+        choices, by_heat = _choose(folds, grid, args.heatmap_grid, args.per_fold)
         raw = json.loads((args.weights / "manifest.json").read_text())
-        for fold, choice in zip(folds, choices, strict=True):
+        for fold, choice, fold_by_heat in zip(folds, choices, by_heat, strict=True):
             spec = fold.spec
             print(f"fold {spec.fold}: {len(fold.uids)} series; before: fusion weight {spec.fusion_weight:g}, site "
                   f"heatmap weight {spec.site_heatmap_weight:g}, score {spec.validation.get('score', float('nan')):.4f}"
@@ -177,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{choice.site_heatmap_weight:g}, score {choice.metrics['score']:.4f} / AUC(present) "
                   f"{choice.metrics['auc_present']:.4f}")
             if not args.dry_run:
-                _write_choice(raw, args.weights, fold, choice, args.per_fold)
+                _write_choice(raw, args.weights, fold, choice, fold_by_heat, args.per_fold)
         if not args.dry_run:
             (args.weights / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
             load_manifest(args.weights)  # still valid

@@ -212,13 +212,9 @@ def test_heat_weight_raises_each_site_by_its_heatmap_cell_before_fusion() -> Non
     assert recipe.site_heatmap_weight(folds) == pytest.approx(0.5) and recipe.site_heatmap_weight([]) == 0.0
 
 
-def test_fusion_weight_is_the_mean_of_the_fine_folds_used() -> None:
-    folds = [_fine(weight=0.25), _fine(weight=0.5), _fine(weight=0.0)]
-    assert recipe.fusion_weight(folds) == pytest.approx(0.25)
-    assert recipe.fusion_weight(folds[:2]) == pytest.approx(0.375)  # a plan with fewer folds: theirs
-    assert recipe.fusion_weight([]) == 0.0
-    # the prediction fuses at that mean: two folds of weights 0 and 1 give the same row as one fold at 0.5
-    coarse = np.zeros((16, 16, 16), dtype=np.float32)
+def _fixed_run(heat_cells: dict[tuple[int, int, int, int], float], fine_logit: float) -> recipe.Runner:
+    """A fake ensemble: the locator peaks at the middle cell, the classifier answers logit -1 everywhere with a
+    location heatmap of -6 but for ``heat_cells`` ((channel, z, y, x) -> logit), every fine patch ``fine_logit``."""
 
     def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
         n = len(batch)
@@ -228,9 +224,22 @@ def test_fusion_weight_is_the_mean_of_the_fine_folds_used() -> None:
             return [heat]
         if spec.role == "classifier":
             heat = np.full((n, 13, 4, 4, 4), -6.0, dtype=np.float32)
-            heat[:, 3, 2, 2, 2] = 5.0
+            for (c, z, y, x), value in heat_cells.items():
+                heat[:, c, z, y, x] = value
             return [np.full((n, 14), -1.0, np.float32), np.zeros((n, 4), np.float32), heat]
-        return [np.full((n, 1), 2.0, np.float32)]
+        return [np.full((n, 1), fine_logit, np.float32)]
+
+    return run
+
+
+def test_fusion_weight_is_the_mean_of_the_fine_folds_used() -> None:
+    folds = [_fine(weight=0.25), _fine(weight=0.5), _fine(weight=0.0)]
+    assert recipe.fusion_weight(folds) == pytest.approx(0.25)
+    assert recipe.fusion_weight(folds[:2]) == pytest.approx(0.375)  # a plan with fewer folds: theirs
+    assert recipe.fusion_weight([]) == 0.0
+    # the prediction fuses at that mean: two folds of weights 0 and 1 give the same row as one fold at 0.5
+    coarse = np.zeros((16, 16, 16), dtype=np.float32)
+    run = _fixed_run({(3, 2, 2, 2): 5.0}, fine_logit=2.0)
 
     def row(fine: list[ModelSpec]) -> np.ndarray:
         return recipe.predict_volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), [_locator("l", 0)],
@@ -245,19 +254,7 @@ def test_predict_volume_fuses_at_the_folds_site_heatmap_weight_and_returns_what_
     the same fold without it, and equals ``fuse`` of what the prediction returns (coarse probabilities, candidate
     channel logits, candidate probabilities) at the folds' weights, so a retune can fuse it again."""
     coarse = np.zeros((16, 16, 16), dtype=np.float32)
-
-    def run(spec: ModelSpec, batch: np.ndarray) -> list[np.ndarray]:
-        n = len(batch)
-        if spec.role == "locator":
-            heat = np.full((n, 1, 8, 8, 8), -5.0, dtype=np.float32)
-            heat[:, 0, 4, 4, 4] = 3.0
-            return [heat]
-        if spec.role == "classifier":
-            heat = np.full((n, 13, 4, 4, 4), -6.0, dtype=np.float32)
-            heat[:, 3, 2, 2, 2] = 1.5
-            heat[:, 5, 0, 0, 0] = 0.5
-            return [np.full((n, 14), -1.0, np.float32), np.zeros((n, 4), np.float32), heat]
-        return [np.full((n, 1), 0.5, np.float32)]
+    run = _fixed_run({(3, 2, 2, 2): 1.5, (5, 0, 0, 0): 0.5}, fine_logit=0.5)
 
     def predict(heat: float) -> recipe.Prediction:
         fine = replace(_fine(k=2, weight=0.5), site_heatmap_weight=heat)

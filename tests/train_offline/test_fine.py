@@ -483,6 +483,8 @@ def test_retune_rechooses_the_fusion_pair_from_dicom_and_keeps_the_models(tiny_r
     assert [m.sha256 for r in roles for m in after.models(r)] == [m.sha256 for r in roles for m in before.models(r)]
     fine = after.models("fine")[0]
     assert fine.validation["before_retune"]["fusion_weight"] == fine0.fusion_weight
+    by_heat = fine.validation["retune"]["best_score_by_site_heatmap_weight"]  # the grid the pooled choice was made on
+    assert set(by_heat) == {"0.0", "0.5", "2.0"} and max(by_heat.values()) == pytest.approx(fine.validation["score"])
     records = read_jsonl_by(tmp_path / "work" / "fold0.jsonl", ID_COL)
     oof = pd.read_csv(weights / "oof_fine_f0.csv")
     uids = oof[ID_COL].tolist()

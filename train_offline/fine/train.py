@@ -36,7 +36,7 @@ from train_offline.fine.report import (
     shift_percentiles,
     validation_site_probs,
 )
-from train_offline.fusion import FusionChoice, SeriesSites, choose_fusion, fuse_all
+from train_offline.fusion import FusionChoice, SeriesSites, choose_fusion
 from train_offline.loop import atomic_torch_save, run_stage, setup_distributed
 from train_offline.models import build_fine, fine_spec
 
@@ -78,10 +78,10 @@ class Validation:
     patch_auc: float | None
 
     def coarse_probs(self, uids: Sequence[str], sites: Mapping[str, Mapping[str, Any]]) -> np.ndarray | None:
-        """The classifiers' rows (fusion weight 0) when the grid holds 0, else None."""
+        """The classifiers' rows (what fusion weight 0 gives) when the grid holds 0, else None."""
         if (0.0, self.choice.site_heatmap_weight) not in self.choice.table:
             return None
-        return fuse_all(_series_sites(sites, self.site_probs, uids), 0.0, self.choice.site_heatmap_weight)
+        return np.stack([np.asarray(sites[u]["probs"], dtype=np.float64) for u in uids])
 
     def log_record(self) -> dict[str, Any]:
         """The metrics line of this validation in ``metrics.jsonl``."""
